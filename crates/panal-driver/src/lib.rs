@@ -1,0 +1,225 @@
+//! The hypervisor driver trait: the few things the agent needs from any backend, and nothing
+//! more. A [`Driver`] launches VMs and re-attaches to ones that outlived the agent; each running
+//! VM is a [`VmHandle`] that exactly one agent task owns. Optional abilities are capability flags
+//! reported by [`Driver::probe`], not extra required methods.
+//!
+//! Backends: [`fake`] (simulated, for control-plane tests at scale) and `qemu` (the reference).
+
+pub mod fake;
+
+use async_trait::async_trait;
+use panal_types::VmId;
+use panal_types::host::HypervisorInfo;
+use panal_types::vm::{HypervisorKind, MachineProfile};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Capability flags a driver may report.
+pub mod caps {
+    /// Can pause and resume vCPUs.
+    pub const PAUSE: &str = "pause";
+    /// Can change memory of a running VM.
+    pub const LIVE_RESIZE_MEMORY: &str = "live_resize_memory";
+    /// Can add vCPUs to a running VM.
+    pub const LIVE_RESIZE_VCPUS: &str = "live_resize_vcpus";
+    /// Has a serial console.
+    pub const CONSOLE: &str = "console";
+    /// Can live-migrate.
+    pub const MIGRATE: &str = "migrate";
+    /// VMs outlive the agent and are re-attached.
+    pub const REATTACH: &str = "reattach";
+}
+
+/// What a VM boots from, resolved to files on this host by the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootSource {
+    /// Nothing: the fake driver, or a VM that boots from the network later.
+    None,
+    /// Direct kernel boot.
+    Kernel {
+        /// Kernel image.
+        kernel: PathBuf,
+        /// Initramfs.
+        initrd: Option<PathBuf>,
+        /// Extra kernel arguments.
+        cmdline: String,
+    },
+    /// A disk image used as the base of a per-VM copy-on-write overlay.
+    Disk {
+        /// Base image file.
+        base: PathBuf,
+        /// Its format (`qcow2` or `raw`).
+        format: String,
+    },
+}
+
+/// Everything needed to launch one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmLaunch {
+    /// The VM's id (names its run directory).
+    pub id: VmId,
+    /// `project/name`, for logs and process titles.
+    pub display_name: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Hardware profile.
+    pub machine: MachineProfile,
+    /// Boot source.
+    pub boot: BootSource,
+}
+
+/// What a running VM is doing, as the hypervisor sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeState {
+    /// vCPUs running.
+    Running,
+    /// vCPUs paused.
+    Paused,
+    /// Guest panicked; the process may still exist.
+    GuestPanicked,
+    /// The hypervisor process is gone.
+    Exited(VmExit),
+}
+
+/// Why a hypervisor process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off, or a stop we asked for completed.
+    Shutdown,
+    /// The guest panicked.
+    GuestPanic,
+    /// The hypervisor process died (killed, crashed, failed to start); the text says how.
+    Crashed(String),
+}
+
+impl VmExit {
+    /// Whether the restart policy `on_failure` applies.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, VmExit::Shutdown)
+    }
+}
+
+/// A resize request; fields left out stay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResizeRequest {
+    /// New vCPU count.
+    pub vcpus: Option<u32>,
+    /// New memory in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// What a resize achieved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResizeOutcome {
+    /// Whether every change is already in effect.
+    pub applied_live: bool,
+    /// Changes that take effect only at the next boot, for the status.
+    pub pending_reboot: Vec<String>,
+}
+
+/// Why a driver call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DriverError {
+    /// the VM is not known to this driver on this host
+    #[error("vm {0} is not running on this host")]
+    NotRunning(VmId),
+    /// the driver cannot do this (missing capability)
+    #[error("not supported by this driver: {0}")]
+    Unsupported(String),
+    /// the request is invalid for this VM (e.g. shrink below what the guest uses)
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// the hypervisor failed to start the VM; the text is its reason
+    #[error("hypervisor failed to start the VM: {0}")]
+    Launch(String),
+    /// the hypervisor refused or failed a command
+    #[error("hypervisor error: {0}")]
+    Hypervisor(String),
+    /// a host-side I/O failure
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for DriverError {
+    fn from(e: std::io::Error) -> Self {
+        DriverError::Io(e.to_string())
+    }
+}
+
+/// A running VM. Exactly one agent task owns it and sends it commands; methods take `&self` so
+/// the task can await the exit watch while a command is in flight.
+#[async_trait]
+pub trait VmHandle: Send + Sync + 'static {
+    /// The VM's id.
+    fn id(&self) -> VmId;
+
+    /// The hypervisor process id, where there is one.
+    fn pid(&self) -> Option<u32>;
+
+    /// Becomes `Some` once the hypervisor process has exited. Cancel-safe to await.
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
+
+    /// Current state as reported by the hypervisor.
+    async fn state(&self) -> Result<RuntimeState, DriverError>;
+
+    /// Asks the guest to power off; forces it off after `timeout`. Returns once the process is gone.
+    async fn shutdown(&self, timeout: Duration) -> Result<(), DriverError>;
+
+    /// Forces the VM off now. Returns once the process is gone.
+    async fn kill(&self) -> Result<(), DriverError>;
+
+    /// Pauses vCPUs.
+    async fn pause(&self) -> Result<(), DriverError>;
+
+    /// Resumes vCPUs.
+    async fn resume(&self) -> Result<(), DriverError>;
+
+    /// Resets the guest (a reboot without a new process).
+    async fn reboot(&self) -> Result<(), DriverError>;
+
+    /// Changes vCPUs and memory, live where possible.
+    async fn resize(&self, req: &ResizeRequest) -> Result<ResizeOutcome, DriverError>;
+
+    /// Path of the serial console's history file, where the driver keeps one.
+    fn console_log(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Path of a Unix socket that carries the interactive serial console, where there is one.
+    fn console_socket(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// A shared VM handle.
+pub type DynVmHandle = Arc<dyn VmHandle>;
+
+/// A hypervisor backend on one host.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Which backend this is.
+    fn kind(&self) -> HypervisorKind;
+
+    /// Probes the host: whether the backend works, its version, accelerator and capabilities.
+    /// A missing hypervisor is reported here, never a panic.
+    async fn probe(&self) -> HypervisorInfo;
+
+    /// Launches a VM and returns once the hypervisor runs it (not once the guest has booted).
+    async fn launch(&self, spec: &VmLaunch) -> Result<DynVmHandle, DriverError>;
+
+    /// Re-attaches to a VM whose hypervisor process outlived the agent; `None` if it is not running.
+    async fn attach(&self, id: VmId) -> Result<Option<DynVmHandle>, DriverError>;
+
+    /// VMs whose hypervisor processes are running on this host (for re-attach and orphan checks).
+    async fn list_running(&self) -> Result<Vec<VmId>, DriverError>;
+
+    /// Removes what a stopped VM left on the host (run directory, overlays). Idempotent.
+    async fn cleanup(&self, id: VmId) -> Result<(), DriverError>;
+}
+
+/// A shared driver.
+pub type DynDriver = Arc<dyn Driver>;

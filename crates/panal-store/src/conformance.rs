@@ -1,0 +1,1 @@
+//! The conformance suite every store engine must pass (to be written).
