@@ -59,6 +59,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest committed revision.
     async fn current_revision(&self) -> Result<u64, StoreError>;
+
+    /// Drops watch history before `revision` (etcd's compaction): watching from an older
+    /// revision then fails with [`StoreError::Compacted`]. Keys are not affected. Fails with
+    /// [`StoreError::Invalid`] for a revision newer than the current one. Engines also compact
+    /// on their own; the default says the engine offers no explicit compaction.
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let _ = revision;
+        Err(StoreError::Invalid(
+            "this engine does not support explicit compaction".into(),
+        ))
+    }
 }
 
 /// Convenience helpers on top of the core interface.
