@@ -90,9 +90,9 @@ pub(super) fn open(path: &Path) -> Result<Loaded, StoreError> {
 /// Maps any redb failure onto the store's error type, keeping the cause text.
 pub(super) fn db_err(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
-        redb::Error::DatabaseAlreadyOpen => {
-            StoreError::Unavailable("the store file is already open in another process".into())
-        }
+        redb::Error::DatabaseAlreadyOpen => StoreError::Unavailable(
+            "the store file is already open (in this or another process)".into(),
+        ),
         redb::Error::Corrupted(m) => StoreError::Corrupt(m),
         e @ (redb::Error::UpgradeRequired(_)
         | redb::Error::TableTypeMismatch { .. }
