@@ -6,6 +6,7 @@
 //! Backends: [`fake`] (simulated, for control-plane tests at scale) and `qemu` (the reference).
 
 pub mod fake;
+pub mod qemu;
 
 use async_trait::async_trait;
 use panal_types::VmId;

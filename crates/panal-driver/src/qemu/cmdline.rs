@@ -1,0 +1,241 @@
+//! Builds QEMU's argument vector for one VM: a pure function of a [`Plan`], unit-tested.
+//!
+//! Safety rules: no user-supplied string is ever parsed by QEMU's option syntax. Paths inside
+//! `key=value,...` options have their commas doubled ([`opt_escape`]); disks are `-blockdev`
+//! JSON (serde escapes them); the kernel command line is its own argv entry (`-append`), which
+//! QEMU passes through untouched; the VM's display name never reaches QEMU. Every disk names
+//! its `format`, and persistent disks keep the default writeback cache (never `unsafe`).
+
+use super::Accel;
+use panal_types::vm::MachineProfile;
+use serde_json::json;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Files of one VM's run directory.
+#[derive(Clone, Debug)]
+pub struct RunPaths {
+    /// The run directory itself.
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    /// The QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    /// The interactive serial console socket.
+    pub fn console_sock(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+    /// The serial console history.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// QEMU's pid file.
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    /// The per-VM copy-on-write disk overlay.
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join("disk0.qcow2")
+    }
+    /// What the driver remembers about the VM (for re-attach).
+    pub fn meta(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+}
+
+/// A disk attached as virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// Image file.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: String,
+}
+
+/// Everything the argument vector depends on.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// VM name used for `-name` (the id, never a user string).
+    pub name: String,
+    /// Machine profile.
+    pub machine: MachineProfile,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Boot vCPUs.
+    pub vcpus: u32,
+    /// vCPU ceiling for hot-plug (q35 only).
+    pub max_vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Direct kernel boot: kernel, initrd and the full kernel command line.
+    pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
+    /// The root disk, if any.
+    pub disk: Option<Disk>,
+    /// Run directory files.
+    pub paths: RunPaths,
+    /// Enable QEMU's seccomp sandbox.
+    pub sandbox: bool,
+    /// Drop to this user after setup.
+    pub run_as: Option<String>,
+    /// TCG translation cache size in MiB (bounds QEMU's memory under TCG).
+    pub tcg_tb_size_mib: u32,
+}
+
+/// Doubles commas so a value cannot end a `key=value,...` QEMU option.
+pub fn opt_escape(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// The arguments, without the binary.
+pub fn build(plan: &Plan) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    let micro = plan.machine == MachineProfile::Microvm;
+    let p = &plan.paths;
+
+    push("-name");
+    push(&format!("{},debug-threads=on", plan.name.replace(',', ",,")));
+    push("-nodefaults");
+    push("-no-user-config");
+    push("-display");
+    push("none");
+    push("-machine");
+    push(if micro { "microvm" } else { "q35" });
+    match plan.accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        // Under TCG QEMU picks its default CPU model; `-cpu host` does not exist there.
+        Accel::Tcg => {
+            push("-accel");
+            push(&format!("tcg,tb-size={}", plan.tcg_tb_size_mib));
+        }
+    }
+    push("-m");
+    push(&plan.memory_mib.to_string());
+    push("-smp");
+    if micro {
+        push(&plan.vcpus.to_string());
+    } else {
+        push(&format!("{},maxcpus={}", plan.vcpus, plan.max_vcpus.max(plan.vcpus)));
+    }
+    if let Some((kernel, initrd, cmdline)) = &plan.kernel {
+        a.push("-kernel".into());
+        a.push(kernel.into());
+        if let Some(i) = initrd {
+            a.push("-initrd".into());
+            a.push(i.into());
+        }
+        a.push("-append".into());
+        a.push(cmdline.into());
+    }
+    let mut push = |s: &str| a.push(s.into());
+    let dev = |name: &str| if micro { format!("{name}-device") } else { format!("{name}-pci") };
+    if let Some(d) = &plan.disk {
+        let node = json!({
+            "driver": d.format,
+            "node-name": "disk0",
+            "file": { "driver": "file", "filename": d.path.to_string_lossy() },
+        });
+        push("-blockdev");
+        push(&node.to_string());
+        push("-device");
+        push(&format!("{},drive=disk0,id=vda", dev("virtio-blk")));
+    }
+    push("-device");
+    push(&format!("{},id=rng0", dev("virtio-rng")));
+    push("-device");
+    push(&format!("{},id=balloon0", dev("virtio-balloon")));
+    push("-nic");
+    push("none");
+    if !micro {
+        // pvpanic lets the guest report a panic (GUEST_PANICKED), distinct from a crash.
+        push("-device");
+        push("pvpanic-pci");
+    }
+    push("-action");
+    push("panic=shutdown");
+    // Serial console: an interactive socket, with everything also appended to a history file.
+    push("-chardev");
+    push(&format!(
+        "socket,id=con0,path={},server=on,wait=off,logfile={},logappend=on",
+        opt_escape(&p.console_sock()),
+        opt_escape(&p.console_log())
+    ));
+    push("-serial");
+    push("chardev:con0");
+    push("-chardev");
+    push(&format!("socket,id=qmp0,path={},server=on,wait=off", opt_escape(&p.qmp())));
+    push("-mon");
+    push("chardev=qmp0,mode=control");
+    if plan.sandbox {
+        push("-sandbox");
+        // Measured with QEMU 7.2: `-daemonize` forks and calls setsid() after the filter is in
+        // place, so `spawn=deny` and `elevateprivileges=deny` kill it with SIGSYS, and
+        // `resourcecontrol=deny` makes it fail too. What stays: the default filter (no module
+        // loading, reboot, swap, ...) plus obsolete system calls denied.
+        push("on,obsolete=deny");
+    }
+    if let Some(user) = &plan.run_as {
+        push("-runas");
+        push(user);
+    }
+    push("-pidfile");
+    a.push(p.pid().into());
+    a.push("-daemonize".into());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(machine: MachineProfile) -> Plan {
+        Plan {
+            name: "panal-x".into(),
+            machine,
+            accel: Accel::Tcg,
+            vcpus: 1,
+            max_vcpus: 4,
+            memory_mib: 256,
+            kernel: Some(("/k".into(), None, "console=ttyS0".into())),
+            disk: Some(Disk { path: "/run/a,b/d\"x.qcow2".into(), format: "qcow2".into() }),
+            paths: RunPaths { dir: "/run/a,b".into() },
+            sandbox: true,
+            run_as: None,
+            tcg_tb_size_mib: 64,
+        }
+    }
+
+    fn joined(p: &Plan) -> Vec<String> {
+        build(p).into_iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_and_disks_are_json() {
+        let a = joined(&plan(MachineProfile::Q35));
+        assert!(a.iter().any(|s| s.contains("path=/run/a,,b/qmp.sock,server=on")));
+        let bd = a.iter().position(|s| s == "-blockdev").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&a[bd + 1]).unwrap();
+        assert_eq!(v["driver"], "qcow2");
+        assert_eq!(v["file"]["filename"], "/run/a,b/d\"x.qcow2");
+        assert!(!a.iter().any(|s| s.contains("cache=unsafe")));
+    }
+
+    #[test]
+    fn tcg_never_uses_cpu_host_and_microvm_uses_mmio_devices() {
+        let a = joined(&plan(MachineProfile::Microvm));
+        assert!(!a.iter().any(|s| s == "host"));
+        assert!(a.iter().any(|s| s.starts_with("virtio-balloon-device")));
+        assert!(a.iter().any(|s| s == "1"), "microvm has no maxcpus");
+        let q = joined(&plan(MachineProfile::Q35));
+        assert!(q.iter().any(|s| s == "1,maxcpus=4"));
+        assert!(q.iter().any(|s| s.starts_with("virtio-balloon-pci")));
+    }
+}

@@ -1,0 +1,324 @@
+//! [`QemuVm`]: the handle on one running QEMU, implementing [`VmHandle`] over QMP.
+//!
+//! Concurrency protocol: the handle owns the QMP session; a watcher task owns the QMP event
+//! stream and the process liveness check. It records `SHUTDOWN` reasons and `GUEST_PANICKED`,
+//! and once the process is dead (QMP closed and `/proc` says gone or zombie, or the periodic
+//! liveness check fails) it classifies the exit once into the exit watch: panic > a stop we
+//! asked for > the guest's own power-off > anything else is a crash. Dropping the handle closes
+//! QMP and ends the watcher without publishing an exit: the VM keeps running for a later attach.
+
+use super::cgroup::VmCgroup;
+use super::cmdline::RunPaths;
+use super::process::{self, ProcState};
+use super::qmp::{Qmp, QmpEvent};
+use super::VmMeta;
+use crate::{DriverError, ResizeOutcome, ResizeRequest, RuntimeState, VmExit, VmHandle};
+use async_trait::async_trait;
+use panal_types::VmId;
+use panal_types::vm::MachineProfile;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// What the watcher and the command side share.
+struct Shared {
+    exit_tx: watch::Sender<Option<VmExit>>,
+    /// Set before we stop the VM ourselves, so its end is a `Shutdown`, not a crash.
+    requested_stop: AtomicBool,
+}
+
+/// A running QEMU VM.
+pub struct QemuVm {
+    id: VmId,
+    pid: u32,
+    paths: RunPaths,
+    qmp: Arc<Qmp>,
+    shared: Arc<Shared>,
+    meta: Mutex<VmMeta>,
+    cgroup: Option<VmCgroup>,
+}
+
+impl QemuVm {
+    /// Wraps a connected QMP session and starts the watcher.
+    pub(super) fn start(
+        id: VmId,
+        pid: u32,
+        paths: RunPaths,
+        qmp: Qmp,
+        events: mpsc::UnboundedReceiver<QmpEvent>,
+        meta: VmMeta,
+        cgroup: Option<VmCgroup>,
+    ) -> Arc<QemuVm> {
+        let (exit_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared { exit_tx, requested_stop: AtomicBool::new(false) });
+        let qmp = Arc::new(qmp);
+        tokio::spawn(watch_exit(Arc::downgrade(&qmp), events, pid, shared.clone(), cgroup.clone()));
+        Arc::new(QemuVm { id, pid, paths, qmp, shared, meta: Mutex::new(meta), cgroup })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.paths.dir.clone()
+    }
+
+    /// Runs a raw QMP command (for tests and diagnostics).
+    pub async fn qmp(&self, command: &str, args: Option<Value>) -> Result<Value, DriverError> {
+        self.live()?;
+        self.qmp.execute(command, args).await
+    }
+
+    fn live(&self) -> Result<(), DriverError> {
+        if self.shared.exit_tx.borrow().is_some() {
+            return Err(DriverError::NotRunning(self.id));
+        }
+        Ok(())
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.exit_tx.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await.is_ok()
+    }
+
+    fn save_meta(&self, meta: &VmMeta) {
+        if let Ok(bytes) = serde_json::to_vec_pretty(meta) {
+            let _ = std::fs::write(self.paths.meta(), bytes);
+        }
+    }
+
+    async fn resize_memory(&self, bytes: u64, out: &mut ResizeOutcome) -> Result<(), DriverError> {
+        let boot = self.meta.lock().memory_bytes;
+        if bytes > boot {
+            out.pending_reboot.push(format!(
+                "memory {} MiB is above the boot size {} MiB: takes effect at the next start",
+                bytes >> 20,
+                boot >> 20
+            ));
+            return Ok(());
+        }
+        self.qmp.execute("balloon", Some(json!({ "value": bytes }))).await?;
+        // The guest's balloon driver gives memory back asynchronously; wait briefly to report.
+        let mut actual = 0;
+        for _ in 0..30 {
+            let q = self.qmp.execute("query-balloon", None).await?;
+            actual = q.get("actual").and_then(Value::as_u64).unwrap_or(0);
+            if actual.abs_diff(bytes) < (4 << 20) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if actual.abs_diff(bytes) >= (4 << 20) {
+            out.pending_reboot.push(format!(
+                "balloon target {} MiB set; the guest has reached {} MiB so far",
+                bytes >> 20,
+                actual >> 20
+            ));
+        }
+        self.meta.lock().balloon_bytes = bytes;
+        Ok(())
+    }
+
+    async fn resize_vcpus(&self, want: u32, out: &mut ResizeOutcome) -> Result<(), DriverError> {
+        let (machine, current, max) = {
+            let m = self.meta.lock();
+            (m.machine, m.vcpus, m.max_vcpus)
+        };
+        if want == current {
+            return Ok(());
+        }
+        if machine != MachineProfile::Q35 || want < current || want > max {
+            out.pending_reboot.push(format!(
+                "vcpus {current} -> {want}: takes effect at the next start (live only grows on q35, up to {max})"
+            ));
+            return Ok(());
+        }
+        let slots = self.qmp.execute("query-hotpluggable-cpus", None).await?;
+        let free: Vec<&Value> = slots
+            .as_array()
+            .map(|a| a.iter().filter(|s| s.get("qom-path").is_none()).collect())
+            .unwrap_or_default();
+        // QEMU lists free slots from the highest index down; plug in ascending order.
+        let mut free = free;
+        free.reverse();
+        let mut added = current;
+        for slot in free.into_iter().take((want - current) as usize) {
+            let mut args = slot.get("props").cloned().unwrap_or_else(|| json!({}));
+            args["driver"] = slot.get("type").cloned().unwrap_or(Value::Null);
+            args["id"] = json!(format!("vcpu{added}"));
+            self.qmp.execute("device_add", Some(args)).await?;
+            added += 1;
+        }
+        if added < want {
+            out.pending_reboot.push(format!("only {added} of {want} vcpus could be hot-plugged"));
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.set_cpus(added)?;
+        }
+        self.meta.lock().vcpus = added;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VmHandle for QemuVm {
+    fn id(&self) -> VmId {
+        self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.shared.exit_tx.subscribe()
+    }
+
+    async fn state(&self) -> Result<RuntimeState, DriverError> {
+        if let Some(exit) = self.shared.exit_tx.borrow().clone() {
+            return Ok(RuntimeState::Exited(exit));
+        }
+        let s = self.qmp.execute("query-status", None).await?;
+        Ok(match s.get("status").and_then(Value::as_str).unwrap_or("") {
+            "running" | "debug" => RuntimeState::Running,
+            "guest-panicked" => RuntimeState::GuestPanicked,
+            _ => RuntimeState::Paused,
+        })
+    }
+
+    async fn shutdown(&self, timeout: Duration) -> Result<(), DriverError> {
+        if self.shared.exit_tx.borrow().is_some() {
+            return Ok(());
+        }
+        self.shared.requested_stop.store(true, Ordering::SeqCst);
+        // A paused guest cannot see the power button.
+        let _ = self.qmp.execute("cont", None).await;
+        let _ = self.qmp.execute("system_powerdown", None).await;
+        if self.wait_exit(timeout).await {
+            return Ok(());
+        }
+        self.kill().await
+    }
+
+    async fn kill(&self) -> Result<(), DriverError> {
+        if self.shared.exit_tx.borrow().is_some() {
+            return Ok(());
+        }
+        self.shared.requested_stop.store(true, Ordering::SeqCst);
+        process::signal(self.pid, nix::sys::signal::Signal::SIGKILL)?;
+        if self.wait_exit(Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(DriverError::Hypervisor(format!("QEMU pid {} did not die after SIGKILL", self.pid)))
+        }
+    }
+
+    async fn pause(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.qmp.execute("stop", None).await.map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.qmp.execute("cont", None).await.map(drop)
+    }
+
+    async fn reboot(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.qmp.execute("system_reset", None).await.map(drop)
+    }
+
+    async fn resize(&self, req: &ResizeRequest) -> Result<ResizeOutcome, DriverError> {
+        if req.vcpus == Some(0) {
+            return Err(DriverError::Invalid("vcpus must be at least 1".into()));
+        }
+        if let Some(m) = req.memory_bytes
+            && m < super::MIN_MEMORY_BYTES
+        {
+            return Err(DriverError::Invalid(format!("memory must be at least {} MiB", super::MIN_MEMORY_BYTES >> 20)));
+        }
+        self.live()?;
+        let mut out = ResizeOutcome::default();
+        if let Some(m) = req.memory_bytes {
+            self.resize_memory(m, &mut out).await?;
+        }
+        if let Some(v) = req.vcpus {
+            self.resize_vcpus(v, &mut out).await?;
+        }
+        out.applied_live = out.pending_reboot.is_empty();
+        let meta = self.meta.lock().clone();
+        self.save_meta(&meta);
+        Ok(out)
+    }
+
+    fn console_log(&self) -> Option<PathBuf> {
+        Some(self.paths.console_log())
+    }
+
+    fn console_socket(&self) -> Option<PathBuf> {
+        Some(self.paths.console_sock())
+    }
+}
+
+/// The watcher task (see the module header for its protocol).
+async fn watch_exit(
+    qmp: Weak<Qmp>,
+    mut events: mpsc::UnboundedReceiver<QmpEvent>,
+    pid: u32,
+    shared: Arc<Shared>,
+    cgroup: Option<VmCgroup>,
+) {
+    let mut panicked = false;
+    let mut shutdown_reason: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => match ev.name.as_str() {
+                    "GUEST_PANICKED" => panicked = true,
+                    "SHUTDOWN" => {
+                        shutdown_reason = ev.data.get("reason").and_then(Value::as_str).map(str::to_string);
+                    }
+                    _ => {}
+                },
+                None => break,
+            },
+            _ = tick.tick() => {
+                if qmp.strong_count() == 0 {
+                    return;
+                }
+                if !process::proc_state(pid).is_alive() {
+                    break;
+                }
+            }
+        }
+    }
+    // QMP closed: either QEMU is exiting, or our handle was dropped (then QEMU lives on).
+    loop {
+        if process::proc_state(pid) != ProcState::Alive {
+            break;
+        }
+        if qmp.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exit = if panicked || shutdown_reason.as_deref() == Some("guest-panic") {
+        VmExit::GuestPanic
+    } else if shared.requested_stop.load(Ordering::SeqCst) {
+        VmExit::Shutdown
+    } else {
+        match shutdown_reason.as_deref() {
+            Some("guest-shutdown") => VmExit::Shutdown,
+            Some(other) => VmExit::Crashed(format!("QEMU stopped ({other})")),
+            None => VmExit::Crashed("QEMU process died without a shutdown (killed or crashed)".into()),
+        }
+    };
+    if let Some(cg) = cgroup {
+        // Best effort: cleanup() retries.
+        let _ = cg.remove();
+    }
+    shared.exit_tx.send_replace(Some(exit));
+}
