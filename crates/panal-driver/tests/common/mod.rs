@@ -101,7 +101,7 @@ pub struct Console {
     pub sock: PathBuf,
     /// Where the next wait starts reading the history.
     pub offset: usize,
-    stream: Option<UnixStream>,
+    stream: Option<tokio::net::unix::OwnedWriteHalf>,
 }
 
 impl Console {
@@ -134,12 +134,24 @@ impl Console {
         String::from_utf8_lossy(&text).get(self.offset..).unwrap_or("").to_string()
     }
 
+    /// Forgets the connection (after the VM's QEMU was replaced by a new one).
+    pub fn reset(&mut self) {
+        self.stream = None;
+    }
+
     /// Types a line into the console.
     pub async fn send(&mut self, line: &str) {
         if self.stream.is_none() {
             // Typing before the shell has started loses the input: wait for its first prompt.
             self.wait_for("panal# ", Duration::from_secs(30)).await;
-            self.stream = Some(UnixStream::connect(&self.sock).await.expect("console socket"));
+            let stream = UnixStream::connect(&self.sock).await.expect("console socket");
+            // QEMU stalls the guest's serial output while a connected client does not read:
+            // drain it (the history file has everything).
+            let (mut rd, wr) = stream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut rd, &mut tokio::io::sink()).await;
+            });
+            self.stream = Some(wr);
         }
         let s = self.stream.as_mut().expect("stream");
         s.write_all(format!("{line}\n").as_bytes()).await.expect("console write");
