@@ -13,7 +13,10 @@ use std::time::Duration;
 async fn exit_of(vm: &panal_driver::DynVmHandle, timeout: Duration) -> VmExit {
     let mut rx = vm.exit_watch();
     let got = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
-    got.expect("exit watch timed out").expect("watch closed").clone().expect("exit")
+    got.expect("exit watch timed out")
+        .expect("watch closed")
+        .clone()
+        .expect("exit")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,10 +33,18 @@ async fn boots_shuts_down_and_launches_again() {
 
     // Graceful: the guest sees the ACPI power button and powers off by itself.
     let t = std::time::Instant::now();
-    vm.shutdown(Duration::from_secs(30)).await.expect("shutdown");
+    vm.shutdown(Duration::from_secs(30))
+        .await
+        .expect("shutdown");
     assert_eq!(exit_of(&vm, Duration::from_secs(1)).await, VmExit::Shutdown);
-    assert!(t.elapsed() < Duration::from_secs(25), "ACPI power-off did not work, was forced");
-    assert!(matches!(vm.state().await.unwrap(), RuntimeState::Exited(VmExit::Shutdown)));
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "ACPI power-off did not work, was forced"
+    );
+    assert!(matches!(
+        vm.state().await.unwrap(),
+        RuntimeState::Exited(VmExit::Shutdown)
+    ));
     assert!(d.list_running().await.unwrap().is_empty());
 
     let vm = d.launch(&spec).await.expect("relaunch");
@@ -52,7 +63,8 @@ async fn pause_stops_the_guest_and_resume_continues_it() {
     let vm = d.launch(&spec).await.expect("launch");
     let mut con = env.console(spec.id);
     con.wait_for(READY_LINE, BOOT).await;
-    con.send("i=0; while true; do echo TICK-$i; i=$((i+1)); sleep 0.2; done &").await;
+    con.send("i=0; while true; do echo TICK-$i; i=$((i+1)); sleep 0.2; done &")
+        .await;
     con.wait_for("TICK-3", Duration::from_secs(20)).await;
 
     vm.pause().await.expect("pause");
@@ -97,7 +109,11 @@ async fn sigkill_of_qemu_is_reported_as_a_crash() {
     let vm = d.launch(&spec).await.expect("launch");
     env.console(spec.id).wait_for(READY_LINE, BOOT).await;
     let pid = vm.pid().expect("pid") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let exit = exit_of(&vm, Duration::from_secs(10)).await;
     assert!(matches!(exit, VmExit::Crashed(_)), "{exit:?}");
     assert!(exit.is_failure());
@@ -120,14 +136,20 @@ async fn a_new_driver_reattaches_to_a_running_vm() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let d2 = QemuDriver::new(env.config());
     assert_eq!(d2.list_running().await.unwrap(), vec![spec.id]);
-    let vm = d2.attach(spec.id).await.expect("attach").expect("still running");
+    let vm = d2
+        .attach(spec.id)
+        .await
+        .expect("attach")
+        .expect("still running");
     assert_eq!(vm.pid(), pid);
     assert_eq!(vm.state().await.unwrap(), RuntimeState::Running);
     vm.pause().await.unwrap();
     assert_eq!(vm.state().await.unwrap(), RuntimeState::Paused);
     vm.resume().await.unwrap();
     let mut con = env.console(spec.id);
-    let out = con.run("echo alive-$((6*7))", Duration::from_secs(20)).await;
+    let out = con
+        .run("echo alive-$((6*7))", Duration::from_secs(20))
+        .await;
     assert!(out.contains("alive-42"), "{out}");
     vm.shutdown(Duration::from_secs(30)).await.unwrap();
     assert_eq!(exit_of(&vm, Duration::from_secs(1)).await, VmExit::Shutdown);
@@ -144,7 +166,9 @@ async fn five_vms_at_once() {
         vms.push(d.launch(s).await.expect("launch"));
     }
     for s in &specs {
-        env.console(s.id).wait_for(READY_LINE, Duration::from_secs(120)).await;
+        env.console(s.id)
+            .wait_for(READY_LINE, Duration::from_secs(120))
+            .await;
     }
     let mut running = d.list_running().await.unwrap();
     running.sort_by_key(|i| i.to_string());
@@ -174,19 +198,57 @@ async fn memory_resize_through_the_balloon_is_seen_by_the_guest() {
     con.wait_for(READY_LINE, BOOT).await;
     let before = meminfo_total_kib(&con.run("cat /proc/meminfo", Duration::from_secs(20)).await);
 
-    let out = vm.resize(&ResizeRequest { memory_bytes: Some(160 << 20), vcpus: None }).await.expect("resize");
+    let out = vm
+        .resize(&ResizeRequest {
+            memory_bytes: Some(160 << 20),
+            vcpus: None,
+        })
+        .await
+        .expect("resize");
     assert!(out.applied_live, "{out:?}");
     let after = meminfo_total_kib(&con.run("cat /proc/meminfo", Duration::from_secs(20)).await);
-    assert!(before - after > 80 * 1024, "MemTotal {before} -> {after} KiB");
+    assert!(
+        before - after > 80 * 1024,
+        "MemTotal {before} -> {after} KiB"
+    );
 
     // Growing above the boot size is not live on this machine: reported, not faked.
-    let out = vm.resize(&ResizeRequest { memory_bytes: Some(512 << 20), vcpus: None }).await.unwrap();
-    assert!(!out.applied_live && !out.pending_reboot.is_empty(), "{out:?}");
+    let out = vm
+        .resize(&ResizeRequest {
+            memory_bytes: Some(512 << 20),
+            vcpus: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        !out.applied_live && !out.pending_reboot.is_empty(),
+        "{out:?}"
+    );
     // microvm cannot hot-plug vCPUs.
-    let out = vm.resize(&ResizeRequest { memory_bytes: None, vcpus: Some(2) }).await.unwrap();
+    let out = vm
+        .resize(&ResizeRequest {
+            memory_bytes: None,
+            vcpus: Some(2),
+        })
+        .await
+        .unwrap();
     assert!(!out.applied_live, "{out:?}");
-    assert!(matches!(vm.resize(&ResizeRequest { vcpus: Some(0), memory_bytes: None }).await, Err(DriverError::Invalid(_))));
-    assert!(matches!(vm.resize(&ResizeRequest { vcpus: None, memory_bytes: Some(0) }).await, Err(DriverError::Invalid(_))));
+    assert!(matches!(
+        vm.resize(&ResizeRequest {
+            vcpus: Some(0),
+            memory_bytes: None
+        })
+        .await,
+        Err(DriverError::Invalid(_))
+    ));
+    assert!(matches!(
+        vm.resize(&ResizeRequest {
+            vcpus: None,
+            memory_bytes: Some(0)
+        })
+        .await,
+        Err(DriverError::Invalid(_))
+    ));
     vm.kill().await.unwrap();
 }
 
@@ -195,7 +257,11 @@ async fn bad_inputs_are_refused_with_reasons() {
     let env = Env::new();
     let d = env.driver();
     let mut spec = env.microvm(128);
-    spec.boot = BootSource::Kernel { kernel: "/nonexistent/vmlinux".into(), initrd: None, cmdline: String::new() };
+    spec.boot = BootSource::Kernel {
+        kernel: "/nonexistent/vmlinux".into(),
+        initrd: None,
+        cmdline: String::new(),
+    };
     match d.launch(&spec).await {
         Err(DriverError::Launch(why)) => assert!(why.contains("/nonexistent/vmlinux"), "{why}"),
         other => panic!("expected a launch error, got {:?}", other.map(|v| v.pid())),
@@ -203,14 +269,33 @@ async fn bad_inputs_are_refused_with_reasons() {
     assert!(d.list_running().await.unwrap().is_empty());
     let mut zero = env.microvm(128);
     zero.vcpus = 0;
-    assert!(matches!(d.launch(&zero).await, Err(DriverError::Invalid(_))));
+    assert!(matches!(
+        d.launch(&zero).await,
+        Err(DriverError::Invalid(_))
+    ));
     let mut evil = env.microvm(128);
-    evil.boot = BootSource::Kernel { kernel: env.guest.kernel(evil.machine), initrd: None, cmdline: "a\n-b".into() };
-    assert!(matches!(d.launch(&evil).await, Err(DriverError::Invalid(_))));
+    evil.boot = BootSource::Kernel {
+        kernel: env.guest.kernel(evil.machine),
+        initrd: None,
+        cmdline: "a\n-b".into(),
+    };
+    assert!(matches!(
+        d.launch(&evil).await,
+        Err(DriverError::Invalid(_))
+    ));
     let mut disk = env.microvm(128);
-    disk.boot = BootSource::Disk { base: "/nonexistent.qcow2".into(), format: "qcow2".into() };
+    disk.boot = BootSource::Disk {
+        base: "/nonexistent.qcow2".into(),
+        format: "qcow2".into(),
+    };
     assert!(matches!(d.launch(&disk).await, Err(DriverError::Launch(_))));
-    disk.boot = BootSource::Disk { base: env.guest.rootfs_qcow2(), format: "vmdk".into() };
-    assert!(matches!(d.launch(&disk).await, Err(DriverError::Invalid(_))));
+    disk.boot = BootSource::Disk {
+        base: env.guest.rootfs_qcow2(),
+        format: "vmdk".into(),
+    };
+    assert!(matches!(
+        d.launch(&disk).await,
+        Err(DriverError::Invalid(_))
+    ));
     assert!(d.attach(spec.id).await.unwrap().is_none());
 }

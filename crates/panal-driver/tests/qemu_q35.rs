@@ -19,7 +19,10 @@ fn q35_disk(env: &Env) -> VmLaunch {
         vcpus: 1,
         memory_bytes: 256 << 20,
         machine: MachineProfile::Q35,
-        boot: BootSource::Disk { base: env.guest.rootfs_qcow2(), format: "qcow2".into() },
+        boot: BootSource::Disk {
+            base: env.guest.rootfs_qcow2(),
+            format: "qcow2".into(),
+        },
     }
 }
 
@@ -28,11 +31,16 @@ async fn q35_disk_overlay_hotplug_cgroup_and_panic() {
     let env = Env::new();
     let d = env.driver();
     let spec = q35_disk(&env);
-    let base_sum = std::fs::read(env.guest.rootfs_qcow2()).map(|b| b.len()).unwrap();
+    let base_sum = std::fs::read(env.guest.rootfs_qcow2())
+        .map(|b| b.len())
+        .unwrap();
     let vm = d.launch(&spec).await.expect("launch");
     let mut con = env.console(spec.id);
     let line = con.wait_for(READY_LINE, BOOT).await;
-    assert!(line.contains("root=/dev/vda"), "booted from the disk: {line}");
+    assert!(
+        line.contains("root=/dev/vda"),
+        "booted from the disk: {line}"
+    );
     assert!(env.run_dir(spec.id).join("disk0.qcow2").is_file());
 
     // The per-VM cgroup holds QEMU, with limits (v1 on our build hosts, v2 elsewhere).
@@ -40,26 +48,48 @@ async fn q35_disk_overlay_hotplug_cgroup_and_panic() {
     let id = spec.id.to_string();
     let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/panal").join(&id);
     let v2 = std::path::Path::new("/sys/fs/cgroup/panal").join(&id);
-    let procs = std::fs::read_to_string(v1.join("cgroup.procs")).or_else(|_| std::fs::read_to_string(v2.join("cgroup.procs")));
+    let procs = std::fs::read_to_string(v1.join("cgroup.procs"))
+        .or_else(|_| std::fs::read_to_string(v2.join("cgroup.procs")));
     assert!(procs.expect("per-VM cgroup").lines().any(|l| l == pid));
 
-    let out = con.run("echo persisted > /root/mark; sync; cat /root/mark", Duration::from_secs(30)).await;
+    let out = con
+        .run(
+            "echo persisted > /root/mark; sync; cat /root/mark",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(out.contains("persisted"), "{out}");
 
     // vCPU hot-plug: 1 -> 2, seen by the guest kernel.
-    let r = vm.resize(&ResizeRequest { vcpus: Some(2), memory_bytes: None }).await.expect("resize");
+    let r = vm
+        .resize(&ResizeRequest {
+            vcpus: Some(2),
+            memory_bytes: None,
+        })
+        .await
+        .expect("resize");
     assert!(r.applied_live, "{r:?}");
     let mut seen = String::new();
     for _ in 0..20 {
-        seen = con.run("ls -d /sys/devices/system/cpu/cpu[0-9]*", Duration::from_secs(20)).await;
+        seen = con
+            .run(
+                "ls -d /sys/devices/system/cpu/cpu[0-9]*",
+                Duration::from_secs(20),
+            )
+            .await;
         if seen.contains("cpu1") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(seen.contains("cpu1"), "guest does not see the new vCPU: {seen}");
+    assert!(
+        seen.contains("cpu1"),
+        "guest does not see the new vCPU: {seen}"
+    );
 
-    vm.shutdown(Duration::from_secs(60)).await.expect("shutdown");
+    vm.shutdown(Duration::from_secs(60))
+        .await
+        .expect("shutdown");
     assert_eq!(vm.exit_watch().borrow().clone(), Some(VmExit::Shutdown));
     assert!(!v1.exists() && !v2.exists(), "cgroup removed after exit");
 
@@ -69,13 +99,21 @@ async fn q35_disk_overlay_hotplug_cgroup_and_panic() {
     con.reset();
     let out = con.run("cat /root/mark", Duration::from_secs(30)).await;
     assert!(out.contains("persisted"), "{out}");
-    assert_eq!(std::fs::read(env.guest.rootfs_qcow2()).map(|b| b.len()).unwrap(), base_sum);
+    assert_eq!(
+        std::fs::read(env.guest.rootfs_qcow2())
+            .map(|b| b.len())
+            .unwrap(),
+        base_sum
+    );
 
     // A guest panic is reported as such (pvpanic), not as a crash.
     con.send("echo c > /proc/sysrq-trigger").await;
     let mut rx = vm.exit_watch();
     let exit = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(Option::is_some)).await;
-    assert_eq!(exit.expect("exit").expect("watch").clone(), Some(VmExit::GuestPanic));
+    assert_eq!(
+        exit.expect("exit").expect("watch").clone(),
+        Some(VmExit::GuestPanic)
+    );
     d.cleanup(spec.id).await.unwrap();
 }
 
@@ -88,8 +126,17 @@ async fn probe_reports_tcg_here_and_capabilities() {
     let d = QemuDriver::new(cfg);
     let info = d.probe().await;
     assert!(info.available, "{info:?}");
-    assert!(info.detail.contains("QEMU emulator version"), "{}", info.detail);
-    for c in [caps::PAUSE, caps::CONSOLE, caps::REATTACH, caps::LIVE_RESIZE_MEMORY] {
+    assert!(
+        info.detail.contains("QEMU emulator version"),
+        "{}",
+        info.detail
+    );
+    for c in [
+        caps::PAUSE,
+        caps::CONSOLE,
+        caps::REATTACH,
+        caps::LIVE_RESIZE_MEMORY,
+    ] {
         assert!(info.capabilities.iter().any(|x| x == c), "{c}");
     }
     // This host's /dev/kvm (kvm_pvm) cannot run ordinary guests: the boot probe must see that.
@@ -112,5 +159,8 @@ async fn probe_reports_tcg_here_and_capabilities() {
         c
     });
     let info = bad.probe().await;
-    assert!(!info.available && info.detail.contains("/nonexistent/qemu"), "{info:?}");
+    assert!(
+        !info.available && info.detail.contains("/nonexistent/qemu"),
+        "{info:?}"
+    );
 }

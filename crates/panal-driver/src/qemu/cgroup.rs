@@ -81,8 +81,16 @@ fn write(path: PathBuf, value: &str) -> Result<(), DriverError> {
 
 impl VmCgroup {
     /// Creates the groups for `vm` with `vcpus` CPUs worth of time and `memory_limit` bytes.
-    pub fn create(mode: &CgroupMode, vm: &str, vcpus: u32, memory_limit: u64) -> Result<VmCgroup, DriverError> {
-        let cg = VmCgroup { mode: mode.clone(), vm: vm.to_string() };
+    pub fn create(
+        mode: &CgroupMode,
+        vm: &str,
+        vcpus: u32,
+        memory_limit: u64,
+    ) -> Result<VmCgroup, DriverError> {
+        let cg = VmCgroup {
+            mode: mode.clone(),
+            vm: vm.to_string(),
+        };
         if let CgroupMode::V2(root) = mode {
             // Controllers must be enabled for the children of every ancestor.
             let panal = root.join("panal");
@@ -97,7 +105,10 @@ impl VmCgroup {
         cg.set_cpus(vcpus)?;
         match mode {
             CgroupMode::V2(_) => write(cg.dirs()[0].join("memory.max"), &memory_limit.to_string())?,
-            CgroupMode::V1 { .. } => write(cg.dirs()[1].join("memory.limit_in_bytes"), &memory_limit.to_string())?,
+            CgroupMode::V1 { .. } => write(
+                cg.dirs()[1].join("memory.limit_in_bytes"),
+                &memory_limit.to_string(),
+            )?,
             CgroupMode::Unavailable(_) => {}
         }
         Ok(cg)
@@ -105,7 +116,10 @@ impl VmCgroup {
 
     /// A handle on existing groups (after re-attach).
     pub fn existing(mode: &CgroupMode, vm: &str) -> VmCgroup {
-        VmCgroup { mode: mode.clone(), vm: vm.to_string() }
+        VmCgroup {
+            mode: mode.clone(),
+            vm: vm.to_string(),
+        }
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -114,14 +128,20 @@ impl VmCgroup {
 
     /// The `cgroup.procs` files a process writes its pid to, to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs().into_iter().map(|d| d.join("cgroup.procs")).collect()
+        self.dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
     }
 
     /// Sets the CPU limit to `vcpus` CPUs worth of time per period.
     pub fn set_cpus(&self, vcpus: u32) -> Result<(), DriverError> {
         let quota = PERIOD_US * u64::from(vcpus.max(1));
         match &self.mode {
-            CgroupMode::V2(_) => write(self.dirs()[0].join("cpu.max"), &format!("{quota} {PERIOD_US}")),
+            CgroupMode::V2(_) => write(
+                self.dirs()[0].join("cpu.max"),
+                &format!("{quota} {PERIOD_US}"),
+            ),
             CgroupMode::V1 { .. } => {
                 let d = &self.dirs()[0];
                 write(d.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;

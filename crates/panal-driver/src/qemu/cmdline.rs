@@ -97,7 +97,10 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
     let p = &plan.paths;
 
     push("-name");
-    push(&format!("{},debug-threads=on", plan.name.replace(',', ",,")));
+    push(&format!(
+        "{},debug-threads=on",
+        plan.name.replace(',', ",,")
+    ));
     push("-nodefaults");
     push("-no-user-config");
     push("-display");
@@ -123,7 +126,11 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
     if micro {
         push(&plan.vcpus.to_string());
     } else {
-        push(&format!("{},maxcpus={}", plan.vcpus, plan.max_vcpus.max(plan.vcpus)));
+        push(&format!(
+            "{},maxcpus={}",
+            plan.vcpus,
+            plan.max_vcpus.max(plan.vcpus)
+        ));
     }
     if let Some((kernel, initrd, cmdline)) = &plan.kernel {
         a.push("-kernel".into());
@@ -136,7 +143,13 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         a.push(cmdline.into());
     }
     let mut push = |s: &str| a.push(s.into());
-    let dev = |name: &str| if micro { format!("{name}-device") } else { format!("{name}-pci") };
+    let dev = |name: &str| {
+        if micro {
+            format!("{name}-device")
+        } else {
+            format!("{name}-pci")
+        }
+    };
     if let Some(d) = &plan.disk {
         let node = json!({
             "driver": d.format,
@@ -171,7 +184,10 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
     push("-serial");
     push("chardev:con0");
     push("-chardev");
-    push(&format!("socket,id=qmp0,path={},server=on,wait=off", opt_escape(&p.qmp())));
+    push(&format!(
+        "socket,id=qmp0,path={},server=on,wait=off",
+        opt_escape(&p.qmp())
+    ));
     push("-mon");
     push("chardev=qmp0,mode=control");
     if plan.sandbox {
@@ -205,8 +221,13 @@ mod tests {
             max_vcpus: 4,
             memory_mib: 256,
             kernel: Some(("/k".into(), None, "console=ttyS0".into())),
-            disk: Some(Disk { path: "/run/a,b/d\"x.qcow2".into(), format: "qcow2".into() }),
-            paths: RunPaths { dir: "/run/a,b".into() },
+            disk: Some(Disk {
+                path: "/run/a,b/d\"x.qcow2".into(),
+                format: "qcow2".into(),
+            }),
+            paths: RunPaths {
+                dir: "/run/a,b".into(),
+            },
             sandbox: true,
             run_as: None,
             tcg_tb_size_mib: 64,
@@ -214,13 +235,19 @@ mod tests {
     }
 
     fn joined(p: &Plan) -> Vec<String> {
-        build(p).into_iter().map(|s| s.to_string_lossy().into_owned()).collect()
+        build(p)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn commas_in_paths_are_escaped_and_disks_are_json() {
         let a = joined(&plan(MachineProfile::Q35));
-        assert!(a.iter().any(|s| s.contains("path=/run/a,,b/qmp.sock,server=on")));
+        assert!(
+            a.iter()
+                .any(|s| s.contains("path=/run/a,,b/qmp.sock,server=on"))
+        );
         let bd = a.iter().position(|s| s == "-blockdev").unwrap();
         let v: serde_json::Value = serde_json::from_str(&a[bd + 1]).unwrap();
         assert_eq!(v["driver"], "qcow2");

@@ -28,14 +28,25 @@ impl GuestImage {
         if let Some(d) = std::env::var_os("PANAL_GUEST_DIR") {
             return PathBuf::from(d);
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/root".into());
         home.join(".cache/panal/guest")
     }
 
     /// Opens the guest in `dir`, checking that every file is there; the error says how to build it.
     pub fn open(dir: &Path) -> Result<GuestImage, String> {
-        let g = GuestImage { dir: dir.to_path_buf() };
-        for f in ["vmlinux", "vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "rootfs.qcow2", "manifest.json"] {
+        let g = GuestImage {
+            dir: dir.to_path_buf(),
+        };
+        for f in [
+            "vmlinux",
+            "vmlinuz",
+            "initramfs.cpio.gz",
+            "rootfs.ext4",
+            "rootfs.qcow2",
+            "manifest.json",
+        ] {
             if !g.dir.join(f).is_file() {
                 return Err(format!(
                     "the Panal test guest is missing {} in {}: run scripts/build-guest-image.sh {}",
@@ -88,6 +99,10 @@ impl GuestImage {
     /// The kernel the driver uses for disk images without a boot loader (root on `/dev/vda`),
     /// and for the KVM probe. Pass it as [`super::QemuConfig::disk_boot_kernel`].
     pub fn direct_kernel(&self, machine: MachineProfile) -> DirectKernel {
-        DirectKernel { kernel: self.kernel(machine), initrd: Some(self.initramfs()), cmdline: String::new() }
+        DirectKernel {
+            kernel: self.kernel(machine),
+            initrd: Some(self.initramfs()),
+            cmdline: String::new(),
+        }
     }
 }

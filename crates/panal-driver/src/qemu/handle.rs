@@ -7,11 +7,11 @@
 //! asked for > the guest's own power-off > anything else is a crash. Dropping the handle closes
 //! QMP and ends the watcher without publishing an exit: the VM keeps running for a later attach.
 
+use super::VmMeta;
 use super::cgroup::VmCgroup;
 use super::cmdline::RunPaths;
 use super::process::{self, ProcState};
 use super::qmp::{Qmp, QmpEvent};
-use super::VmMeta;
 use crate::{DriverError, ResizeOutcome, ResizeRequest, RuntimeState, VmExit, VmHandle};
 use async_trait::async_trait;
 use panal_types::VmId;
@@ -54,10 +54,27 @@ impl QemuVm {
         cgroup: Option<VmCgroup>,
     ) -> Arc<QemuVm> {
         let (exit_tx, _) = watch::channel(None);
-        let shared = Arc::new(Shared { exit_tx, requested_stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            exit_tx,
+            requested_stop: AtomicBool::new(false),
+        });
         let qmp = Arc::new(qmp);
-        tokio::spawn(watch_exit(Arc::downgrade(&qmp), events, pid, shared.clone(), cgroup.clone()));
-        Arc::new(QemuVm { id, pid, paths, qmp, shared, meta: Mutex::new(meta), cgroup })
+        tokio::spawn(watch_exit(
+            Arc::downgrade(&qmp),
+            events,
+            pid,
+            shared.clone(),
+            cgroup.clone(),
+        ));
+        Arc::new(QemuVm {
+            id,
+            pid,
+            paths,
+            qmp,
+            shared,
+            meta: Mutex::new(meta),
+            cgroup,
+        })
     }
 
     /// The run directory.
@@ -80,7 +97,9 @@ impl QemuVm {
 
     async fn wait_exit(&self, timeout: Duration) -> bool {
         let mut rx = self.shared.exit_tx.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await.is_ok()
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .is_ok()
     }
 
     fn save_meta(&self, meta: &VmMeta) {
@@ -99,7 +118,9 @@ impl QemuVm {
             ));
             return Ok(());
         }
-        self.qmp.execute("balloon", Some(json!({ "value": bytes }))).await?;
+        self.qmp
+            .execute("balloon", Some(json!({ "value": bytes })))
+            .await?;
         // The guest's balloon driver gives memory back asynchronously; wait briefly to report.
         let mut actual = 0;
         for _ in 0..30 {
@@ -152,7 +173,8 @@ impl QemuVm {
             added += 1;
         }
         if added < want {
-            out.pending_reboot.push(format!("only {added} of {want} vcpus could be hot-plugged"));
+            out.pending_reboot
+                .push(format!("only {added} of {want} vcpus could be hot-plugged"));
         }
         if let Some(cg) = &self.cgroup {
             cg.set_cpus(added)?;
@@ -181,11 +203,13 @@ impl VmHandle for QemuVm {
             return Ok(RuntimeState::Exited(exit));
         }
         let s = self.qmp.execute("query-status", None).await?;
-        Ok(match s.get("status").and_then(Value::as_str).unwrap_or("") {
-            "running" | "debug" => RuntimeState::Running,
-            "guest-panicked" => RuntimeState::GuestPanicked,
-            _ => RuntimeState::Paused,
-        })
+        Ok(
+            match s.get("status").and_then(Value::as_str).unwrap_or("") {
+                "running" | "debug" => RuntimeState::Running,
+                "guest-panicked" => RuntimeState::GuestPanicked,
+                _ => RuntimeState::Paused,
+            },
+        )
     }
 
     async fn shutdown(&self, timeout: Duration) -> Result<(), DriverError> {
@@ -211,7 +235,10 @@ impl VmHandle for QemuVm {
         if self.wait_exit(Duration::from_secs(10)).await {
             Ok(())
         } else {
-            Err(DriverError::Hypervisor(format!("QEMU pid {} did not die after SIGKILL", self.pid)))
+            Err(DriverError::Hypervisor(format!(
+                "QEMU pid {} did not die after SIGKILL",
+                self.pid
+            )))
         }
     }
 
@@ -237,7 +264,10 @@ impl VmHandle for QemuVm {
         if let Some(m) = req.memory_bytes
             && m < super::MIN_MEMORY_BYTES
         {
-            return Err(DriverError::Invalid(format!("memory must be at least {} MiB", super::MIN_MEMORY_BYTES >> 20)));
+            return Err(DriverError::Invalid(format!(
+                "memory must be at least {} MiB",
+                super::MIN_MEMORY_BYTES >> 20
+            )));
         }
         self.live()?;
         let mut out = ResizeOutcome::default();
@@ -313,7 +343,9 @@ async fn watch_exit(
         match shutdown_reason.as_deref() {
             Some("guest-shutdown") => VmExit::Shutdown,
             Some(other) => VmExit::Crashed(format!("QEMU stopped ({other})")),
-            None => VmExit::Crashed("QEMU process died without a shutdown (killed or crashed)".into()),
+            None => {
+                VmExit::Crashed("QEMU process died without a shutdown (killed or crashed)".into())
+            }
         }
     };
     if let Some(cg) = cgroup {

@@ -34,17 +34,24 @@ fn validate(spec: &VmLaunch) -> Result<(), DriverError> {
         return Err(DriverError::Invalid("vcpus must be at least 1".into()));
     }
     if spec.memory_bytes < MIN_MEMORY_BYTES {
-        return Err(DriverError::Invalid(format!("memory must be at least {} MiB", MIN_MEMORY_BYTES >> 20)));
+        return Err(DriverError::Invalid(format!(
+            "memory must be at least {} MiB",
+            MIN_MEMORY_BYTES >> 20
+        )));
     }
     if let BootSource::Kernel { cmdline, .. } = &spec.boot
         && cmdline.chars().any(char::is_control)
     {
-        return Err(DriverError::Invalid("kernel command line contains control characters".into()));
+        return Err(DriverError::Invalid(
+            "kernel command line contains control characters".into(),
+        ));
     }
     if let BootSource::Disk { format, .. } = &spec.boot
         && !matches!(format.as_str(), "qcow2" | "raw")
     {
-        return Err(DriverError::Invalid(format!("unsupported disk format {format:?} (qcow2 or raw)")));
+        return Err(DriverError::Invalid(format!(
+            "unsupported disk format {format:?} (qcow2 or raw)"
+        )));
     }
     Ok(())
 }
@@ -52,7 +59,8 @@ fn validate(spec: &VmLaunch) -> Result<(), DriverError> {
 fn valid_user(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= 32
-        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && u.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         && !u.starts_with('-')
 }
 
@@ -66,7 +74,10 @@ impl QemuDriver {
     }
 
     /// [`crate::Driver::launch`], returning the concrete handle and timings.
-    pub async fn launch_qemu(&self, spec: &VmLaunch) -> Result<(Arc<QemuVm>, LaunchTimings), DriverError> {
+    pub async fn launch_qemu(
+        &self,
+        spec: &VmLaunch,
+    ) -> Result<(Arc<QemuVm>, LaunchTimings), DriverError> {
         let t0 = Instant::now();
         validate(spec)?;
         let cfg = &self.config;
@@ -82,7 +93,10 @@ impl QemuDriver {
         let accel = self.accel().await.accel;
         let paths = self.run_paths(spec.id);
         if let Some(pid) = self.running_pid(spec.id) {
-            return Err(DriverError::Invalid(format!("vm {} already runs (QEMU pid {pid})", spec.id)));
+            return Err(DriverError::Invalid(format!(
+                "vm {} already runs (QEMU pid {pid})",
+                spec.id
+            )));
         }
         tokio::fs::create_dir_all(&paths.dir).await?;
         for stale in [paths.pid(), paths.qmp(), paths.console_sock()] {
@@ -99,23 +113,49 @@ impl QemuDriver {
             }
         }
         let (kernel, disk) = match &spec.boot {
-            BootSource::None => return Err(DriverError::Invalid("the qemu driver needs a boot source".into())),
-            BootSource::Kernel { kernel, initrd, cmdline } => {
-                (Some((kernel.clone(), initrd.clone(), format!("{args} {cmdline}").trim().to_string())), None)
+            BootSource::None => {
+                return Err(DriverError::Invalid(
+                    "the qemu driver needs a boot source".into(),
+                ));
             }
+            BootSource::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => (
+                Some((
+                    kernel.clone(),
+                    initrd.clone(),
+                    format!("{args} {cmdline}").trim().to_string(),
+                )),
+                None,
+            ),
             BootSource::Disk { base, format } => {
                 let disk = self.overlay(&paths, base, format).await?;
                 let kernel = match &cfg.disk_boot_kernel {
-                    Some(k) => Some((k.kernel.clone(), k.initrd.clone(), format!("{args} root=/dev/vda {}", k.cmdline).trim().to_string())),
+                    Some(k) => Some((
+                        k.kernel.clone(),
+                        k.initrd.clone(),
+                        format!("{args} root=/dev/vda {}", k.cmdline)
+                            .trim()
+                            .to_string(),
+                    )),
                     None if micro => {
-                        return Err(DriverError::Invalid("microvm cannot firmware-boot a disk: configure disk_boot_kernel".into()));
+                        return Err(DriverError::Invalid(
+                            "microvm cannot firmware-boot a disk: configure disk_boot_kernel"
+                                .into(),
+                        ));
                     }
                     None => None,
                 };
                 (kernel, Some(disk))
             }
         };
-        let max_vcpus = if micro { spec.vcpus } else { cfg.max_vcpus.max(spec.vcpus) };
+        let max_vcpus = if micro {
+            spec.vcpus
+        } else {
+            cfg.max_vcpus.max(spec.vcpus)
+        };
         let plan = Plan {
             name: format!("panal-{}", spec.id),
             machine: spec.machine,
@@ -140,19 +180,31 @@ impl QemuDriver {
             memory_bytes: spec.memory_bytes,
             balloon_bytes: spec.memory_bytes,
         };
-        tokio::fs::write(paths.meta(), serde_json::to_vec_pretty(&meta).map_err(|e| DriverError::Io(e.to_string()))?).await?;
+        tokio::fs::write(
+            paths.meta(),
+            serde_json::to_vec_pretty(&meta).map_err(|e| DriverError::Io(e.to_string()))?,
+        )
+        .await?;
 
         let cgroup = match &facts.cgroups {
             super::CgroupMode::Unavailable(_) => None,
             mode => {
                 let limit = spec.memory_bytes + cfg.memory_overhead_bytes;
-                Some(VmCgroup::create(mode, &spec.id.to_string(), spec.vcpus, limit)?)
+                Some(VmCgroup::create(
+                    mode,
+                    &spec.id.to_string(),
+                    spec.vcpus,
+                    limit,
+                )?)
             }
         };
         let spawn = Spawn {
             binary: cfg.qemu_binary.clone(),
             args: cmdline::build(&plan),
-            cgroup_procs: cgroup.as_ref().map(VmCgroup::procs_files).unwrap_or_default(),
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(VmCgroup::procs_files)
+                .unwrap_or_default(),
             timeout: cfg.launch_timeout,
         };
         let to_spawn = t0.elapsed();
@@ -171,15 +223,29 @@ impl QemuDriver {
             Ok(q) => q,
             Err(e) => {
                 let _ = process::signal(pid, nix::sys::signal::Signal::SIGKILL);
-                return Err(DriverError::Launch(format!("QEMU started but QMP failed: {e}")));
+                return Err(DriverError::Launch(format!(
+                    "QEMU started but QMP failed: {e}"
+                )));
             }
         };
         let vm = QemuVm::start(spec.id, pid, paths, qmp, rx, meta, cgroup);
-        Ok((vm, LaunchTimings { to_spawn, qemu_setup, total: t0.elapsed() }))
+        Ok((
+            vm,
+            LaunchTimings {
+                to_spawn,
+                qemu_setup,
+                total: t0.elapsed(),
+            },
+        ))
     }
 
     /// Creates the VM's copy-on-write overlay on `base` unless one exists already.
-    async fn overlay(&self, paths: &RunPaths, base: &std::path::Path, format: &str) -> Result<Disk, DriverError> {
+    async fn overlay(
+        &self,
+        paths: &RunPaths,
+        base: &std::path::Path,
+        format: &str,
+    ) -> Result<Disk, DriverError> {
         let overlay = paths.overlay();
         if !tokio::fs::try_exists(&overlay).await.unwrap_or(false) {
             // An absolute base: qemu-img resolves relative backing paths against the overlay.
@@ -200,17 +266,28 @@ impl QemuDriver {
                 )));
             }
         }
-        Ok(Disk { path: overlay, format: "qcow2".into() })
+        Ok(Disk {
+            path: overlay,
+            format: "qcow2".into(),
+        })
     }
 
     /// [`crate::Driver::attach`], returning the concrete handle.
     pub async fn attach_qemu(&self, id: VmId) -> Result<Option<Arc<QemuVm>>, DriverError> {
-        let Some(pid) = self.running_pid(id) else { return Ok(None) };
+        let Some(pid) = self.running_pid(id) else {
+            return Ok(None);
+        };
         let paths = self.run_paths(id);
-        let meta: VmMeta = match tokio::fs::read(paths.meta()).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        let meta: VmMeta = match tokio::fs::read(paths.meta())
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
             Some(m) => m,
             None => {
-                return Err(DriverError::Hypervisor(format!("vm {id} runs but its vm.json is missing or unreadable")));
+                return Err(DriverError::Hypervisor(format!(
+                    "vm {id} runs but its vm.json is missing or unreadable"
+                )));
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();

@@ -171,7 +171,11 @@ pub struct QemuDriver {
 impl QemuDriver {
     /// A driver with this configuration. Probing happens lazily, at the first call.
     pub fn new(config: QemuConfig) -> QemuDriver {
-        QemuDriver { config, facts: OnceCell::new(), accel: OnceCell::new() }
+        QemuDriver {
+            config,
+            facts: OnceCell::new(),
+            accel: OnceCell::new(),
+        }
     }
 
     /// The configuration.
@@ -200,8 +204,14 @@ impl QemuDriver {
         self.accel
             .get_or_init(|| async {
                 match self.config.accel {
-                    AccelMode::Kvm => AccelProbe { accel: Accel::Kvm, reason: "configured".into() },
-                    AccelMode::Tcg => AccelProbe { accel: Accel::Tcg, reason: "configured".into() },
+                    AccelMode::Kvm => AccelProbe {
+                        accel: Accel::Kvm,
+                        reason: "configured".into(),
+                    },
+                    AccelMode::Tcg => AccelProbe {
+                        accel: Accel::Tcg,
+                        reason: "configured".into(),
+                    },
                     AccelMode::Auto => {
                         let tsc = self.facts().await.tsc_khz;
                         probe::probe_accel(
@@ -219,7 +229,9 @@ impl QemuDriver {
     }
 
     fn run_paths(&self, id: VmId) -> cmdline::RunPaths {
-        cmdline::RunPaths { dir: self.config.state_dir.join("vms").join(id.to_string()) }
+        cmdline::RunPaths {
+            dir: self.config.state_dir.join("vms").join(id.to_string()),
+        }
     }
 }
 
@@ -244,7 +256,13 @@ impl Driver for QemuDriver {
             }
         };
         let accel = self.accel().await;
-        let capabilities = [caps::PAUSE, caps::LIVE_RESIZE_MEMORY, caps::LIVE_RESIZE_VCPUS, caps::CONSOLE, caps::REATTACH];
+        let capabilities = [
+            caps::PAUSE,
+            caps::LIVE_RESIZE_MEMORY,
+            caps::LIVE_RESIZE_VCPUS,
+            caps::CONSOLE,
+            caps::REATTACH,
+        ];
         HypervisorInfo {
             kind: HypervisorKind::Qemu,
             available: true,
@@ -281,7 +299,13 @@ impl Driver for QemuDriver {
             Err(e) => return Err(e.into()),
         };
         while let Some(entry) = rd.next_entry().await? {
-            let Some(id) = entry.file_name().to_str().and_then(|s| s.parse::<VmId>().ok()) else { continue };
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<VmId>().ok())
+            else {
+                continue;
+            };
             if self.running_pid(id).is_some() {
                 out.push(id);
             }
@@ -291,7 +315,9 @@ impl Driver for QemuDriver {
 
     async fn cleanup(&self, id: VmId) -> Result<(), DriverError> {
         if let Some(pid) = self.running_pid(id) {
-            return Err(DriverError::Invalid(format!("vm {id} is still running (QEMU pid {pid})")));
+            return Err(DriverError::Invalid(format!(
+                "vm {id} is still running (QEMU pid {pid})"
+            )));
         }
         let facts = self.facts().await;
         cgroup::VmCgroup::existing(&facts.cgroups, &id.to_string()).remove()?;

@@ -36,13 +36,22 @@ pub async fn qemu_version(binary: &Path) -> Result<String, String> {
     if !out.status.success() {
         return Err(format!("{} --version failed", binary.display()));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// The host TSC frequency in kHz: the kernel's calibration from the kernel log where readable
 /// ("tsc: Refined TSC clocksource calibration" or "tsc: Detected ... MHz"), else /proc/cpuinfo.
 pub async fn host_tsc_khz() -> Option<u64> {
-    if let Ok(out) = tokio::process::Command::new("dmesg").stdin(Stdio::null()).output().await {
+    if let Ok(out) = tokio::process::Command::new("dmesg")
+        .stdin(Stdio::null())
+        .output()
+        .await
+    {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut best = None;
         for line in text.lines() {
@@ -82,7 +91,12 @@ fn cache_key(binary: &Path) -> String {
 }
 
 /// Decides the accelerator for `auto`, using the on-disk cache in `state_dir` when valid.
-pub async fn probe_accel(binary: &Path, state_dir: &Path, guest: Option<&DirectKernel>, tsc_khz: Option<u64>) -> AccelProbe {
+pub async fn probe_accel(
+    binary: &Path,
+    state_dir: &Path,
+    guest: Option<&DirectKernel>,
+    tsc_khz: Option<u64>,
+) -> AccelProbe {
     let cache = state_dir.join("accel-probe.json");
     let key = cache_key(binary);
     if let Ok(bytes) = tokio::fs::read(&cache).await
@@ -99,9 +113,22 @@ pub async fn probe_accel(binary: &Path, state_dir: &Path, guest: Option<&DirectK
     result
 }
 
-async fn probe_uncached(binary: &Path, state_dir: &Path, guest: Option<&DirectKernel>, tsc_khz: Option<u64>) -> AccelProbe {
-    let tcg = |reason: String| AccelProbe { accel: Accel::Tcg, reason };
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+async fn probe_uncached(
+    binary: &Path,
+    state_dir: &Path,
+    guest: Option<&DirectKernel>,
+    tsc_khz: Option<u64>,
+) -> AccelProbe {
+    let tcg = |reason: String| AccelProbe {
+        accel: Accel::Tcg,
+        reason,
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return tcg("/dev/kvm is missing or not accessible".into());
     }
     let Some(guest) = guest else {
@@ -115,17 +142,33 @@ async fn probe_uncached(binary: &Path, state_dir: &Path, guest: Option<&DirectKe
         append.push_str(&format!(" tsc_early_khz={k}"));
     }
     let mut cmd = tokio::process::Command::new(binary);
-    cmd.args(["-machine", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults"])
-        .args(["-no-user-config", "-display", "none", "-no-reboot", "-kernel"])
-        .arg(&guest.kernel)
-        .arg("-append")
-        .arg(&append)
-        .arg("-serial")
-        .arg(format!("file:{}", super::cmdline::opt_escape(&log)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "-machine",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128",
+        "-nodefaults",
+    ])
+    .args([
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+    ])
+    .arg(&guest.kernel)
+    .arg("-append")
+    .arg(&append)
+    .arg("-serial")
+    .arg(format!("file:{}", super::cmdline::opt_escape(&log)))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     if let Some(i) = &guest.initrd {
         cmd.arg("-initrd").arg(i);
     }
@@ -133,15 +176,23 @@ async fn probe_uncached(binary: &Path, state_dir: &Path, guest: Option<&DirectKe
         return tcg("could not start the KVM probe".into());
     };
     match tokio::time::timeout(KVM_PROBE_TIMEOUT, child.wait_with_output()).await {
-        Err(_) => tcg(format!("a KVM guest did not boot within {KVM_PROBE_TIMEOUT:?}")),
+        Err(_) => tcg(format!(
+            "a KVM guest did not boot within {KVM_PROBE_TIMEOUT:?}"
+        )),
         Ok(Err(e)) => tcg(format!("KVM probe failed: {e}")),
         Ok(Ok(out)) => {
             let console = std::fs::read_to_string(&log).unwrap_or_default();
             if out.status.success() && console.contains(super::READY_LINE) {
-                AccelProbe { accel: Accel::Kvm, reason: "a KVM probe guest booted".into() }
+                AccelProbe {
+                    accel: Accel::Kvm,
+                    reason: "a KVM probe guest booted".into(),
+                }
             } else {
                 let err = String::from_utf8_lossy(&out.stderr);
-                tcg(format!("KVM probe guest failed: {}", err.lines().last().unwrap_or("no output")))
+                tcg(format!(
+                    "KVM probe guest failed: {}",
+                    err.lines().last().unwrap_or("no output")
+                ))
             }
         }
     }

@@ -37,7 +37,10 @@ pub fn proc_state(pid: u32) -> ProcState {
         return ProcState::Gone;
     };
     // The command name may contain spaces and parentheses: the state follows the last ')'.
-    match stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) {
+    match stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+    {
         Some("Z") | Some("X") | Some("x") => ProcState::Zombie,
         Some(_) => ProcState::Alive,
         None => ProcState::Gone,
@@ -109,7 +112,12 @@ pub async fn spawn_daemonized(spawn: &Spawn) -> Result<(), DriverError> {
         .map_err(|e| DriverError::Launch(format!("cannot run {}: {e}", spawn.binary.display())))?;
     let out = tokio::time::timeout(spawn.timeout, child.wait_with_output())
         .await
-        .map_err(|_| DriverError::Launch(format!("QEMU did not finish starting within {:?}", spawn.timeout)))?
+        .map_err(|_| {
+            DriverError::Launch(format!(
+                "QEMU did not finish starting within {:?}",
+                spawn.timeout
+            ))
+        })?
         .map_err(|e| DriverError::Launch(format!("waiting for QEMU: {e}")))?;
     if out.status.success() {
         return Ok(());

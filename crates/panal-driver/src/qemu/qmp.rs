@@ -79,14 +79,24 @@ impl Qmp {
             .map_err(|e| hv(format!("connect {}: {e}", path.display())))?;
         let (rd, mut wr) = stream.into_split();
         let mut lines = BufReader::new(rd).lines();
-        let greeting = lines.next_line().await.map_err(hv)?.ok_or_else(|| hv("closed before greeting"))?;
+        let greeting = lines
+            .next_line()
+            .await
+            .map_err(hv)?
+            .ok_or_else(|| hv("closed before greeting"))?;
         let g: Value = serde_json::from_str(&greeting).map_err(hv)?;
         if g.get("QMP").is_none() {
             return Err(hv(format!("unexpected greeting {greeting}")));
         }
-        wr.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await.map_err(hv)?;
+        wr.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await
+            .map_err(hv)?;
         loop {
-            let line = lines.next_line().await.map_err(hv)?.ok_or_else(|| hv("closed during negotiation"))?;
+            let line = lines
+                .next_line()
+                .await
+                .map_err(hv)?
+                .ok_or_else(|| hv("closed during negotiation"))?;
             let v: Value = serde_json::from_str(&line).map_err(hv)?;
             if v.get("return").is_some() {
                 break;
@@ -95,20 +105,32 @@ impl Qmp {
                 return Err(hv(format!("qmp_capabilities failed: {err}")));
             }
         }
-        let pending: std::sync::Arc<Pending> = std::sync::Arc::new(Mutex::new(Some(HashMap::new())));
+        let pending: std::sync::Arc<Pending> =
+            std::sync::Arc::new(Mutex::new(Some(HashMap::new())));
         let p2 = pending.clone();
         let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if let Some(name) = v.get("event").and_then(Value::as_str) {
                     let data = v.get("data").cloned().unwrap_or(Value::Null);
-                    let _ = events.send(QmpEvent { name: name.to_string(), data });
+                    let _ = events.send(QmpEvent {
+                        name: name.to_string(),
+                        data,
+                    });
                     continue;
                 }
-                let Some(id) = v.get("id").and_then(Value::as_u64) else { continue };
+                let Some(id) = v.get("id").and_then(Value::as_u64) else {
+                    continue;
+                };
                 let reply = match (v.get("return"), v.get("error")) {
                     (Some(r), _) => Ok(r.clone()),
-                    (_, Some(e)) => Err(e.get("desc").and_then(Value::as_str).unwrap_or("error").to_string()),
+                    (_, Some(e)) => Err(e
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error")
+                        .to_string()),
                     _ => continue,
                 };
                 if let Some(tx) = p2.lock().as_mut().and_then(|m| m.remove(&id)) {
@@ -134,7 +156,11 @@ impl Qmp {
 
     /// Runs one command and returns its `return` value; a QMP `error` becomes
     /// [`DriverError::Hypervisor`] with QEMU's description.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, DriverError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, DriverError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match self.pending.lock().as_mut() {

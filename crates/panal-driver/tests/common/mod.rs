@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-use panal_driver::qemu::{AccelMode, GuestImage, QemuConfig, QemuDriver};
 use panal_driver::VmLaunch;
+use panal_driver::qemu::{AccelMode, GuestImage, QemuConfig, QemuDriver};
 use panal_types::VmId;
 use panal_types::vm::MachineProfile;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,10 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         let guest = guest();
-        let dir = tempfile::Builder::new().prefix("panal-qemu-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("panal-qemu-test-")
+            .tempdir()
+            .expect("tempdir");
         Env { dir, guest }
     }
 
@@ -61,7 +64,12 @@ impl Env {
     }
 
     pub fn console(&self, id: VmId) -> Console {
-        Console { log: self.run_dir(id).join("console.log"), sock: self.run_dir(id).join("console.sock"), offset: 0, stream: None }
+        Console {
+            log: self.run_dir(id).join("console.log"),
+            sock: self.run_dir(id).join("console.sock"),
+            offset: 0,
+            stream: None,
+        }
     }
 }
 
@@ -76,12 +84,19 @@ impl Drop for Env {
                     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     let marker = e.path().to_string_lossy().into_owned();
                     if String::from_utf8_lossy(&cmd).contains(&marker) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
                 // Remove the VM's cgroups (v1 layout here; v2 path too), once QEMU is gone.
                 let name = e.file_name();
-                for root in ["/sys/fs/cgroup/cpu/panal", "/sys/fs/cgroup/memory/panal", "/sys/fs/cgroup/panal"] {
+                for root in [
+                    "/sys/fs/cgroup/cpu/panal",
+                    "/sys/fs/cgroup/memory/panal",
+                    "/sys/fs/cgroup/panal",
+                ] {
                     let d = Path::new(root).join(&name);
                     for _ in 0..50 {
                         if !d.exists() || std::fs::remove_dir(&d).is_ok() {
@@ -115,14 +130,26 @@ impl Console {
             if let Some(rest) = text.get(self.offset..)
                 && let Some(i) = rest.find(needle)
             {
-                let end = rest[i..].find('\n').map(|n| i + n + 1).unwrap_or(rest.len());
+                let end = rest[i..]
+                    .find('\n')
+                    .map(|n| i + n + 1)
+                    .unwrap_or(rest.len());
                 let seen = rest[..end].to_string();
                 self.offset += end;
                 return seen;
             }
             if Instant::now() > deadline {
-                let tail: String = text.chars().rev().take(1500).collect::<Vec<_>>().into_iter().rev().collect();
-                panic!("{needle:?} not seen on the console within {timeout:?}; console tail:\n{tail}");
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(1500)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "{needle:?} not seen on the console within {timeout:?}; console tail:\n{tail}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -131,7 +158,10 @@ impl Console {
     /// All history text after `offset`, without moving it.
     pub fn since_offset(&self) -> String {
         let text = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(&text).get(self.offset..).unwrap_or("").to_string()
+        String::from_utf8_lossy(&text)
+            .get(self.offset..)
+            .unwrap_or("")
+            .to_string()
     }
 
     /// Forgets the connection (after the VM's QEMU was replaced by a new one).
@@ -144,7 +174,9 @@ impl Console {
         if self.stream.is_none() {
             // Typing before the shell has started loses the input: wait for its first prompt.
             self.wait_for("panal# ", Duration::from_secs(30)).await;
-            let stream = UnixStream::connect(&self.sock).await.expect("console socket");
+            let stream = UnixStream::connect(&self.sock)
+                .await
+                .expect("console socket");
             // QEMU stalls the guest's serial output while a connected client does not read:
             // drain it (the history file has everything).
             let (mut rd, wr) = stream.into_split();
@@ -154,26 +186,36 @@ impl Console {
             self.stream = Some(wr);
         }
         let s = self.stream.as_mut().expect("stream");
-        s.write_all(format!("{line}\n").as_bytes()).await.expect("console write");
+        s.write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("console write");
     }
 
     /// Runs a command and returns its output, framed by unique markers.
     pub async fn run(&mut self, cmd: &str, timeout: Duration) -> String {
         let tag = format!("M{}", rand_tag());
         // Quotes split the markers in the typed (echoed) line, so only the output matches.
-        self.send(&format!("echo {tag}-BE''GIN; {cmd}; echo {tag}-E''ND")).await;
+        self.send(&format!("echo {tag}-BE''GIN; {cmd}; echo {tag}-E''ND"))
+            .await;
         let out = self.wait_for(&format!("{tag}-END"), timeout).await;
         let begin = format!("{tag}-BEGIN");
         let start = out.rfind(&begin).map(|i| i + begin.len()).unwrap_or(0);
         let body = &out[start..];
-        body.rsplit_once(&format!("{tag}-END")).map(|(b, _)| b).unwrap_or(body).trim().to_string()
+        body.rsplit_once(&format!("{tag}-END"))
+            .map(|(b, _)| b)
+            .unwrap_or(body)
+            .trim()
+            .to_string()
     }
 }
 
 fn rand_tag() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(1);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     u64::from(t) * 1000 + N.fetch_add(1, Ordering::Relaxed)
 }
 
