@@ -31,6 +31,8 @@ pub enum ErrorCode {
     Conflict,
     /// A compare-and-swap lost against a concurrent writer; retry with fresh state.
     PreconditionFailed,
+    /// The requested history is gone (events resumed from a compacted revision); re-list.
+    Gone,
     /// No host can satisfy the request.
     InsufficientCapacity,
     /// The store or another dependency is unreachable; retry later.
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::PreconditionFailed => 412,
+            ErrorCode::Gone => 410,
             ErrorCode::InsufficientCapacity => 507,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::Gone => "gone",
             ErrorCode::InsufficientCapacity => "insufficient_capacity",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

@@ -4,6 +4,7 @@
 //! views are what the API returns. Validation lives next to the types so that every front end
 //! (REST, CLI, tests) applies the same rules.
 
+pub mod agent;
 pub mod error;
 pub mod event;
 pub mod host;

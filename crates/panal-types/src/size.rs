@@ -39,6 +39,12 @@ pub fn format_size(bytes: u64) -> String {
             return format!("{}{unit}", bytes / m);
         }
     }
+    if bytes >= GIB {
+        return format!("{:.1}GiB", bytes as f64 / GIB as f64);
+    }
+    if bytes >= MIB {
+        return format!("{:.1}MiB", bytes as f64 / MIB as f64);
+    }
     format!("{bytes}B")
 }
 
@@ -63,5 +69,6 @@ mod tests {
         assert_eq!(format_size(GIB), "1GiB");
         assert_eq!(format_size(1536 * MIB), "1536MiB");
         assert_eq!(format_size(7), "7B");
+        assert_eq!(format_size(GIB + GIB / 2 + 1), "1.5GiB");
     }
 }

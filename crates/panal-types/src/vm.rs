@@ -161,6 +161,12 @@ pub struct VmSpec {
     /// Bumped by every restart request so the agent reboots exactly once per request.
     #[serde(default)]
     pub restart_nonce: u64,
+    /// The pending stop should power off at once rather than ask the guest.
+    #[serde(default)]
+    pub force_stop: bool,
+    /// Deletion was requested: the agent stops the VM and cleans up, then the record goes.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 fn default_stop_timeout() -> u32 {

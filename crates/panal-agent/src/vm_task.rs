@@ -1,0 +1,438 @@
+//! One task per VM: it owns the VM's hypervisor handle, receives the VM's latest record as typed
+//! commands, and converges the hypervisor to it step by step, reporting each observed state.
+//!
+//! Protocol: the agent sends `Converge(vm)` whenever the record changes and `Release` when the VM
+//! leaves this host. Between commands the task also wakes when the hypervisor process exits, and
+//! when a restart back-off ends. Every step is idempotent, so converging twice is harmless.
+
+use crate::boot::BootResolver;
+use crate::link::DynLink;
+use panal_driver::{
+    DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit, VmLaunch,
+};
+use panal_types::Name;
+use panal_types::agent::VmStatusReport;
+use panal_types::vm::{PowerState, RestartPolicy, Vm, VmPhase};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A command to a VM task.
+#[derive(Debug)]
+pub enum VmCommand {
+    /// Converge to this record.
+    Converge(Box<Vm>),
+    /// The VM left this host: stop it and clean up without reporting.
+    Release,
+}
+
+/// What a VM task needs from the agent.
+pub struct VmTaskContext {
+    /// This host.
+    pub host: Name,
+    /// The VM's driver.
+    pub driver: DynDriver,
+    /// The control plane.
+    pub link: DynLink,
+    /// Resolves boot sources.
+    pub boot: Arc<dyn BootResolver>,
+}
+
+/// The longest restart back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The state of one VM task.
+pub struct VmTask {
+    ctx: VmTaskContext,
+    vm: Option<Box<Vm>>,
+    handle: Option<DynVmHandle>,
+    /// Size the running hypervisor was given (to notice resizes).
+    applied: Option<(u32, u64)>,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    /// Restart nonce acted on.
+    restart_nonce: u64,
+    last_report: Option<VmStatusReport>,
+    failure: Option<String>,
+    /// The generation whose launch failed: not retried until the spec changes.
+    failed_generation: Option<u64>,
+}
+
+impl VmTask {
+    /// A task, possibly re-attached to a running hypervisor.
+    pub fn new(ctx: VmTaskContext, handle: Option<DynVmHandle>) -> Self {
+        Self {
+            ctx,
+            vm: None,
+            handle,
+            applied: None,
+            restarts: 0,
+            restart_at: None,
+            restart_nonce: 0,
+            last_report: None,
+            failure: None,
+            failed_generation: None,
+        }
+    }
+
+    /// Runs until the VM is deleted or released.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<VmCommand>) {
+        let mut first = true;
+        loop {
+            let exit_watch = self.handle.as_ref().map(|h| h.exit_watch());
+            let restart_at = self.restart_at;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(VmCommand::Converge(vm)) => {
+                        if first {
+                            // Adopt the record's restart nonce and size for a re-attached VM.
+                            self.restart_nonce = vm.status.observed_restart_nonce;
+                            self.restarts = vm.status.restarts;
+                            if self.handle.is_some() {
+                                self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+                            }
+                            first = false;
+                        }
+                        self.vm = Some(vm);
+                    }
+                    Some(VmCommand::Release) | None => {
+                        self.release().await;
+                        return;
+                    }
+                },
+                exit = wait_exit(exit_watch) => self.on_exit(exit).await,
+                _ = sleep_until(restart_at) => self.restart_at = None,
+            }
+            if self.converge().await {
+                return;
+            }
+        }
+    }
+
+    async fn release(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.kill().await;
+        }
+        if let Some(vm) = &self.vm {
+            let _ = self.ctx.driver.cleanup(vm.id).await;
+        }
+    }
+
+    /// The hypervisor process ended: apply the restart policy or report the stop.
+    async fn on_exit(&mut self, exit: VmExit) {
+        self.handle = None;
+        self.applied = None;
+        let Some(vm) = self.vm.clone() else { return };
+        let _ = self.ctx.driver.cleanup(vm.id).await;
+        let wanted_running = vm.spec.power_state != PowerState::Stopped && !vm.spec.deleted;
+        if !wanted_running {
+            return;
+        }
+        let restart = match vm.spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit.is_failure(),
+            RestartPolicy::Never => false,
+        };
+        let why = describe(&exit);
+        if restart {
+            self.restarts += 1;
+            let backoff = Duration::from_secs(1u64 << self.restarts.min(5).saturating_sub(1))
+                .min(MAX_BACKOFF);
+            self.restart_at = Some(Instant::now() + backoff);
+            self.failure = Some(format!("{why}; restarting in {}s", backoff.as_secs()));
+            self.report(
+                &vm,
+                VmPhase::Failed,
+                Some((
+                    "Restarting",
+                    format!("{why}; restart {} in {}s", self.restarts, backoff.as_secs()),
+                )),
+                false,
+            )
+            .await;
+        } else if exit.is_failure() {
+            self.failure = Some(why.clone());
+            self.report(&vm, VmPhase::Failed, Some(("Failed", why)), false)
+                .await;
+        } else {
+            // The guest powered itself off and the policy keeps it off.
+            self.report(&vm, VmPhase::Stopped, Some(("GuestShutdown", why)), true)
+                .await;
+        }
+    }
+
+    /// One convergence pass. Returns true when the task is finished (VM deleted).
+    async fn converge(&mut self) -> bool {
+        let Some(vm) = self.vm.clone() else {
+            return false;
+        };
+        if vm.spec.deleted {
+            if let Some(h) = self.handle.take() {
+                let _ = h.kill().await;
+            }
+            let _ = self.ctx.driver.cleanup(vm.id).await;
+            let mut r = self.base_report(&vm, VmPhase::Stopped);
+            r.cleaned_up = true;
+            r.event = Some(("Deleted".into(), format!("removed from {}", self.ctx.host)));
+            if let Err(e) = self.ctx.link.report(&self.ctx.host, r).await {
+                tracing::warn!(vm = %vm.id, error = %e, "could not report deletion");
+                return false;
+            }
+            return true;
+        }
+        match vm.spec.power_state {
+            PowerState::Running | PowerState::Paused => self.converge_running(&vm).await,
+            PowerState::Stopped => self.converge_stopped(&vm).await,
+        }
+        false
+    }
+
+    async fn converge_running(&mut self, vm: &Vm) {
+        if self.handle.is_none() {
+            // A pending restart back-off, or a launch that failed for this generation, waits.
+            if self.restart_at.is_some() {
+                return;
+            }
+            if self.failed_generation == Some(vm.generation) {
+                return;
+            }
+            self.report(vm, VmPhase::Starting, None, false).await;
+            match self.launch(vm).await {
+                Ok(h) => {
+                    self.handle = Some(h);
+                    self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+                    self.restart_nonce = vm.spec.restart_nonce;
+                    self.failure = None;
+                    self.failed_generation = None;
+                    self.report(
+                        vm,
+                        VmPhase::Running,
+                        Some(("Started", format!("started on {}", self.ctx.host))),
+                        false,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    self.failure = Some(why.clone());
+                    self.failed_generation = Some(vm.generation);
+                    self.report(vm, VmPhase::Failed, Some(("FailedToStart", why)), false)
+                        .await;
+                }
+            }
+            if vm.spec.power_state != PowerState::Paused {
+                return;
+            }
+        }
+        let Some(h) = self.handle.clone() else { return };
+        if vm.spec.restart_nonce > self.restart_nonce {
+            let r = h.reboot().await;
+            self.restart_nonce = vm.spec.restart_nonce;
+            let event = match r {
+                Ok(()) => ("Restarted", "guest reset".to_string()),
+                Err(e) => ("RestartFailed", e.to_string()),
+            };
+            self.report(vm, VmPhase::Running, Some((event.0, event.1)), false)
+                .await;
+        }
+        if let Some((vcpus, mem)) = self.applied
+            && (vcpus != vm.spec.vcpus || mem != vm.spec.memory_bytes)
+        {
+            let req = ResizeRequest {
+                vcpus: (vcpus != vm.spec.vcpus).then_some(vm.spec.vcpus),
+                memory_bytes: (mem != vm.spec.memory_bytes).then_some(vm.spec.memory_bytes),
+            };
+            self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+            let event = match h.resize(&req).await {
+                Ok(o) if o.pending_reboot.is_empty() => ("Resized", "applied live".to_string()),
+                Ok(o) => (
+                    "ResizePending",
+                    format!("applied at next boot: {}", o.pending_reboot.join(", ")),
+                ),
+                Err(e) => ("ResizeFailed", e.to_string()),
+            };
+            let phase = self.observed_phase(&h).await;
+            self.report(vm, phase, Some((event.0, event.1)), false)
+                .await;
+        }
+        let state = h.state().await;
+        let phase = match (vm.spec.power_state, state) {
+            (PowerState::Paused, Ok(RuntimeState::Running)) => match h.pause().await {
+                Ok(()) => VmPhase::Paused,
+                Err(e) => {
+                    self.report(
+                        vm,
+                        VmPhase::Running,
+                        Some(("PauseFailed", e.to_string())),
+                        false,
+                    )
+                    .await;
+                    return;
+                }
+            },
+            (PowerState::Running, Ok(RuntimeState::Paused)) => match h.resume().await {
+                Ok(()) => VmPhase::Running,
+                Err(e) => {
+                    self.report(
+                        vm,
+                        VmPhase::Paused,
+                        Some(("ResumeFailed", e.to_string())),
+                        false,
+                    )
+                    .await;
+                    return;
+                }
+            },
+            (_, Ok(RuntimeState::Paused)) => VmPhase::Paused,
+            (_, Ok(RuntimeState::Exited(_))) => return, // the exit watch fires next
+            _ => VmPhase::Running,
+        };
+        self.report(vm, phase, None, false).await;
+    }
+
+    async fn converge_stopped(&mut self, vm: &Vm) {
+        self.restart_at = None;
+        self.restarts = 0;
+        self.failure = None;
+        self.failed_generation = None;
+        if let Some(h) = self.handle.take() {
+            self.report(vm, VmPhase::Stopping, None, false).await;
+            let result = if vm.spec.force_stop {
+                h.kill().await
+            } else {
+                h.shutdown(Duration::from_secs(u64::from(vm.spec.stop_timeout_secs)))
+                    .await
+            };
+            if let Err(e) = result {
+                tracing::warn!(vm = %vm.id, error = %e, "stop failed; forcing");
+                let _ = h.kill().await;
+            }
+            self.applied = None;
+            let _ = self.ctx.driver.cleanup(vm.id).await;
+            let how = if vm.spec.force_stop {
+                "powered off"
+            } else {
+                "shut down"
+            };
+            self.report(
+                vm,
+                VmPhase::Stopped,
+                Some(("Stopped", how.to_string())),
+                false,
+            )
+            .await;
+            return;
+        }
+        self.report(vm, VmPhase::Stopped, None, false).await;
+    }
+
+    async fn observed_phase(&self, h: &DynVmHandle) -> VmPhase {
+        match h.state().await {
+            Ok(RuntimeState::Paused) => VmPhase::Paused,
+            _ => VmPhase::Running,
+        }
+    }
+
+    async fn launch(&self, vm: &Vm) -> Result<DynVmHandle, DriverError> {
+        let boot = self
+            .ctx
+            .boot
+            .resolve(vm)
+            .await
+            .map_err(DriverError::Launch)?;
+        let spec = VmLaunch {
+            id: vm.id,
+            display_name: format!("{}/{}", vm.project, vm.name),
+            vcpus: vm.spec.vcpus,
+            memory_bytes: vm.spec.memory_bytes,
+            machine: vm.spec.machine,
+            boot,
+        };
+        self.ctx.driver.launch(&spec).await
+    }
+
+    fn base_report(&self, vm: &Vm, phase: VmPhase) -> VmStatusReport {
+        VmStatusReport {
+            id: vm.id,
+            project: vm.project.clone(),
+            name: vm.name.clone(),
+            phase,
+            reason: if phase == VmPhase::Failed {
+                self.failure.clone()
+            } else {
+                None
+            },
+            observed_generation: vm.generation,
+            observed_restart_nonce: self.restart_nonce.max(if phase == VmPhase::Running {
+                0
+            } else {
+                vm.status.observed_restart_nonce
+            }),
+            restarts: self.restarts,
+            event: None,
+            stopped_by_guest: false,
+            cleaned_up: false,
+        }
+    }
+
+    /// Sends a report unless it says nothing new.
+    async fn report(
+        &mut self,
+        vm: &Vm,
+        phase: VmPhase,
+        event: Option<(&str, String)>,
+        stopped_by_guest: bool,
+    ) {
+        let mut r = self.base_report(vm, phase);
+        r.stopped_by_guest = stopped_by_guest;
+        r.event = event.map(|(a, b)| (a.to_owned(), b));
+        if r.event.is_none()
+            && self.last_report.as_ref() == Some(&r)
+            && vm.status.phase == phase
+            && vm.status.observed_generation == vm.generation
+        {
+            return;
+        }
+        match self.ctx.link.report(&self.ctx.host, r.clone()).await {
+            Ok(()) => {
+                r.event = None;
+                self.last_report = Some(r);
+            }
+            Err(e) => tracing::warn!(vm = %vm.id, error = %e, "status report failed"),
+        }
+    }
+}
+
+fn describe(exit: &VmExit) -> String {
+    match exit {
+        VmExit::Shutdown => "the guest powered off".into(),
+        VmExit::GuestPanic => "the guest kernel panicked".into(),
+        VmExit::Crashed(why) => format!("the hypervisor process ended: {why}"),
+    }
+}
+
+async fn wait_exit(watch: Option<tokio::sync::watch::Receiver<Option<VmExit>>>) -> VmExit {
+    let Some(mut w) = watch else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(exit) = w.borrow_and_update().clone() {
+            return exit;
+        }
+        if w.changed().await.is_err() {
+            // The handle went away without saying why: treat as a crash.
+            return w
+                .borrow()
+                .clone()
+                .unwrap_or(VmExit::Crashed("the hypervisor handle closed".into()));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,91 @@
+//! The REST API under `/api/v1`: thin axum handlers over the application layer, described for
+//! OpenAPI by `utoipa` annotations. The committed document (`openapi/panal.json`) is generated
+//! from these and a test fails when they drift apart.
+
+mod auth;
+pub mod error;
+mod events;
+pub mod extract;
+mod hosts;
+mod operations;
+mod projects;
+mod vms;
+
+use crate::app::App;
+use auth::BearerScheme as BearerAddon;
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The API version prefix.
+pub const PREFIX: &str = "/api/v1";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Panal API", description = "Panal: a distributed virtualization platform.", version = "1.0.0", license(name = "Apache-2.0")),
+    modifiers(&BearerAddon),
+    security(("bearer" = [])),
+    tags(
+        (name = "projects", description = "Tenancy boundaries"),
+        (name = "vms", description = "Virtual machines"),
+        (name = "hosts", description = "Physical hosts"),
+        (name = "operations", description = "Long-running work"),
+        (name = "events", description = "Change stream"),
+    )
+)]
+struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(projects::get_project, projects::delete_project))
+        .routes(routes!(vms::list_vms, vms::create_vm))
+        .routes(routes!(vms::get_vm, vms::update_vm, vms::delete_vm))
+        .routes(routes!(vms::start_vm))
+        .routes(routes!(vms::stop_vm))
+        .routes(routes!(vms::restart_vm))
+        .routes(routes!(hosts::list_hosts))
+        .routes(routes!(hosts::get_host))
+        .routes(routes!(operations::list_operations))
+        .routes(routes!(operations::get_operation))
+        .routes(routes!(operations::wait_operation))
+        .routes(routes!(events::events))
+}
+
+/// The OpenAPI document of the API as the code declares it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The API's router, with authentication on every route but `/healthz` and the document itself.
+pub fn router(app: App) -> Router {
+    let (api, doc) = api_router().split_for_parts();
+    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    let protected = api.layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc_json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
+            }),
+        )
+        .fallback(|| async {
+            error::Failure(panal_types::ApiError::new(
+                panal_types::ErrorCode::NotFound,
+                "no such endpoint",
+            ))
+        })
+        .with_state(app)
+}

@@ -1,0 +1,234 @@
+//! The control plane's side of the agent protocol: the stream of VMs assigned to a host, the
+//! status reports agents send back (merged into VM status with compare-and-swap, completing the
+//! operation that waited for them), and the final removal of deleted VMs.
+
+use super::App;
+use super::operations::settle;
+use crate::codec::{decode, encode};
+use crate::keys;
+use futures::StreamExt;
+use panal_agent::link::{AssignmentStream, LinkError};
+use panal_store::{Compare, Op, Txn, WatchEvent};
+use panal_types::agent::{Assignment, VmStatusReport};
+use panal_types::host::Host;
+use panal_types::operation::{Operation, OperationState, Progress};
+use panal_types::vm::{PowerState, Vm};
+use panal_types::{ApiError, ErrorCode, VmId};
+use std::collections::HashSet;
+
+impl App {
+    /// Merges an agent's report into the VM's status. The agent may only report on VMs placed on
+    /// its own host.
+    pub async fn report_vm(&self, host: &str, r: VmStatusReport) -> Result<(), ApiError> {
+        let key = keys::vm(r.project.as_str(), r.name.as_str());
+        for _ in 0..64 {
+            let Some(cur) = self.repo.get::<Vm>(&key).await? else {
+                return Ok(());
+            };
+            let mut vm = cur.value;
+            if vm.id != r.id {
+                return Err(ApiError::not_found("VM", r.id));
+            }
+            if vm.status.host.as_ref().map(|h| h.as_str()) != Some(host) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "the VM is not placed on this host",
+                ));
+            }
+            if r.cleaned_up && vm.spec.deleted {
+                return self.finish_delete(&vm).await;
+            }
+            vm.status.phase = r.phase;
+            vm.status.reason = r.reason.clone();
+            vm.status.observed_generation = r.observed_generation;
+            vm.status.observed_restart_nonce = r.observed_restart_nonce;
+            vm.status.restarts = r.restarts;
+            if let Some((reason, message)) = &r.event {
+                vm.status.push_event(reason, message.clone());
+            }
+            if r.stopped_by_guest
+                && vm.spec.power_state == PowerState::Running
+                && r.observed_generation == vm.generation
+            {
+                // The guest powered off and the policy keeps it off: the user's desired state
+                // follows, as when the guest is shut down from inside on any hypervisor.
+                vm.spec.power_state = PowerState::Stopped;
+                vm.generation += 1;
+                vm.status.observed_generation = vm.generation;
+            }
+            let mut txn = Txn::new().when(Compare::unchanged(&key, cur.mod_revision));
+            if let Some(op_id) = vm.status.operation
+                && let Some(op) = self.repo.get::<Operation>(&keys::op(&op_id)).await?
+            {
+                if op.value.state.is_final() {
+                    vm.status.operation = None;
+                } else if let Some((state, error, progress)) = settle(&op.value, &vm) {
+                    let op_key = keys::op(&op_id);
+                    let mut next = op.value;
+                    next.state = state;
+                    next.error = error;
+                    next.progress = progress;
+                    next.updated_at = chrono::Utc::now();
+                    if state.is_final() {
+                        vm.status.operation = None;
+                    }
+                    txn = txn
+                        .when(Compare::unchanged(&op_key, op.mod_revision))
+                        .and_then(Op::put(&op_key, encode(&next)));
+                }
+            }
+            txn = txn.and_then(Op::put(&key, encode(&vm)));
+            if self.repo.txn(txn).await?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the VM kept changing; report again",
+        ))
+    }
+
+    /// Removes a deleted VM's record, gives its resources back to its host and completes the
+    /// delete operation, all in one transaction.
+    pub(super) async fn finish_delete(&self, vm: &Vm) -> Result<(), ApiError> {
+        let key = keys::vm(vm.project.as_str(), vm.name.as_str());
+        for _ in 0..64 {
+            let Some(cur) = self.repo.get::<Vm>(&key).await? else {
+                return Ok(());
+            };
+            if cur.value.id != vm.id {
+                return Ok(());
+            }
+            let mut txn = Txn::new()
+                .when(Compare::unchanged(&key, cur.mod_revision))
+                .and_then(Op::delete(&key));
+            if let Some(host_name) = &cur.value.status.host {
+                let host_key = keys::host(host_name.as_str());
+                if let Some(h) = self.repo.get::<Host>(&host_key).await? {
+                    let mut host = h.value;
+                    let a = &mut host.allocation;
+                    a.vcpus = a.vcpus.saturating_sub(u64::from(cur.value.spec.vcpus));
+                    a.memory_bytes = a.memory_bytes.saturating_sub(cur.value.spec.memory_bytes);
+                    a.vms = a.vms.saturating_sub(1);
+                    txn = txn
+                        .when(Compare::unchanged(&host_key, h.mod_revision))
+                        .and_then(Op::put(&host_key, encode(&host)));
+                }
+            }
+            if let Some(op_id) = cur.value.status.operation
+                && let Some(op) = self.repo.get::<Operation>(&keys::op(&op_id)).await?
+                && !op.value.state.is_final()
+            {
+                let mut done = op.value;
+                done.state = OperationState::Succeeded;
+                done.progress = Progress {
+                    percent: Some(100),
+                    message: "deleted".into(),
+                };
+                done.updated_at = chrono::Utc::now();
+                txn = txn.and_then(Op::put(&keys::op(&op_id), encode(&done)));
+            }
+            if self.repo.txn(txn).await?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the VM kept changing; retry the delete",
+        ))
+    }
+
+    /// Every VM placed on `host`, then each change, as a stream the agent converges from.
+    pub async fn assignments(&self, host: &str) -> Result<AssignmentStream, LinkError> {
+        let store = self.repo.store().clone();
+        let host = host.to_owned();
+        let snapshot = store
+            .range(keys::VMS, None, 0)
+            .await
+            .map_err(|e| LinkError::Unavailable(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Assignment, LinkError>>(256);
+        tokio::spawn(async move {
+            let mut mine: HashSet<VmId> = HashSet::new();
+            for kv in &snapshot.kvs {
+                let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) else {
+                    continue;
+                };
+                if vm.status.host.as_ref().is_some_and(|h| h.as_str() == host) {
+                    mine.insert(vm.id);
+                    let mut vm = vm;
+                    vm.revision = kv.mod_revision;
+                    if tx
+                        .send(Ok(Assignment::Upsert { vm: Box::new(vm) }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            if tx.send(Ok(Assignment::Synced)).await.is_err() {
+                return;
+            }
+            let mut watch = match store.watch(keys::VMS, snapshot.revision + 1).await {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx.send(Err(LinkError::Unavailable(e.to_string()))).await;
+                    return;
+                }
+            };
+            // Deletes carry only the key, so remember which key held which of our VMs.
+            let mut key_to_id: std::collections::HashMap<String, VmId> = snapshot
+                .kvs
+                .iter()
+                .filter_map(|kv| {
+                    decode::<Vm>(&kv.key, &kv.value)
+                        .ok()
+                        .map(|vm| (kv.key.clone(), vm.id))
+                })
+                .filter(|(_, id)| mine.contains(id))
+                .collect();
+            while let Some(ev) = watch.next().await {
+                let msg = match ev {
+                    Err(e) => Err(LinkError::Unavailable(e.to_string())),
+                    Ok(WatchEvent::Put(kv)) => {
+                        let Ok(mut vm) = decode::<Vm>(&kv.key, &kv.value) else {
+                            continue;
+                        };
+                        vm.revision = kv.mod_revision;
+                        let here = vm.status.host.as_ref().is_some_and(|h| h.as_str() == host);
+                        if here {
+                            mine.insert(vm.id);
+                            key_to_id.insert(kv.key.clone(), vm.id);
+                            Ok(Assignment::Upsert { vm: Box::new(vm) })
+                        } else if mine.remove(&vm.id) {
+                            key_to_id.remove(&kv.key);
+                            Ok(Assignment::Removed { id: vm.id })
+                        } else {
+                            continue;
+                        }
+                    }
+                    Ok(WatchEvent::Delete { key, .. }) => match key_to_id.remove(&key) {
+                        Some(id) => {
+                            mine.remove(&id);
+                            Ok(Assignment::Removed { id })
+                        }
+                        None => continue,
+                    },
+                };
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// Maps an application error to what the agent sees.
+pub fn link_error(e: ApiError) -> LinkError {
+    match e.code {
+        ErrorCode::Unavailable => LinkError::Unavailable(e.message),
+        _ => LinkError::Rejected(e),
+    }
+}

@@ -1,0 +1,117 @@
+//! The application layer: every use case of the control plane as a plain async method, called by
+//! the HTTP handlers, the in-process agent link and the tests alike. Handlers never touch the
+//! store; this layer validates input, enforces state rules and writes through the data layer.
+
+mod agents;
+mod events;
+mod hosts;
+mod operations;
+mod projects;
+mod validate;
+mod vms;
+
+pub use agents::link_error;
+pub use events::EventStream;
+pub use operations::settle;
+
+use crate::repo::Repo;
+use panal_store::DynStore;
+use panal_store::LeaseId;
+use panal_types::host::Host;
+use panal_types::page::{DEFAULT_LIMIT, MAX_LIMIT};
+use panal_types::{ApiError, ErrorCode};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of the control plane that shape behaviour.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// How long a host may miss heartbeats before it is not ready.
+    pub host_lease_ttl: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            host_lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The control plane's application layer. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    repo: Repo,
+    config: AppConfig,
+    /// Liveness leases of the hosts registered through this replica.
+    leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+    /// All hosts, briefly cached for input validation.
+    host_cache: Arc<Mutex<Option<(Instant, Arc<Vec<Host>>)>>>,
+}
+
+impl App {
+    /// An application over `store`. Call [`App::bootstrap`] once before serving.
+    pub fn new(store: DynStore, config: AppConfig) -> Self {
+        Self {
+            repo: Repo::new(store),
+            config,
+            leases: Arc::default(),
+            host_cache: Arc::default(),
+        }
+    }
+
+    /// The data layer (for controllers).
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Makes sure the store is in a state this binary can serve: the format version is known
+    /// (refusing data written by a newer binary) and the `default` project exists.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        crate::format::check_or_init(&self.repo).await?;
+        self.ensure_default_project().await
+    }
+}
+
+/// Clamps a client's page size and turns its page token into a key to start after.
+pub(crate) fn page_bounds(
+    limit: Option<usize>,
+    token: Option<&str>,
+    prefix: &str,
+) -> Result<(usize, Option<String>), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        )
+        .with_field("limit"));
+    }
+    let start_after = match token {
+        None | Some("") => None,
+        Some(t) => {
+            // The token is the last name of the previous page; it must itself be a valid name
+            // (or an id), which keeps it from escaping the listed prefix.
+            if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(
+                    ApiError::new(ErrorCode::InvalidQuery, "malformed page_token")
+                        .with_field("page_token"),
+                );
+            }
+            Some(format!("{prefix}{t}"))
+        }
+    };
+    Ok((limit, start_after))
+}
+
+/// The page token for the item after which the next page starts.
+pub(crate) fn next_token(more: bool, last: Option<String>) -> Option<String> {
+    if more { last } else { None }
+}

@@ -1,0 +1,445 @@
+//! VM use cases: create, read, list, update, start, stop, restart, delete. Each change writes the
+//! new desired state and an operation in one transaction; the scheduler and the host agent then
+//! converge, and the operation completes when the agent reports the state it asked for.
+
+use super::{App, next_token, page_bounds, validate};
+use crate::codec::encode;
+use crate::keys;
+use crate::repo::Versioned;
+use panal_store::{Compare, Op, Txn};
+use panal_types::error::check_name;
+use panal_types::operation::{Operation, OperationKind, OperationState, OperationTarget, Progress};
+use panal_types::page::Page;
+use panal_types::size::MIB;
+use panal_types::vm::{PowerState, Vm, VmAccepted, VmCreate, VmPhase, VmSpec, VmStatus, VmUpdate};
+use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId, VmId};
+
+/// Memory a VM gets when the request does not say.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
+
+impl App {
+    /// Creates a VM (and starts it unless `start: false`).
+    pub async fn create_vm(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {
+        let name = check_name("name", &req.name)?;
+        let project_name = req.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        let project = self.project(project_name, "project").await?;
+        let hypervisor = req.hypervisor.unwrap_or_default();
+        let limits = self.pool_limits(hypervisor).await?;
+        let vcpus = req.vcpus.unwrap_or(1);
+        validate::vcpus(vcpus, limits)?;
+        let memory_bytes = req.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES);
+        validate::memory(memory_bytes, limits)?;
+        validate::labels(&req.labels)?;
+        let stop_timeout_secs = req.stop_timeout_secs.unwrap_or(30);
+        validate::stop_timeout(stop_timeout_secs)?;
+        let image = match &req.image {
+            None => None,
+            Some(i) => Some(self.image_ref(project_name, i).await?),
+        };
+        let start = req.start.unwrap_or(true);
+        let now = chrono::Utc::now();
+        let op_id = OperationId::new();
+        let vm = Vm {
+            id: VmId::new(),
+            name: name.clone(),
+            project: project.value.name.clone(),
+            generation: 1,
+            spec: VmSpec {
+                vcpus,
+                memory_bytes,
+                image,
+                hypervisor,
+                machine: req.machine.unwrap_or_default(),
+                labels: req.labels,
+                restart_policy: req.restart_policy.unwrap_or_default(),
+                power_state: if start {
+                    PowerState::Running
+                } else {
+                    PowerState::Stopped
+                },
+                stop_timeout_secs,
+                restart_nonce: 0,
+                force_stop: false,
+                deleted: false,
+            },
+            status: VmStatus {
+                phase: VmPhase::Pending,
+                host: None,
+                reason: None,
+                placement: None,
+                observed_generation: 0,
+                observed_restart_nonce: 0,
+                operation: Some(op_id),
+                restarts: 0,
+                events: vec![],
+            },
+            created_at: now,
+            revision: 0,
+        };
+        let op = new_operation(op_id, OperationKind::VmCreate, &vm, "waiting for a host");
+        let vm_key = keys::vm(project_name, name.as_str());
+        let project_key = keys::project(project_name);
+        let txn = Txn::new()
+            .when(Compare::absent(&vm_key))
+            .when(Compare::unchanged(&project_key, project.mod_revision))
+            .and_then(Op::put(&vm_key, encode(&vm)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+        let r = self.repo.txn(txn).await?;
+        if !r.succeeded {
+            return match self.repo.get::<Vm>(&vm_key).await? {
+                Some(_) => Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a VM named \"{name}\" already exists in project \"{project_name}\""),
+                )
+                .with_field("name")),
+                None => Err(ApiError::not_found("project", project_name).with_field("project")),
+            };
+        }
+        let mut vm = vm;
+        vm.revision = r.revision;
+        Ok(VmAccepted { vm, operation: op })
+    }
+
+    /// Reads a VM.
+    pub async fn vm(&self, project: Option<&str>, name: &str) -> Result<Vm, ApiError> {
+        Ok(self.vm_versioned(project, name).await?.value)
+    }
+
+    pub(super) async fn vm_versioned(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<Versioned<Vm>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let pname = check_name("project", project)?;
+        let vname = check_name("name", name)?;
+        let key = keys::vm(pname.as_str(), vname.as_str());
+        match self.repo.get::<Vm>(&key).await? {
+            Some(mut v) => {
+                v.value.revision = v.mod_revision;
+                Ok(v)
+            }
+            None => {
+                // Say which of the two is missing.
+                self.project(project, "project").await?;
+                Err(ApiError::not_found("VM", vname))
+            }
+        }
+    }
+
+    /// Lists the VMs of a project.
+    pub async fn list_vms(
+        &self,
+        project: Option<&str>,
+        limit: Option<usize>,
+        token: Option<&str>,
+    ) -> Result<Page<Vm>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        self.project(project, "project").await?;
+        let prefix = keys::vms_of(project);
+        let (limit, start) = page_bounds(limit, token, &prefix)?;
+        let (items, more, _) = self
+            .repo
+            .list::<Vm>(&prefix, start.as_deref(), limit)
+            .await?;
+        let items: Vec<Vm> = items
+            .into_iter()
+            .map(|v| {
+                let mut vm = v.value;
+                vm.revision = v.mod_revision;
+                vm
+            })
+            .collect();
+        let last = items.last().map(|v| v.name.to_string());
+        Ok(Page {
+            items,
+            next_page_token: next_token(more, last),
+        })
+    }
+
+    /// Changes size, labels or policies. Size changes are applied live by the agent where the
+    /// hypervisor can, otherwise at the next boot (the VM's events say which).
+    pub async fn update_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        req: VmUpdate,
+    ) -> Result<Vm, ApiError> {
+        let current = self.vm_versioned(project, name).await?;
+        let hypervisor = current.value.spec.hypervisor;
+        let limits = self.pool_limits(hypervisor).await?;
+        if let Some(v) = req.vcpus {
+            validate::vcpus(v, limits)?;
+        }
+        if let Some(m) = req.memory_bytes {
+            validate::memory(m, limits)?;
+        }
+        if let Some(l) = &req.labels {
+            validate::labels(l)?;
+        }
+        if let Some(t) = req.stop_timeout_secs {
+            validate::stop_timeout(t)?;
+        }
+        let key = keys::vm(current.value.project.as_str(), current.value.name.as_str());
+        let updated = self
+            .repo
+            .update::<Vm, _>(&key, |vm| {
+                if vm.spec.deleted {
+                    return Err(ApiError::conflict("the VM is being deleted")
+                        .with_operation_opt(vm.status.operation));
+                }
+                if let Some(g) = req.if_generation
+                    && g != vm.generation
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::PreconditionFailed,
+                        format!("the VM is at generation {}, not {g}", vm.generation),
+                    )
+                    .with_field("if_generation"));
+                }
+                let before = vm.spec.clone();
+                if let Some(v) = req.vcpus {
+                    vm.spec.vcpus = v;
+                }
+                if let Some(m) = req.memory_bytes {
+                    vm.spec.memory_bytes = m;
+                }
+                if let Some(l) = &req.labels {
+                    vm.spec.labels = l.clone();
+                }
+                if let Some(p) = req.restart_policy {
+                    vm.spec.restart_policy = p;
+                }
+                if let Some(t) = req.stop_timeout_secs {
+                    vm.spec.stop_timeout_secs = t;
+                }
+                if vm.spec == before {
+                    return Ok(false);
+                }
+                vm.generation += 1;
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found("VM", name))?;
+        let mut vm = updated.value;
+        vm.revision = updated.mod_revision;
+        Ok(vm)
+    }
+
+    /// Starts a stopped or failed VM (or resumes a paused one).
+    pub async fn start_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ApiError> {
+        self.power_change(project, name, OperationKind::VmStart, |vm| {
+            if vm.spec.power_state == PowerState::Running && vm.status.phase == VmPhase::Running {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{}\" is already running",
+                    vm.name
+                )));
+            }
+            vm.spec.power_state = PowerState::Running;
+            vm.spec.force_stop = false;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops a VM: asks the guest, then forces it off after its stop timeout (or at once with `force`).
+    pub async fn stop_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        force: bool,
+    ) -> Result<VmAccepted, ApiError> {
+        self.power_change(project, name, OperationKind::VmStop, |vm| {
+            if vm.spec.power_state == PowerState::Stopped
+                && matches!(
+                    vm.status.phase,
+                    VmPhase::Stopped | VmPhase::Failed | VmPhase::Pending
+                )
+            {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{}\" is already stopped",
+                    vm.name
+                )));
+            }
+            vm.spec.power_state = PowerState::Stopped;
+            vm.spec.force_stop = force;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Restarts a running VM.
+    pub async fn restart_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ApiError> {
+        self.power_change(project, name, OperationKind::VmRestart, |vm| {
+            if vm.spec.power_state != PowerState::Running || vm.status.phase != VmPhase::Running {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{}\" is not running; start it instead",
+                    vm.name
+                )));
+            }
+            vm.spec.restart_nonce += 1;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a VM: the agent stops it and cleans up, then the record goes.
+    pub async fn delete_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ApiError> {
+        let accepted = self
+            .power_change(project, name, OperationKind::VmDelete, |vm| {
+                vm.spec.deleted = true;
+                vm.spec.power_state = PowerState::Stopped;
+                vm.spec.force_stop = true;
+                vm.status.phase = VmPhase::Deleting;
+                Ok(())
+            })
+            .await?;
+        // A VM that never reached a host has nothing to clean up: remove it now.
+        if accepted.vm.status.host.is_none() {
+            self.finish_delete(&accepted.vm).await?;
+        }
+        Ok(accepted)
+    }
+
+    /// Writes a desired-state change and its operation in one transaction, refusing while another
+    /// operation holds the VM (a forced stop takes over from a start that is still booting).
+    async fn power_change<F>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        kind: OperationKind,
+        change: F,
+    ) -> Result<VmAccepted, ApiError>
+    where
+        F: Fn(&mut Vm) -> Result<(), ApiError>,
+    {
+        for _ in 0..16 {
+            let cur = self.vm_versioned(project, name).await?;
+            let mut vm = cur.value;
+            let mut txn = Txn::new();
+            if let Some(held_by) = vm.status.operation {
+                let held = self.repo.get::<Operation>(&keys::op(&held_by)).await?;
+                match held {
+                    Some(h) if h.value.state == OperationState::Running => {
+                        let force_takes_over = kind == OperationKind::VmStop
+                            && matches!(
+                                h.value.kind,
+                                OperationKind::VmStart
+                                    | OperationKind::VmCreate
+                                    | OperationKind::VmRestart
+                            );
+                        if vm.spec.deleted || !force_takes_over {
+                            return Err(ApiError::conflict(format!(
+                                "VM \"{}\" is busy with operation {} ({})",
+                                vm.name,
+                                held_by,
+                                h.value.kind.as_str()
+                            ))
+                            .with_operation(held_by));
+                        }
+                        let mut cancelled = h.value;
+                        cancelled.state = OperationState::Cancelled;
+                        cancelled.progress.message =
+                            format!("superseded by a {} request", kind.as_str());
+                        cancelled.updated_at = chrono::Utc::now();
+                        let op_key = keys::op(&held_by);
+                        txn = txn
+                            .when(Compare::unchanged(&op_key, h.mod_revision))
+                            .and_then(Op::put(&op_key, encode(&cancelled)));
+                    }
+                    _ => {}
+                }
+            }
+            change(&mut vm)?;
+            vm.generation += 1;
+            let op_id = OperationId::new();
+            vm.status.operation = Some(op_id);
+            let op = new_operation(op_id, kind, &vm, "waiting for the host");
+            let key = keys::vm(vm.project.as_str(), vm.name.as_str());
+            txn = txn
+                .when(Compare::unchanged(&key, cur.mod_revision))
+                .and_then(Op::put(&key, encode(&vm)))
+                .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+            let r = self.repo.txn(txn).await?;
+            if r.succeeded {
+                vm.revision = r.revision;
+                return Ok(VmAccepted { vm, operation: op });
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the VM kept changing; retry",
+        ))
+    }
+
+    async fn image_ref(&self, project: &str, image: &str) -> Result<Name, ApiError> {
+        let name = check_name("image", image)?;
+        let found = self
+            .repo
+            .get::<serde_json::Value>(&keys::image(project, name.as_str()))
+            .await?
+            .is_some()
+            || self
+                .repo
+                .get::<serde_json::Value>(&keys::image(DEFAULT_PROJECT, name.as_str()))
+                .await?
+                .is_some();
+        if !found {
+            return Err(ApiError::not_found("image", &name).with_field("image"));
+        }
+        Ok(name)
+    }
+}
+
+/// A fresh running operation on a VM.
+pub(crate) fn new_operation(
+    id: OperationId,
+    kind: OperationKind,
+    vm: &Vm,
+    message: &str,
+) -> Operation {
+    let now = chrono::Utc::now();
+    Operation {
+        id,
+        kind,
+        target: OperationTarget {
+            kind: "vm".into(),
+            project: vm.project.clone(),
+            name: vm.name.clone(),
+        },
+        state: OperationState::Running,
+        progress: Progress {
+            percent: Some(0),
+            message: message.into(),
+        },
+        error: None,
+        created_at: now,
+        updated_at: now,
+        target_generation: vm.generation,
+    }
+}
+
+trait WithOperationOpt {
+    fn with_operation_opt(self, op: Option<OperationId>) -> Self;
+}
+
+impl WithOperationOpt for ApiError {
+    fn with_operation_opt(self, op: Option<OperationId>) -> Self {
+        match op {
+            Some(op) => self.with_operation(op),
+            None => self,
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Controllers: level-triggered loops that read desired and observed state and converge them.
+//! Each lists its keys, then watches from the list's revision; on any watch failure it starts
+//! over from a fresh list, so no change is ever missed for good.
+
+pub mod liveness;
+pub mod scheduling;
+
+use crate::app::App;
+use crate::scheduler::Policy;
+use tokio::task::JoinHandle;
+
+/// The singleton controllers of a control plane (one replica runs them at a time).
+pub struct Controllers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controllers {
+    /// Starts every controller.
+    pub fn start(app: &App, policy: Policy) -> Self {
+        let tasks = vec![
+            tokio::spawn(scheduling::run(app.clone(), policy)),
+            tokio::spawn(liveness::run(app.clone())),
+        ];
+        Self { tasks }
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Back-off before a controller restarts its list-and-watch after a failure.
+pub(crate) const RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(500);

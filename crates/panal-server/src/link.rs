@@ -1,0 +1,46 @@
+//! The in-process agent link: how the agent inside `panal up` reaches the control plane. It calls
+//! the same application-layer methods the HTTPS agent endpoints call for remote agents.
+
+use crate::app::{App, link_error};
+use async_trait::async_trait;
+use panal_agent::link::{AssignmentStream, ControlPlaneLink, LinkError};
+use panal_types::Name;
+use panal_types::agent::{HostRegistration, VmStatusReport};
+use panal_types::host::Host;
+
+/// A link that calls the application layer directly.
+pub struct InProcessLink {
+    app: App,
+}
+
+impl InProcessLink {
+    /// A link into `app`.
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+#[async_trait]
+impl ControlPlaneLink for InProcessLink {
+    async fn register(&self, registration: HostRegistration) -> Result<Host, LinkError> {
+        self.app
+            .register_host(registration)
+            .await
+            .map_err(link_error)
+    }
+
+    async fn heartbeat(&self, host: &Name) -> Result<(), LinkError> {
+        self.app.heartbeat(host.as_str()).await.map_err(link_error)
+    }
+
+    async fn assignments(&self, host: &Name) -> Result<AssignmentStream, LinkError> {
+        self.app.assignments(host.as_str()).await
+    }
+
+    async fn report(&self, host: &Name, report: VmStatusReport) -> Result<(), LinkError> {
+        self.app
+            .report_vm(host.as_str(), report)
+            .await
+            .map_err(link_error)
+    }
+}

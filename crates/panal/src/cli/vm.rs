@@ -1,0 +1,405 @@
+//! `panal vm ...`: the VM lifecycle from the command line.
+
+use super::output::{Format, print, print_fields};
+use super::{api_err, wait};
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use panal_client::Client;
+use panal_types::size::{format_size, parse_size};
+use panal_types::vm::{
+    HypervisorKind, MachineProfile, RestartPolicy, Vm, VmAccepted, VmCreate, VmUpdate,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// VM commands.
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Create a VM (and start it unless --no-start).
+    #[command(
+        after_help = "Example:\n  panal vm create web-1 --vcpus 2 --memory 1G --image tiny --wait"
+    )]
+    Create(CreateArgs),
+    /// List VMs of a project.
+    List(ProjectArg),
+    /// Show one VM with its status and recent events.
+    Show(Target),
+    /// Start a VM.
+    Start(Change),
+    /// Stop a VM (ask the guest, then force after its timeout; --force powers off at once).
+    Stop(StopArgs),
+    /// Restart a running VM.
+    Restart(Change),
+    /// Delete a VM (stopping it first).
+    Delete(Change),
+    /// Change vCPUs or memory (live where the hypervisor can).
+    Resize(ResizeArgs),
+}
+
+/// Selects a project.
+#[derive(Args, Debug)]
+pub struct ProjectArg {
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+}
+
+/// Names a VM.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// VM name.
+    pub name: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+}
+
+/// A change that may be waited for.
+#[derive(Args, Debug)]
+pub struct Change {
+    #[command(flatten)]
+    target: Target,
+    /// Wait until it is done, showing progress.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    timeout: u64,
+}
+
+/// Arguments of `vm stop`.
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    #[command(flatten)]
+    change: Change,
+    /// Power off at once instead of asking the guest.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Arguments of `vm create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// VM name (lowercase letters, digits, '-'; at most 63).
+    pub name: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Hypervisor: qemu or fake.
+    #[arg(long, value_parser = parse_hypervisor)]
+    pub hypervisor: Option<HypervisorKind>,
+    /// Image to boot.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory, e.g. 512M, 1G (a bare number means MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Machine profile: q35 or microvm.
+    #[arg(long, value_parser = parse_machine)]
+    pub machine: Option<MachineProfile>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Restart policy: always, on-failure or never.
+    #[arg(long, value_parser = parse_restart)]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Create without starting.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Wait until it runs (or is created, with --no-start), showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// Arguments of `vm resize`.
+#[derive(Args, Debug)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// New vCPU count.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// New memory size, e.g. 1G.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+}
+
+fn parse_hypervisor(s: &str) -> Result<HypervisorKind, String> {
+    s.parse()
+}
+
+fn parse_machine(s: &str) -> Result<MachineProfile, String> {
+    match s {
+        "q35" => Ok(MachineProfile::Q35),
+        "microvm" => Ok(MachineProfile::Microvm),
+        _ => Err(format!(
+            "unknown machine profile {s:?} (expected q35 or microvm)"
+        )),
+    }
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    match s {
+        "always" => Ok(RestartPolicy::Always),
+        "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
+        "never" => Ok(RestartPolicy::Never),
+        _ => Err(format!(
+            "unknown restart policy {s:?} (expected always, on-failure or never)"
+        )),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// Runs a VM command.
+pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()> {
+    match cmd {
+        VmCommand::Create(a) => {
+            let req = VmCreate {
+                name: a.name.clone(),
+                project: a.project.clone(),
+                vcpus: a.vcpus,
+                memory_bytes: a.memory,
+                image: a.image.clone(),
+                hypervisor: a.hypervisor,
+                machine: a.machine,
+                labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+                restart_policy: a.restart_policy,
+                start: Some(!a.no_start),
+                stop_timeout_secs: None,
+            };
+            let accepted = client.create_vm(&req).await.map_err(api_err)?;
+            finish(
+                client,
+                format,
+                accepted,
+                a.wait,
+                a.timeout,
+                a.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::List(p) => {
+            let vms = client
+                .all_vms(p.project.as_deref())
+                .await
+                .map_err(api_err)?;
+            print(format, &vms, || {
+                let mut rows = vec![
+                    [
+                        "NAME",
+                        "PHASE",
+                        "HOST",
+                        "VCPUS",
+                        "MEMORY",
+                        "HYPERVISOR",
+                        "IMAGE",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ];
+                rows.extend(vms.iter().map(|v| {
+                    vec![
+                        v.name.to_string(),
+                        v.status.phase.as_str().to_owned(),
+                        v.status
+                            .host
+                            .as_ref()
+                            .map(|h| h.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        v.spec.vcpus.to_string(),
+                        format_size(v.spec.memory_bytes),
+                        v.spec.hypervisor.as_str().to_owned(),
+                        v.spec
+                            .image
+                            .as_ref()
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                }));
+                rows
+            })
+        }
+        VmCommand::Show(t) => {
+            let vm = client
+                .vm(t.project.as_deref(), &t.name)
+                .await
+                .map_err(api_err)?;
+            show(format, &vm)
+        }
+        VmCommand::Start(c) => {
+            let a = client
+                .start_vm(c.target.project.as_deref(), &c.target.name)
+                .await
+                .map_err(api_err)?;
+            finish(
+                client,
+                format,
+                a,
+                c.wait,
+                c.timeout,
+                c.target.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::Stop(s) => {
+            let c = &s.change;
+            let a = client
+                .stop_vm(c.target.project.as_deref(), &c.target.name, s.force)
+                .await
+                .map_err(api_err)?;
+            finish(
+                client,
+                format,
+                a,
+                c.wait,
+                c.timeout,
+                c.target.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::Restart(c) => {
+            let a = client
+                .restart_vm(c.target.project.as_deref(), &c.target.name)
+                .await
+                .map_err(api_err)?;
+            finish(
+                client,
+                format,
+                a,
+                c.wait,
+                c.timeout,
+                c.target.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::Delete(c) => {
+            let a = client
+                .delete_vm(c.target.project.as_deref(), &c.target.name)
+                .await
+                .map_err(api_err)?;
+            if c.wait {
+                wait::follow(client, &a.operation, Duration::from_secs(c.timeout)).await?;
+                eprintln!("deleted VM {}", a.vm.name);
+                Ok(())
+            } else {
+                eprintln!("deleting VM {} (operation {})", a.vm.name, a.operation.id);
+                Ok(())
+            }
+        }
+        VmCommand::Resize(r) => {
+            if r.vcpus.is_none() && r.memory.is_none() {
+                return Err(anyhow!("nothing to change: give --vcpus and/or --memory"));
+            }
+            let req = VmUpdate {
+                vcpus: r.vcpus,
+                memory_bytes: r.memory,
+                ..VmUpdate::default()
+            };
+            let vm = client
+                .update_vm(r.target.project.as_deref(), &r.target.name, &req)
+                .await
+                .map_err(api_err)?;
+            show(format, &vm)
+        }
+    }
+}
+
+async fn finish(
+    client: &Client,
+    format: Format,
+    a: VmAccepted,
+    wait: bool,
+    timeout: u64,
+    project: Option<&str>,
+) -> Result<()> {
+    if !wait {
+        eprintln!(
+            "{} {}: operation {}",
+            a.operation.kind.as_str(),
+            a.vm.name,
+            a.operation.id
+        );
+        return show(format, &a.vm);
+    }
+    wait::follow(client, &a.operation, Duration::from_secs(timeout)).await?;
+    let vm = client
+        .vm(project, a.vm.name.as_str())
+        .await
+        .map_err(api_err)?;
+    show(format, &vm)
+}
+
+fn show(format: Format, vm: &Vm) -> Result<()> {
+    print(format, vm, || Vec::new())?;
+    if format == super::Format::Table {
+        let mut fields = vec![
+            ("Name", vm.name.to_string()),
+            ("Project", vm.project.to_string()),
+            ("ID", vm.id.to_string()),
+            ("Phase", vm.status.phase.as_str().to_owned()),
+            (
+                "Host",
+                vm.status
+                    .host
+                    .as_ref()
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            ("vCPUs", vm.spec.vcpus.to_string()),
+            ("Memory", format_size(vm.spec.memory_bytes)),
+            ("Hypervisor", vm.spec.hypervisor.as_str().to_owned()),
+            (
+                "Image",
+                vm.spec
+                    .image
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "Desired",
+                format!("{:?}", vm.spec.power_state).to_lowercase(),
+            ),
+            (
+                "Generation",
+                format!(
+                    "{} (observed {})",
+                    vm.generation, vm.status.observed_generation
+                ),
+            ),
+        ];
+        if let Some(r) = &vm.status.reason {
+            fields.push(("Reason", r.clone()));
+        }
+        if let Some(p) = &vm.status.placement {
+            fields.push(("Placement", p.clone()));
+        }
+        if let Some(op) = &vm.status.operation {
+            fields.push(("Operation", op.to_string()));
+        }
+        print_fields(&fields);
+        if !vm.status.events.is_empty() {
+            println!("Events:");
+            for e in &vm.status.events {
+                println!(
+                    "  {}  {:<16} {}",
+                    e.at.format("%H:%M:%S"),
+                    e.reason,
+                    e.message
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The single-machine platform of `panal up`: the embedded store, the control plane with its
+//! controllers, a local agent linked in-process (through the same trait remote agents use), and
+//! the HTTP API, all in one process. Everything lives in one data directory and is recovered
+//! from it on restart.
+
+use anyhow::{Context, Result};
+use panal_agent::boot::{BootResolver, NoImages};
+use panal_agent::{Agent, AgentConfig};
+use panal_driver::DynDriver;
+use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
+use panal_server::auth::{Role, create_token, verify};
+use panal_server::controllers::Controllers;
+use panal_server::link::InProcessLink;
+use panal_server::scheduler::Policy;
+use panal_server::{App, AppConfig};
+use panal_store::DynStore;
+use panal_store::embedded::EmbeddedStore;
+use panal_types::Name;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How to run a platform.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    /// Where all state lives.
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// This host's name.
+    pub host_name: Name,
+    /// Host lease time-to-live.
+    pub host_lease_ttl: Duration,
+    /// Latency of the fake driver's simulated actions.
+    pub fake: FakeConfig,
+}
+
+impl PlatformConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            host_name: local_host_name(),
+            host_lease_ttl: Duration::from_secs(10),
+            fake: FakeConfig::default(),
+        }
+    }
+}
+
+/// This machine's name as a valid host name (`local` if it has none usable).
+pub fn local_host_name() -> Name {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    Name::parse(cleaned.trim_matches('-'))
+        .or_else(|_| Name::parse("local"))
+        .expect("\"local\" is a valid name")
+}
+
+/// A running platform. Dropping it stops the API, the controllers and the agent; VMs keep
+/// running (their hypervisor processes outlive the platform and are re-attached next time).
+pub struct Platform {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The admin token.
+    pub token: String,
+    /// The application layer (for in-process tests).
+    pub app: App,
+    /// The store.
+    pub store: DynStore,
+    /// The fake driver's simulated host.
+    pub fake_world: Arc<FakeWorld>,
+    server: JoinHandle<()>,
+    agent: JoinHandle<()>,
+    _controllers: Controllers,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.agent.abort();
+    }
+}
+
+impl Platform {
+    /// Opens (or creates) the data directory and starts everything.
+    pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
+        create_private_dir(&cfg.data_dir)?;
+        let store: DynStore =
+            EmbeddedStore::open(&cfg.data_dir.join("state.redb")).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the state store in {}: {e}",
+                    cfg.data_dir.display()
+                )
+            })?;
+        let app = App::new(
+            store.clone(),
+            AppConfig {
+                host_lease_ttl: cfg.host_lease_ttl,
+            },
+        );
+        app.bootstrap().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let token = admin_token(&app, &cfg.data_dir).await?;
+        let controllers = Controllers::start(&app, Policy::default());
+
+        let fake_world = FakeWorld::persistent(cfg.data_dir.join("fake-vms.json"));
+        let drivers: Vec<DynDriver> = vec![Arc::new(FakeDriver::new(
+            fake_world.clone(),
+            cfg.fake.clone(),
+        ))];
+        let boot: Arc<dyn BootResolver> = Arc::new(NoImages);
+        let mut agent_cfg = AgentConfig::new(cfg.host_name.clone());
+        agent_cfg.heartbeat = cfg.host_lease_ttl / 3;
+        let agent = Agent::new(
+            agent_cfg,
+            drivers,
+            Arc::new(InProcessLink::new(app.clone())),
+            boot,
+        );
+        let agent = tokio::spawn(agent.run());
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let router = panal_server::api::router(app.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        // Wait until the local host is registered so the first request can be placed.
+        for _ in 0..200 {
+            if app.host(cfg.host_name.as_str()).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Platform {
+            addr,
+            token,
+            app,
+            store,
+            fake_world,
+            server,
+            agent,
+            _controllers: controllers,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    Ok(())
+}
+
+/// Reuses the admin token in `DIR/admin.token` if the store knows it, else makes a new one.
+async fn admin_token(app: &App, dir: &Path) -> Result<String> {
+    let path = dir.join("admin.token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        if verify(app.repo(), &existing)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .is_some()
+        {
+            return Ok(existing);
+        }
+    }
+    let token = create_token(app.repo(), "admin", Role::Admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_private(&path, token.as_bytes())?;
+    Ok(token)
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

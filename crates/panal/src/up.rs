@@ -1,0 +1,103 @@
+//! `panal up`: the single-machine platform in the foreground. Writes a ready client
+//! configuration, prints where the API and token are, stops cleanly on Ctrl-C or SIGTERM, and
+//! recovers everything from its data directory when started again.
+
+use crate::config::{self, ClientConfig};
+use anyhow::Result;
+use clap::Args;
+use panal::platform::{Platform, PlatformConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Arguments of `panal up`.
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where all state lives (created if missing).
+    #[arg(long, value_name = "DIR", env = "PANAL_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Address the API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7180")]
+    pub listen: SocketAddr,
+    /// Do not make this platform the user's default CLI configuration.
+    #[arg(long)]
+    pub no_default_config: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    if nix_is_root() {
+        PathBuf::from("/var/lib/panal")
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".local/share/panal")
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY-free check: root's home and uid are what the platform's defaults care about.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// Runs the platform until Ctrl-C or SIGTERM.
+pub async fn run(args: UpArgs) -> Result<()> {
+    init_logging();
+    let mut cfg = PlatformConfig::new(args.data_dir.clone());
+    cfg.listen = args.listen;
+    let platform = Platform::start(cfg).await?;
+    let client_cfg = ClientConfig {
+        api_url: platform.url(),
+        token: platform.token.clone(),
+    };
+    let cfg_path = args.data_dir.join("client.toml");
+    config::save(&cfg_path, &client_cfg)?;
+    if !args.no_default_config
+        && let Some(p) = config::default_path()
+    {
+        config::save(&p, &client_cfg)?;
+    }
+    println!("Panal is up.");
+    println!(
+        "  API:           {}/api/v1  (OpenAPI: {}/api/v1/openapi.json)",
+        platform.url(),
+        platform.url()
+    );
+    println!(
+        "  admin token:   {}",
+        args.data_dir.join("admin.token").display()
+    );
+    println!("  client config: {}", cfg_path.display());
+    println!("  data:          {}", args.data_dir.display());
+    println!("Try: panal vm create demo --hypervisor fake --wait && panal vm list");
+    println!("Ctrl-C stops the platform; VMs keep running and are re-attached on the next start.");
+    wait_for_signal().await;
+    println!("Stopping.");
+    drop(platform);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PANAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
