@@ -4,9 +4,10 @@
 //! Runs on the writer thread only. Every change of a request shares one revision, taken only if
 //! the request really changed something (etcd: a txn of gets, a failed compare without failure
 //! writes, or a delete of an absent key leaves the revision alone). Later requests of a batch see
-//! the writes of earlier ones because they all share the same redb write transaction.
+//! the writes of earlier ones because they all share the same redb write transaction. The
+//! batch's revisions are consecutive and its events go into ONE history row, written last.
 
-use super::codec::{Record, decode_record, encode_events, encode_record};
+use super::codec::{Record, RecordHead, decode_head, decode_record, encode_history, encode_record};
 use super::schema::{
     HISTORY, KV, LEASE_KEYS, LEASES, META, META_NEXT_LEASE, META_OLDEST, META_REVISION, db_err,
 };
@@ -71,10 +72,19 @@ impl<'t> Tables<'t> {
         }
     }
 
+    fn load_head(&self, key: &str) -> Result<Option<RecordHead>, Failure> {
+        match self.kv.get(key)? {
+            None => Ok(None),
+            Some(g) => Ok(Some(decode_head(g.value())?)),
+        }
+    }
+
     fn compare(&self, c: &Compare) -> Result<bool, Failure> {
         Ok(match c {
-            Compare::ModRevision(k, rev) => self.load(k)?.map_or(0, |r| r.mod_revision) == *rev,
-            Compare::Version(k, ver) => self.load(k)?.map_or(0, |r| r.version) == *ver,
+            Compare::ModRevision(k, rev) => {
+                self.load_head(k)?.map_or(0, |r| r.mod_revision) == *rev
+            }
+            Compare::Version(k, ver) => self.load_head(k)?.map_or(0, |r| r.version) == *ver,
             Compare::Value(k, v) => self.load(k)?.is_some_and(|r| r.value == *v),
         })
     }
@@ -133,8 +143,8 @@ impl<'t> Tables<'t> {
                 kv: self.load(&key)?.map(|r| r.into_kv(&key)),
             }),
             Op::Put { key, value, lease } => {
-                let old = self.load(&key)?;
-                let old_lease = old.as_ref().and_then(|o| o.lease);
+                let old = self.load_head(&key)?;
+                let old_lease = old.and_then(|o| o.lease);
                 if let Some(l) = old_lease.filter(|l| Some(*l) != lease) {
                     self.lease_keys.remove((l.0, key.as_str()))?;
                 }
@@ -142,9 +152,9 @@ impl<'t> Tables<'t> {
                     self.lease_keys.insert((l.0, key.as_str()), ())?;
                 }
                 let record = Record {
-                    create_revision: old.as_ref().map_or(rev, |o| o.create_revision),
+                    create_revision: old.map_or(rev, |o| o.create_revision),
                     mod_revision: rev,
-                    version: old.as_ref().map_or(1, |o| o.version + 1),
+                    version: old.map_or(1, |o| o.version + 1),
                     lease,
                     value,
                 };
@@ -170,7 +180,7 @@ impl<'t> Tables<'t> {
     ) -> Result<bool, Failure> {
         let old = match self.kv.remove(key)? {
             None => return Ok(false),
-            Some(g) => decode_record(g.value())?,
+            Some(g) => decode_head(g.value())?,
         };
         if let Some(l) = old.lease {
             self.lease_keys.remove((l.0, key))?;
@@ -182,14 +192,12 @@ impl<'t> Tables<'t> {
         Ok(true)
     }
 
-    /// Records a request's events in the history log and takes its revision, if it changed
-    /// anything.
+    /// Takes a request's revision if it changed anything, and keeps its events for the batch's
+    /// history row (written by [`Self::finish`]) and for the watchers.
     fn stage(&mut self, rev: u64, events: Vec<WatchEvent>) -> Result<(), Failure> {
         if events.is_empty() {
             return Ok(());
         }
-        self.history
-            .insert(rev, encode_events(&events).as_slice())?;
         self.revision = rev;
         self.events.push(RevisionEvents {
             revision: rev,
@@ -229,7 +237,7 @@ impl<'t> Tables<'t> {
         for key in keys {
             // The link is removed by delete_key; a stale link (key re-put without the lease)
             // is dropped without deleting the key.
-            match self.load(&key)? {
+            match self.load_head(&key)? {
                 Some(r) if r.lease == Some(id) => {
                     self.delete_key(&key, rev, &mut events)?;
                 }
@@ -253,18 +261,30 @@ impl<'t> Tables<'t> {
         self.compact_to(rev)
     }
 
+    /// History rows are keyed by their batch's first revision, so the row holding `rev` may
+    /// start before it: rows keyed below that row's key hold only older revisions and go; that
+    /// row stays (its older revisions are hidden by `oldest`, which replay checks).
     fn compact_to(&mut self, rev: u64) -> Result<(), Failure> {
         if rev <= self.oldest {
             return Ok(());
         }
-        self.history.retain_in(self.oldest..rev, |_, _| false)?;
+        let cut = match self.history.range(..=rev)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => rev,
+        };
+        self.history.retain_in(..cut, |_, _| false)?;
         self.oldest = rev;
         self.meta.insert(META_OLDEST, rev)?;
         Ok(())
     }
 
-    /// Persists the batch's revision and prunes history to the newest `keep` revisions.
+    /// Writes the batch's history row (keyed by its first revision), persists the batch's
+    /// revision and prunes history to the newest `keep` revisions.
     pub fn finish(&mut self, keep: u64) -> Result<(), Failure> {
+        if let Some(first) = self.events.first() {
+            self.history
+                .insert(first.revision, encode_history(&self.events).as_slice())?;
+        }
         self.meta.insert(META_REVISION, self.revision)?;
         if self.revision >= keep {
             self.compact_to(self.revision - keep + 1)?;

@@ -3,7 +3,8 @@
 //!
 //! Tables:
 //! - `kv`: key → [`super::codec::Record`] (live keys only; no MVCC versions are kept);
-//! - `history`: revision → that revision's watch events, pruned to the newest N revisions;
+//! - `history`: first revision of a committed batch → the watch events of the batch's
+//!   revisions, pruned to the newest N revisions;
 //! - `leases`: lease id → TTL in milliseconds (deadlines live in memory only);
 //! - `lease_keys`: (lease id, key) → () so expiry finds a lease's keys without a scan;
 //! - `meta`: `format`, `revision` (newest committed), `oldest` (oldest revision whose history is
@@ -25,8 +26,8 @@ pub(super) const META_REVISION: &str = "revision";
 pub(super) const META_OLDEST: &str = "oldest";
 pub(super) const META_NEXT_LEASE: &str = "next_lease";
 
-/// Bumped whenever a stored layout changes incompatibly.
-const FORMAT: u64 = 1;
+/// Bumped whenever a stored layout changes incompatibly (2: one history row per batch).
+const FORMAT: u64 = 2;
 
 /// What a freshly opened database already holds.
 pub(super) struct Loaded {

@@ -10,7 +10,7 @@
 //! re-lists). The stream holds only a weak handle to the engine, and ends when the store closes.
 
 use super::Shared;
-use super::codec::decode_events;
+use super::codec::decode_history;
 use super::schema::{HISTORY, META, META_OLDEST, db_err};
 use crate::{StoreError, WatchEvent, WatchStream};
 use std::collections::VecDeque;
@@ -152,10 +152,16 @@ fn read_history(
         });
     }
     let history = rtx.open_table(HISTORY).map_err(db_err)?;
+    // Rows are keyed by their batch's first revision: the row holding `from` is the last one
+    // keyed at or below it, followed by every row keyed up to `to`.
+    let first = match history.range(..=from).map_err(db_err)?.next_back() {
+        Some(row) => row.map_err(db_err)?.0.value(),
+        None => from,
+    };
     let mut out = Vec::new();
-    for entry in history.range(from..=to).map_err(db_err)? {
-        let (rev, bytes) = entry.map_err(db_err)?;
-        out.extend(decode_events(rev.value(), bytes.value(), prefix)?);
+    for entry in history.range(first..=to).map_err(db_err)? {
+        let (_, bytes) = entry.map_err(db_err)?;
+        out.extend(decode_history(bytes.value(), prefix, from..=to)?);
     }
     Ok(out)
 }
