@@ -91,7 +91,14 @@ async fn q35_disk_overlay_hotplug_cgroup_and_panic() {
         .await
         .expect("shutdown");
     assert_eq!(vm.exit_watch().borrow().clone(), Some(VmExit::Shutdown));
-    assert!(!v1.exists() && !v2.exists(), "cgroup removed after exit");
+    let t = std::time::Instant::now();
+    while (v1.exists() || v2.exists()) && t.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !v1.exists() && !v2.exists(),
+        "cgroup not removed after exit"
+    );
 
     // Same overlay on the next start: the write is still there; the base is unchanged.
     let vm = d.launch(&spec).await.expect("relaunch");
@@ -162,5 +169,37 @@ async fn probe_reports_tcg_here_and_capabilities() {
     assert!(
         !info.available && info.detail.contains("/nonexistent/qemu"),
         "{info:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_can_drop_to_an_unprivileged_user() {
+    let env = Env::new();
+    let mut cfg = env.config();
+    cfg.run_as_user = Some("nobody".into());
+    let d = QemuDriver::new(cfg);
+    let spec = env.microvm(128);
+    let vm = d.launch(&spec).await.expect("launch as nobody");
+    env.console(spec.id).wait_for(READY_LINE, BOOT).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid().unwrap())).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid}"
+    );
+    vm.pause().await.expect("QMP still works");
+    vm.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(vm.exit_watch().borrow().clone(), Some(VmExit::Shutdown));
+    let mut bad = env.config();
+    bad.run_as_user = Some("x,y".into());
+    assert!(
+        QemuDriver::new(bad)
+            .launch(&env.microvm(128))
+            .await
+            .is_err()
     );
 }

@@ -162,4 +162,17 @@ impl VmCgroup {
         }
         Ok(())
     }
+
+    /// [`Self::remove`], retrying while a dead QEMU lingers as a zombie inside (until PID 1
+    /// reaps it: a second or two on some hosts).
+    pub async fn remove_patiently(&self, timeout: std::time::Duration) -> Result<(), DriverError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.remove() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
 }

@@ -348,9 +348,9 @@ async fn watch_exit(
             }
         }
     };
-    if let Some(cg) = cgroup {
-        // Best effort: cleanup() retries.
-        let _ = cg.remove();
-    }
     shared.exit_tx.send_replace(Some(exit));
+    if let Some(cg) = cgroup {
+        // Best effort; `cleanup` removes it too.
+        let _ = cg.remove_patiently(Duration::from_secs(10)).await;
+    }
 }

@@ -320,7 +320,9 @@ impl Driver for QemuDriver {
             )));
         }
         let facts = self.facts().await;
-        cgroup::VmCgroup::existing(&facts.cgroups, &id.to_string()).remove()?;
+        cgroup::VmCgroup::existing(&facts.cgroups, &id.to_string())
+            .remove_patiently(Duration::from_secs(5))
+            .await?;
         match tokio::fs::remove_dir_all(self.run_paths(id).dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
