@@ -96,10 +96,12 @@ impl VmTask {
                         }
                         self.vm = Some(vm);
                     }
-                    Some(VmCommand::Release) | None => {
+                    Some(VmCommand::Release) => {
                         self.release().await;
                         return;
                     }
+                    // The agent itself is going away: leave the VM running for the next agent.
+                    None => return,
                 },
                 exit = wait_exit(exit_watch) => self.on_exit(exit).await,
                 _ = sleep_until(restart_at) => self.restart_at = None,

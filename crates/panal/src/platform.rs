@@ -80,7 +80,7 @@ pub struct Platform {
     pub fake_world: Arc<FakeWorld>,
     server: JoinHandle<()>,
     agent: JoinHandle<()>,
-    _controllers: Controllers,
+    controllers: Option<Controllers>,
 }
 
 impl Drop for Platform {
@@ -152,8 +152,29 @@ impl Platform {
             fake_world,
             server,
             agent,
-            _controllers: controllers,
+            controllers: Some(controllers),
         })
+    }
+
+    /// Stops the API, the controllers and the agent, and waits until the store is closed, so the
+    /// same data directory can be opened again at once. VMs keep running.
+    pub async fn shutdown(mut self) {
+        self.server.abort();
+        self.agent.abort();
+        let _ = (&mut self.server).await;
+        let _ = (&mut self.agent).await;
+        if let Some(c) = self.controllers.take() {
+            c.stop().await;
+        }
+        let store = self.store.clone();
+        drop(self);
+        // Tasks that held the store (streams, VM tasks) end within moments of their peers going.
+        for _ in 0..500 {
+            if Arc::strong_count(&store) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The API's base URL.

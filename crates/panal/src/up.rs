@@ -74,7 +74,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("Ctrl-C stops the platform; VMs keep running and are re-attached on the next start.");
     wait_for_signal().await;
     println!("Stopping.");
-    drop(platform);
+    platform.shutdown().await;
     Ok(())
 }
 

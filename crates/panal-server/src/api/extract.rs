@@ -35,8 +35,11 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if let Some(rest) = msg.strip_prefix("unknown field `")
             && let Some(name) = rest.split('`').next()
         {
+            // The path already ends at the unknown key when serde saw it as a map entry.
             let field = if path == "." || path.is_empty() {
                 name.to_owned()
+            } else if path == name || path.ends_with(&format!(".{name}")) {
+                path.clone()
             } else {
                 format!("{path}.{name}")
             };

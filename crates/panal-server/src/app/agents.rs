@@ -187,7 +187,12 @@ impl App {
                 })
                 .filter(|(_, id)| mine.contains(id))
                 .collect();
-            while let Some(ev) = watch.next().await {
+            loop {
+                // Stop as soon as the agent hangs up, not at the next change.
+                let ev = tokio::select! {
+                    _ = tx.closed() => return,
+                    ev = watch.next() => match ev { Some(ev) => ev, None => return },
+                };
                 let msg = match ev {
                     Err(e) => Err(LinkError::Unavailable(e.to_string())),
                     Ok(WatchEvent::Put(kv)) => {

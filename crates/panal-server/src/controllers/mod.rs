@@ -25,6 +25,16 @@ impl Controllers {
     }
 }
 
+impl Controllers {
+    /// Stops every controller and waits until they are gone.
+    pub async fn stop(mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
 impl Drop for Controllers {
     fn drop(&mut self) {
         for t in &self.tasks {
