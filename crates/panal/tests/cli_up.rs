@@ -1,0 +1,164 @@
+//! The `panal` binary as a user runs it: `panal up` in the foreground, the CLI driving the VM
+//! lifecycle with `--wait`, JSON/YAML output, readable errors with non-zero exits, a clean stop
+//! on SIGINT, and recovery of everything after `kill -9` of the platform.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_panal");
+
+/// A running `panal up`, killed on drop.
+struct Up {
+    child: Child,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn up(dir: &Path, port: u16) -> Up {
+    let mut child = Command::new(BIN)
+        .args(["up", "--no-default-config", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("PANAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn panal up");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "panal up did not come up");
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Panal is up") => break,
+            Some(_) => continue,
+            None => panic!("panal up exited early"),
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Up { child }
+}
+
+fn panal(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).arg("--config").arg(cfg).args(args).output().expect("run panal")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn vm_json(cfg: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&panal(cfg, &["vm", "show", name, "-o", "json"]))).unwrap()
+}
+
+#[test]
+fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let port = free_port();
+    let mut platform = up(&data, port);
+    let cfg = data.join("client.toml");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("admin.token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the admin token is private");
+
+    let out = ok(&panal(&cfg, &["vm", "create", "web-1", "--hypervisor", "fake", "--vcpus", "1", "--memory", "256M", "--wait"]));
+    assert!(out.contains("running"), "{out}");
+    ok(&panal(&cfg, &["vm", "create", "web-2", "--hypervisor", "fake", "--no-start", "--wait"]));
+    ok(&panal(&cfg, &["vm", "create", "web-3", "--hypervisor", "fake", "--wait"]));
+    let list = ok(&panal(&cfg, &["vm", "list"]));
+    assert!(list.starts_with("NAME"), "{list}");
+    assert_eq!(list.lines().count(), 4, "{list}");
+    let yaml = ok(&panal(&cfg, &["vm", "list", "-o", "yaml"]));
+    assert!(yaml.contains("name: web-2"), "{yaml}");
+    ok(&panal(&cfg, &["vm", "stop", "web-3", "--wait"]));
+    assert_eq!(vm_json(&cfg, "web-3")["status"]["phase"], "stopped");
+    ok(&panal(&cfg, &["vm", "start", "web-3", "--wait"]));
+    ok(&panal(&cfg, &["vm", "restart", "web-3", "--wait"]));
+    let hosts = ok(&panal(&cfg, &["host", "list", "-o", "json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&hosts).unwrap().as_array().unwrap().len(), 1);
+    ok(&panal(&cfg, &["project", "create", "team-a"]));
+    assert!(ok(&panal(&cfg, &["project", "list"])).contains("team-a"));
+    assert!(ok(&panal(&cfg, &["operation", "list"])).contains("vm_restart"));
+
+    // Bad input: a readable message, the field, and a non-zero exit.
+    let bad = panal(&cfg, &["vm", "create", "../x", "--hypervisor", "fake"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("invalid name") && err.contains("`name`"), "{err}");
+    let bad = panal(&cfg, &["vm", "create", "x", "--memory", "lots"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a size"));
+    let bad = panal(&cfg, &["vm", "start", "web-1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("already running"));
+    let bad = Command::new(BIN).args(["--api", &format!("http://127.0.0.1:{port}"), "--token", "nope", "vm", "list"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unauthorized"));
+
+    // kill -9 in the middle of nothing in particular: everything acknowledged must be back.
+    let before: Vec<serde_json::Value> = ["web-1", "web-2", "web-3"].iter().map(|n| vm_json(&cfg, n)).collect();
+    kill9(&mut platform);
+    let platform = up(&data, port);
+    for b in &before {
+        let name = b["name"].as_str().unwrap();
+        let a = vm_json(&cfg, name);
+        assert_eq!(a["id"], b["id"]);
+        assert_eq!(a["spec"], b["spec"]);
+        assert_eq!(a["status"]["phase"], b["status"]["phase"], "{name}");
+    }
+    // Running VMs were re-attached, not restarted.
+    std::thread::sleep(Duration::from_millis(500));
+    let web1 = vm_json(&cfg, "web-1");
+    let starts = web1["status"]["events"].as_array().unwrap().iter().filter(|e| e["reason"] == "Started").count();
+    assert_eq!(starts, 1, "{web1}");
+    ok(&panal(&cfg, &["vm", "delete", "web-1", "--wait"]));
+    assert!(!panal(&cfg, &["vm", "show", "web-1"]).status.success());
+
+    // Ctrl-C stops it cleanly.
+    stop_with_sigint(platform);
+}
+
+fn kill9(up: &mut Up) {
+    up.child.kill().unwrap(); // SIGKILL
+    up.child.wait().unwrap();
+}
+
+fn stop_with_sigint(mut up: Up) {
+    let pid = up.child.id() as i32;
+    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = up.child.try_wait().unwrap() {
+            assert!(st.success(), "panal up exits 0 on Ctrl-C, got {st}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "panal up did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn help_and_completions_work() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
+    let out = Command::new(BIN).args(["vm", "create", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--memory"));
+    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_panal"));
+    let out = Command::new(BIN).args(["--config", "/nonexistent/client.toml", "vm", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/client.toml"));
+}
