@@ -219,11 +219,19 @@ impl VmHandle for QemuVm {
         self.shared.requested_stop.store(true, Ordering::SeqCst);
         // A paused guest cannot see the power button.
         let _ = self.qmp.execute("cont", None).await;
-        let _ = self.qmp.execute("system_powerdown", None).await;
-        if self.wait_exit(timeout).await {
-            return Ok(());
+        // Press the power button again every few seconds: a guest still booting (or one whose
+        // button handler was not yet listening) misses a single press.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let _ = self.qmp.execute("system_powerdown", None).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.wait_exit(left.min(Duration::from_secs(5))).await {
+                return Ok(());
+            }
+            if left <= Duration::from_secs(5) {
+                return self.kill().await;
+            }
         }
-        self.kill().await
     }
 
     async fn kill(&self) -> Result<(), DriverError> {

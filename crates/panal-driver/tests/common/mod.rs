@@ -98,7 +98,7 @@ impl Drop for Env {
                     "/sys/fs/cgroup/panal",
                 ] {
                     let d = Path::new(root).join(&name);
-                    for _ in 0..50 {
+                    for _ in 0..250 {
                         if !d.exists() || std::fs::remove_dir(&d).is_ok() {
                             break;
                         }
