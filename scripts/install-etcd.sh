@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the etcd store engine, its tests and its benchmark need, from Debian's package
 # registry only: `etcd-server` (the etcd binary the tests start themselves), `etcd-client`
-# (etcdctl, for poking at a cluster by hand) and `protobuf-compiler` (protoc, which the
-# `etcd-client` crate's build script needs to compile etcd's API).
+# (etcdctl, for poking at a cluster by hand), and `protobuf-compiler` with `libprotobuf-dev`
+# (protoc and Google's well-known .proto files, which the `etcd-client` crate's build script
+# needs to compile etcd's API).
 #
 # Debian's etcd-server starts a system-wide etcd on install. Tests own their etcd processes (on
 # free loopback ports, in temp dirs), so this script keeps that service from starting and, if it
@@ -11,11 +12,12 @@
 # service is not running. apt-get update runs only when something must be installed.
 set -euo pipefail
 
-# command -> Debian package that provides it
+# command or file -> Debian package that provides it
 declare -A NEED=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [protoc]=protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
 )
 
 SUDO=()
@@ -24,8 +26,12 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 missing=()
-for cmd in "${!NEED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+for what in "${!NEED[@]}"; do
+  if [[ $what == /* ]]; then
+    [[ -e $what ]] || missing+=("${NEED[$what]}")
+  else
+    command -v "$what" >/dev/null 2>&1 || missing+=("${NEED[$what]}")
+  fi
 done
 
 if ((${#missing[@]} > 0)); then

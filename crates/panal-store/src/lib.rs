@@ -7,11 +7,14 @@
 //! - watches deliver every change under a prefix from a given revision on, in order;
 //! - leases are keys that vanish when their owner stops renewing them.
 //!
-//! Engines: [`embedded`] (a crash-safe `redb` file, the single-machine default) and, later, etcd.
-//! Both pass the [`conformance`] suite unchanged.
+//! Engines: [`embedded`] (a crash-safe `redb` file, the single-machine default) and `etcd`
+//! (cargo feature `etcd`: etcd v3, for several replicas). Both pass the [`conformance`] suite
+//! unchanged.
 
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod types;
 
 pub use types::*;

@@ -237,6 +237,9 @@ pub enum StoreError {
     /// the store cannot be reached or refused the request for now
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// the store refused our credentials or permissions (retrying will not help)
+    #[error("store access denied: {0}")]
+    AccessDenied(String),
     /// the store's data is damaged or of an unknown format
     #[error("store data error: {0}")]
     Corrupt(String),
