@@ -163,6 +163,17 @@ pub(super) fn first_lease(t: &Txn) -> Option<LeaseId> {
     })
 }
 
+/// Whether a failure happened before the request reached any member (connection refused), so
+/// sending it again cannot apply it twice.
+pub(super) fn never_sent(e: &ec::Error) -> bool {
+    let msg = match e {
+        ec::Error::GRpcStatus(s) => s.message().to_owned(),
+        ec::Error::TransportError(e) => e.to_string(),
+        _ => return false,
+    };
+    msg.contains("tcp connect error") || msg.contains("Connection refused")
+}
+
 /// What an etcd failure means for the caller.
 pub(super) enum Failure {
     /// A mapped error, final.

@@ -118,18 +118,40 @@ impl EtcdStore {
         &self.options
     }
 
-    /// Runs one etcd call within the request timeout (plus a margin for the client's own
-    /// deadline to fire first with etcd's answer).
-    async fn call<T>(&self, fut: impl Future<Output = Result<T, ec::Error>>) -> Result<T, Failure> {
+    /// Runs one etcd call (made by `f` on a fresh client handle) within the request timeout,
+    /// plus a margin for the client's own deadline to fire first with etcd's answer. The
+    /// balanced channel may pick a member that is down; a request that never reached a member
+    /// (connection refused) is safe to send again, even a write, so it is retried on another
+    /// pick until the deadline. Anything else is answered as is.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Failure>
+    where
+        F: FnMut(ec::Client) -> Fut,
+        Fut: Future<Output = Result<T, ec::Error>>,
+    {
         let limit = self.options.request_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r.map_err(classify),
-            Err(_) => Err(Failure::Store(StoreError::Unavailable(format!(
-                "etcd did not answer within {limit:?}"
-            )))),
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, f(self.client.clone())).await {
+                Ok(Err(e)) if convert::never_sent(&e) => {
+                    let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
+                    if retry_at >= deadline {
+                        return Err(classify(e));
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                }
+                Ok(r) => return r.map_err(classify),
+                Err(_) => {
+                    return Err(Failure::Store(StoreError::Unavailable(format!(
+                        "etcd did not answer within {limit:?}"
+                    ))));
+                }
+            }
         }
     }
 }
+
+/// Pause before resending a request that found its member down.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 fn connect_options(o: &EtcdOptions) -> Result<ec::ConnectOptions, StoreError> {
     if o.endpoints.is_empty() {
@@ -182,9 +204,12 @@ fn ttl_secs(ttl: Duration) -> i64 {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut c = self.client.clone();
+        let key = self.keys.wire(key);
         let r = self
-            .call(c.get(self.keys.wire(key), None))
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await
             .map_err(Failure::into_store)?;
         r.kvs().first().map(|kv| self.keys.kv(kv)).transpose()
@@ -201,9 +226,11 @@ impl Store for EtcdStore {
         if let Ok(limit @ 1..) = i64::try_from(limit) {
             opts = opts.with_limit(limit);
         }
-        let mut c = self.client.clone();
         let r = self
-            .call(c.get(start, Some(opts)))
+            .call(|mut c| {
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { c.get(start, Some(opts)).await }
+            })
             .await
             .map_err(Failure::into_store)?;
         Ok(RangeResult {
@@ -219,8 +246,13 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         let wire = convert::txn(&self.keys, &txn)?;
-        let mut c = self.client.clone();
-        match self.call(c.txn(wire)).await {
+        match self
+            .call(|mut c| {
+                let wire = wire.clone();
+                async move { c.txn(wire).await }
+            })
+            .await
+        {
             Ok(r) => convert::txn_result(&self.keys, &r),
             Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(
                 first_lease(&txn).unwrap_or(LeaseId(0)),
@@ -234,19 +266,17 @@ impl Store for EtcdStore {
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        let mut c = self.client.clone();
         let r = self
-            .call(c.lease_grant(ttl_secs(ttl), None))
+            .call(|mut c| async move { c.lease_grant(ttl_secs(ttl), None).await })
             .await
             .map_err(Failure::into_store)?;
         Ok(LeaseId(r.id()))
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
         // One request on a fresh keep-alive stream: the interface renews once per call.
         let renewed = self
-            .call(async move {
+            .call(|mut c| async move {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease.0).await?;
                 keeper.keep_alive().await?;
                 stream.message().await
@@ -264,8 +294,10 @@ impl Store for EtcdStore {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        match self.call(c.lease_revoke(lease.0)).await {
+        match self
+            .call(|mut c| async move { c.lease_revoke(lease.0).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(lease)),
             Err(f) => Err(f.into_store()),
@@ -276,18 +308,28 @@ impl Store for EtcdStore {
         // A linearizable read of one (absent) key: its header carries the cluster revision.
         let mut probe = self.keys.wire("");
         probe.push(0);
-        let mut c = self.client.clone();
         let r = self
-            .call(c.get(probe, Some(ec::GetOptions::new().with_count_only())))
+            .call(|mut c| {
+                let probe = probe.clone();
+                async move {
+                    c.get(probe, Some(ec::GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await
             .map_err(Failure::into_store)?;
         Ok(r.header().map_or(0, |h| rev(h.revision())))
     }
 
     async fn compact(&self, revision: u64) -> Result<(), StoreError> {
-        let opts = ec::CompactionOptions::new().with_physical();
-        let mut c = self.client.clone();
-        match self.call(c.compact(wire_rev(revision)?, Some(opts))).await {
+        let revision = wire_rev(revision)?;
+        match self
+            .call(|mut c| async move {
+                let opts = ec::CompactionOptions::new().with_physical();
+                c.compact(revision, Some(opts)).await
+            })
+            .await
+        {
             Ok(_) => Ok(()),
             // Already compacted past it: nothing to do (as on the embedded engine).
             Err(Failure::Compacted) => Ok(()),

@@ -34,9 +34,11 @@ pub(super) async fn start(
     if from_revision > 0 {
         opts = opts.with_start_revision(wire_rev(from_revision)?);
     }
-    let mut client = store.client.clone();
     let stream = store
-        .call(client.watch(start, Some(opts)))
+        .call(|mut c| {
+            let (start, opts) = (start.clone(), opts.clone());
+            async move { c.watch(start, Some(opts)).await }
+        })
         .await
         .map_err(|f| f.into_store())?;
     let mut w = Watcher {
