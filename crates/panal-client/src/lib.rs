@@ -2,12 +2,16 @@
 //! wire types of `panal-types`, so it cannot drift from the server's document without failing to
 //! compile or failing the OpenAPI drift test.
 
+mod console;
 mod events;
+
+pub use console::ConsoleConnection;
 
 pub use events::EventReader;
 
 use panal_types::ApiError;
 use panal_types::host::Host;
+use panal_types::image::{Image, ImageAccepted, ImageImport};
 use panal_types::operation::Operation;
 use panal_types::page::Page;
 use panal_types::project::{Project, ProjectCreate};
@@ -259,6 +263,127 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// Pauses a VM.
+    pub async fn pause_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/vms/{}/pause", seg(name)),
+            &project_query(project),
+            None,
+        )
+        .await
+    }
+
+    /// Resumes a VM.
+    pub async fn resume_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/vms/{}/resume", seg(name)),
+            &project_query(project),
+            None,
+        )
+        .await
+    }
+
+    /// The console history of a VM; with `follow`, a response whose body keeps streaming.
+    pub async fn console_log(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut q = project_query(project);
+        if follow {
+            q.push(("follow", "true".into()));
+        }
+        let resp = self
+            .http
+            .get(format!(
+                "{}/api/v1/vms/{}/console/log",
+                self.base,
+                seg(name)
+            ))
+            .bearer_auth(&self.token)
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        Err(match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => self.transport(format!("HTTP {status}")),
+        })
+    }
+
+    /// Opens the interactive serial console of a VM.
+    pub async fn console(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<ConsoleConnection, ClientError> {
+        // Ask over plain HTTP first so refusals come back as typed errors, not a failed upgrade.
+        self.vm(project, name).await?;
+        console::connect(
+            &self.base,
+            &self.token,
+            &format!("/api/v1/vms/{}/console", seg(name)),
+            project,
+        )
+        .await
+        .map_err(|e| self.transport(e))
+    }
+
+    // --- images ---
+
+    /// Lists images (one page).
+    pub async fn list_images(
+        &self,
+        project: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<Page<Image>, ClientError> {
+        self.get("/api/v1/images", &page_query(project, page_token))
+            .await
+    }
+
+    /// Shows an image.
+    pub async fn image(&self, project: Option<&str>, name: &str) -> Result<Image, ClientError> {
+        self.get(
+            &format!("/api/v1/images/{}", seg(name)),
+            &project_query(project),
+        )
+        .await
+    }
+
+    /// Starts an image import.
+    pub async fn import_image(&self, req: &ImageImport) -> Result<ImageAccepted, ClientError> {
+        self.call(Method::POST, "/api/v1/images", &[], Some(req))
+            .await
+    }
+
+    /// Deletes an image.
+    pub async fn delete_image(&self, project: Option<&str>, name: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/api/v1/images/{}", seg(name)),
+            &project_query(project),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     // --- hosts ---

@@ -60,3 +60,38 @@ pub struct Image {
     /// When it was imported.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// Body of `POST /api/v1/images`: import an image from files on the control plane's machine.
+/// Give either `kernel_path` (with an optional `initrd_path`) or `disk_path` with its `format`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageImport {
+    /// Name, unique in the project.
+    pub name: String,
+    /// Project (default `default`; images of `default` are visible to every project).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Absolute path of a Linux kernel (uncompressed `vmlinux` with a PVH note boots on both
+    /// machine profiles).
+    #[serde(default)]
+    pub kernel_path: Option<String>,
+    /// Absolute path of an initramfs to go with the kernel.
+    #[serde(default)]
+    pub initrd_path: Option<String>,
+    /// Kernel arguments added for this image.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Absolute path of a disk image.
+    #[serde(default)]
+    pub disk_path: Option<String>,
+    /// The disk image's declared format; the file's header must agree.
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+}
+
+/// The answer to an import: the operation that tracks the copy.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageAccepted {
+    /// The operation tracking the import; its target names the image.
+    pub operation: crate::operation::Operation,
+}

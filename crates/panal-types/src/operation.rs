@@ -18,6 +18,10 @@ pub enum OperationKind {
     VmRestart,
     /// Delete a VM.
     VmDelete,
+    /// Pause a VM's vCPUs.
+    VmPause,
+    /// Resume a paused VM.
+    VmResume,
     /// Import an image.
     ImageImport,
 }
@@ -31,6 +35,8 @@ impl OperationKind {
             OperationKind::VmStop => "vm_stop",
             OperationKind::VmRestart => "vm_restart",
             OperationKind::VmDelete => "vm_delete",
+            OperationKind::VmPause => "vm_pause",
+            OperationKind::VmResume => "vm_resume",
             OperationKind::ImageImport => "image_import",
         }
     }

@@ -3,19 +3,24 @@
 //! the HTTP API, all in one process. Everything lives in one data directory and is recovered
 //! from it on restart.
 
+use crate::local::{LocalImages, QemuConsoles};
 use anyhow::{Context, Result};
-use panal_agent::boot::{BootResolver, NoImages};
+use panal_agent::boot::BootResolver;
 use panal_agent::{Agent, AgentConfig};
 use panal_driver::DynDriver;
 use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
+use panal_driver::qemu::{GuestImage, QemuConfig, QemuDriver};
 use panal_server::auth::{Role, create_token, verify};
 use panal_server::controllers::Controllers;
+use panal_server::images::ImageStore;
 use panal_server::link::InProcessLink;
 use panal_server::scheduler::Policy;
 use panal_server::{App, AppConfig};
 use panal_store::DynStore;
 use panal_store::embedded::EmbeddedStore;
 use panal_types::Name;
+use panal_types::image::{DiskFormat, ImageImport};
+use panal_types::vm::MachineProfile;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +40,11 @@ pub struct PlatformConfig {
     pub host_lease_ttl: Duration,
     /// Latency of the fake driver's simulated actions.
     pub fake: FakeConfig,
+    /// Where the built-in guest was built (imported as images `tiny` and `tiny-disk`);
+    /// `None` to skip.
+    pub guest_dir: Option<PathBuf>,
+    /// Run the QEMU driver (off in control-plane-only tests).
+    pub qemu: bool,
 }
 
 impl PlatformConfig {
@@ -46,6 +56,8 @@ impl PlatformConfig {
             host_name: local_host_name(),
             host_lease_ttl: Duration::from_secs(10),
             fake: FakeConfig::default(),
+            guest_dir: Some(GuestImage::default_dir()),
+            qemu: true,
         }
     }
 }
@@ -101,22 +113,41 @@ impl Platform {
                     cfg.data_dir.display()
                 )
             })?;
-        let app = App::new(
+        let qemu_dir = cfg.data_dir.join("qemu");
+        let mut app = App::new(
             store.clone(),
             AppConfig {
                 host_lease_ttl: cfg.host_lease_ttl,
             },
-        );
+        )
+        .with_images(ImageStore::new(cfg.data_dir.join("images")));
+        if cfg.qemu {
+            app = app.with_consoles(Arc::new(QemuConsoles {
+                state_dir: qemu_dir.clone(),
+            }));
+        }
         app.bootstrap().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let token = admin_token(&app, &cfg.data_dir).await?;
         let controllers = Controllers::start(&app, Policy::default());
 
         let fake_world = FakeWorld::persistent(cfg.data_dir.join("fake-vms.json"));
-        let drivers: Vec<DynDriver> = vec![Arc::new(FakeDriver::new(
+        let mut drivers: Vec<DynDriver> = vec![Arc::new(FakeDriver::new(
             fake_world.clone(),
             cfg.fake.clone(),
         ))];
-        let boot: Arc<dyn BootResolver> = Arc::new(NoImages);
+        let guest = cfg
+            .guest_dir
+            .as_deref()
+            .and_then(|d| GuestImage::open(d).ok());
+        if cfg.qemu {
+            let mut qcfg = QemuConfig::new(qemu_dir);
+            if let Some(g) = &guest {
+                qcfg.probe_guest = Some(g.direct_kernel(MachineProfile::Microvm));
+                qcfg.disk_boot_kernel = Some(g.direct_kernel(MachineProfile::Microvm));
+            }
+            drivers.push(Arc::new(QemuDriver::new(qcfg)));
+        }
+        let boot: Arc<dyn BootResolver> = Arc::new(LocalImages { app: app.clone() });
         let mut agent_cfg = AgentConfig::new(cfg.host_name.clone());
         agent_cfg.heartbeat = cfg.host_lease_ttl / 3;
         let agent = Agent::new(
@@ -137,6 +168,9 @@ impl Platform {
                 tracing::error!(error = %e, "API server stopped");
             }
         });
+        if let Some(g) = &guest {
+            import_builtin_images(&app, g).await;
+        }
         // Wait until the local host is registered so the first request can be placed.
         for _ in 0..200 {
             if app.host(cfg.host_name.as_str()).await.is_ok() {
@@ -227,4 +261,47 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Imports the built-in tiny guest as images `tiny` (kernel + initramfs) and `tiny-disk` (ext4
+/// root disk), once.
+async fn import_builtin_images(app: &App, guest: &GuestImage) {
+    let s = |p: PathBuf| Some(p.to_string_lossy().into_owned());
+    let wanted = [
+        ImageImport {
+            name: "tiny".into(),
+            kernel_path: s(guest.kernel(MachineProfile::Microvm)),
+            initrd_path: s(guest.initramfs()),
+            ..ImageImport::default()
+        },
+        ImageImport {
+            name: "tiny-disk".into(),
+            disk_path: s(guest.rootfs_qcow2()),
+            format: Some(DiskFormat::Qcow2),
+            ..ImageImport::default()
+        },
+    ];
+    for req in wanted {
+        if app.image(None, &req.name).await.is_ok() {
+            continue;
+        }
+        let name = req.name.clone();
+        match app.import_image(req).await {
+            Ok(accepted) => {
+                let id = accepted.operation.id.to_string();
+                match app.wait_operation(&id, Duration::from_secs(120)).await {
+                    Ok(op) if op.state == panal_types::operation::OperationState::Succeeded => {
+                        tracing::info!(image = %name, "imported the built-in image");
+                    }
+                    Ok(op) => {
+                        tracing::warn!(image = %name, state = op.state.as_str(), "built-in image import did not succeed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %name, error = %e, "built-in image import failed")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(image = %name, error = %e, "cannot import the built-in image"),
+        }
+    }
 }

@@ -9,7 +9,11 @@ use panal_types::operation::{OperationKind, OperationState};
 use panal_types::vm::{HypervisorKind, PowerState, RestartPolicy, VmCreate, VmPhase, VmUpdate};
 
 fn fake(name: &str) -> VmCreate {
-    VmCreate { name: name.into(), hypervisor: Some(HypervisorKind::Fake), ..VmCreate::default() }
+    VmCreate {
+        name: name.into(),
+        hypervisor: Some(HypervisorKind::Fake),
+        ..VmCreate::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,35 +22,78 @@ async fn full_lifecycle_completes_every_operation() {
     let c = &tp.client;
     let a = c.create_vm(&fake("web-1")).await.unwrap();
     assert_eq!(a.operation.kind, OperationKind::VmCreate);
-    assert_eq!(wait_op(c, &a.operation).await.state, OperationState::Succeeded);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
     let vm = c.vm(None, "web-1").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Running);
     assert!(vm.status.host.is_some());
-    assert!(vm.status.placement.as_deref().unwrap_or("").contains("1/1 hosts fit"));
+    assert!(
+        vm.status
+            .placement
+            .as_deref()
+            .unwrap_or("")
+            .contains("1/1 hosts fit")
+    );
     assert_eq!(tp.platform.fake_world.running_count(), 1);
 
     let a = c.stop_vm(None, "web-1", false).await.unwrap();
-    assert_eq!(wait_op(c, &a.operation).await.state, OperationState::Succeeded);
-    assert_eq!(c.vm(None, "web-1").await.unwrap().status.phase, VmPhase::Stopped);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert_eq!(
+        c.vm(None, "web-1").await.unwrap().status.phase,
+        VmPhase::Stopped
+    );
     assert_eq!(tp.platform.fake_world.running_count(), 0);
 
     let a = c.start_vm(None, "web-1").await.unwrap();
-    assert_eq!(wait_op(c, &a.operation).await.state, OperationState::Succeeded);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
     let a = c.restart_vm(None, "web-1").await.unwrap();
-    assert_eq!(wait_op(c, &a.operation).await.state, OperationState::Succeeded);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
     let vm = c.vm(None, "web-1").await.unwrap();
-    assert!(vm.status.events.iter().any(|e| e.reason == "Restarted"), "{:?}", vm.status.events);
+    assert!(
+        vm.status.events.iter().any(|e| e.reason == "Restarted"),
+        "{:?}",
+        vm.status.events
+    );
 
     let vm = c
-        .update_vm(None, "web-1", &VmUpdate { vcpus: Some(2), memory_bytes: Some(1 << 30), ..VmUpdate::default() })
+        .update_vm(
+            None,
+            "web-1",
+            &VmUpdate {
+                vcpus: Some(2),
+                memory_bytes: Some(1 << 30),
+                ..VmUpdate::default()
+            },
+        )
         .await
         .unwrap();
     let world = tp.platform.fake_world.clone();
     let id = vm.id;
-    assert!(eventually(5, || { let w = world.clone(); async move { w.resources(id) == Some((2, 1 << 30)) } }).await, "resize reached the hypervisor");
+    assert!(
+        eventually(5, || {
+            let w = world.clone();
+            async move { w.resources(id) == Some((2, 1 << 30)) }
+        })
+        .await,
+        "resize reached the hypervisor"
+    );
 
     let a = c.delete_vm(None, "web-1").await.unwrap();
-    assert_eq!(wait_op(c, &a.operation).await.state, OperationState::Succeeded);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
     let err = c.vm(None, "web-1").await.unwrap_err().to_string();
     assert!(err.contains("not_found"), "{err}");
     assert_eq!(tp.platform.fake_world.running_count(), 0);
@@ -77,7 +124,11 @@ async fn restart_policy_brings_a_crashed_vm_back_and_guest_poweroff_stops_it() {
         "restarted after the crash"
     );
     let vm = c.vm(None, "crashy").await.unwrap();
-    assert!(vm.status.events.iter().any(|e| e.reason == "Restarting"), "{:?}", vm.status.events);
+    assert!(
+        vm.status.events.iter().any(|e| e.reason == "Restarting"),
+        "{:?}",
+        vm.status.events
+    );
 
     // The guest powers itself off: on-failure does not restart it, and the desired state follows.
     assert!(tp.platform.fake_world.guest_poweroff(id));
@@ -108,7 +159,16 @@ async fn state_survives_a_restart_without_restarting_vms() {
     // Give the agent time to converge, then check nothing was restarted.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = tp.client.vm(None, "keep").await.unwrap();
-    assert!(!after.status.events.iter().skip(before.status.events.len()).any(|e| e.reason == "Started"), "{:?}", after.status.events);
+    assert!(
+        !after
+            .status
+            .events
+            .iter()
+            .skip(before.status.events.len())
+            .any(|e| e.reason == "Started"),
+        "{:?}",
+        after.status.events
+    );
     assert_eq!(tp.platform.fake_world.running_count(), 1);
 }
 
@@ -123,19 +183,34 @@ async fn event_stream_resumes_from_a_revision() {
     let mut events = c.events(Some(rev), Some("vm")).await.unwrap();
     let mut phases = Vec::new();
     let mut last_rev = rev;
-    while let Ok(Some(ev)) = tokio::time::timeout(std::time::Duration::from_secs(3), events.next()).await {
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(std::time::Duration::from_secs(3), events.next()).await
+    {
         let ev = ev.unwrap();
         assert!(ev.revision > last_rev, "revisions increase");
         last_rev = ev.revision;
         assert_eq!(ev.kind, "vm");
-        let phase = ev.object.as_ref().and_then(|o| o["status"]["phase"].as_str()).unwrap_or("").to_owned();
+        let phase = ev
+            .object
+            .as_ref()
+            .and_then(|o| o["status"]["phase"].as_str())
+            .unwrap_or("")
+            .to_owned();
         phases.push(phase.clone());
         if phase == "running" {
             break;
         }
     }
-    assert_eq!(phases.first().map(String::as_str), Some("pending"), "{phases:?}");
-    assert_eq!(phases.last().map(String::as_str), Some("running"), "{phases:?}");
+    assert_eq!(
+        phases.first().map(String::as_str),
+        Some("pending"),
+        "{phases:?}"
+    );
+    assert_eq!(
+        phases.last().map(String::as_str),
+        Some("running"),
+        "{phases:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +228,18 @@ async fn vm_that_fits_nowhere_stays_pending_with_reasons() {
     assert_eq!(op.state, OperationState::Failed);
     let vm = c.vm(None, "big-2").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Pending);
-    assert_eq!(vm.status.placement.as_deref(), Some("0/1 hosts fit: 1 insufficient memory"));
+    assert_eq!(
+        vm.status.placement.as_deref(),
+        Some("0/1 hosts fit: 1 insufficient memory")
+    );
     // Freeing room lets it run without another request.
     wait_op(c, &c.delete_vm(None, "big-1").await.unwrap().operation).await;
     let c2 = c.clone();
-    assert!(eventually(10, || { let c = c2.clone(); async move { c.vm(None, "big-2").await.unwrap().status.phase == VmPhase::Running } }).await);
+    assert!(
+        eventually(10, || {
+            let c = c2.clone();
+            async move { c.vm(None, "big-2").await.unwrap().status.phase == VmPhase::Running }
+        })
+        .await
+    );
 }

@@ -22,12 +22,22 @@ impl Drop for Up {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn up(dir: &Path, port: u16) -> Up {
     let mut child = Command::new(BIN)
-        .args(["up", "--no-default-config", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "up",
+            "--no-default-config",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir)
         .env("PANAL_LOG", "warn")
         .stdout(Stdio::piped())
@@ -51,11 +61,21 @@ fn up(dir: &Path, port: u16) -> Up {
 }
 
 fn panal(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).arg("--config").arg(cfg).args(args).output().expect("run panal")
+    Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .expect("run panal")
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -70,13 +90,45 @@ fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
     let port = free_port();
     let mut platform = up(&data, port);
     let cfg = data.join("client.toml");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("admin.token")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("admin.token"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "the admin token is private");
 
-    let out = ok(&panal(&cfg, &["vm", "create", "web-1", "--hypervisor", "fake", "--vcpus", "1", "--memory", "256M", "--wait"]));
+    let out = ok(&panal(
+        &cfg,
+        &[
+            "vm",
+            "create",
+            "web-1",
+            "--hypervisor",
+            "fake",
+            "--vcpus",
+            "1",
+            "--memory",
+            "256M",
+            "--wait",
+        ],
+    ));
     assert!(out.contains("running"), "{out}");
-    ok(&panal(&cfg, &["vm", "create", "web-2", "--hypervisor", "fake", "--no-start", "--wait"]));
-    ok(&panal(&cfg, &["vm", "create", "web-3", "--hypervisor", "fake", "--wait"]));
+    ok(&panal(
+        &cfg,
+        &[
+            "vm",
+            "create",
+            "web-2",
+            "--hypervisor",
+            "fake",
+            "--no-start",
+            "--wait",
+        ],
+    ));
+    ok(&panal(
+        &cfg,
+        &["vm", "create", "web-3", "--hypervisor", "fake", "--wait"],
+    ));
     let list = ok(&panal(&cfg, &["vm", "list"]));
     assert!(list.starts_with("NAME"), "{list}");
     assert_eq!(list.lines().count(), 4, "{list}");
@@ -87,7 +139,14 @@ fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
     ok(&panal(&cfg, &["vm", "start", "web-3", "--wait"]));
     ok(&panal(&cfg, &["vm", "restart", "web-3", "--wait"]));
     let hosts = ok(&panal(&cfg, &["host", "list", "-o", "json"]));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&hosts).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&hosts)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     ok(&panal(&cfg, &["project", "create", "team-a"]));
     assert!(ok(&panal(&cfg, &["project", "list"])).contains("team-a"));
     assert!(ok(&panal(&cfg, &["operation", "list"])).contains("vm_restart"));
@@ -96,19 +155,35 @@ fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
     let bad = panal(&cfg, &["vm", "create", "../x", "--hypervisor", "fake"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("invalid name") && err.contains("`name`"), "{err}");
+    assert!(
+        err.contains("invalid name") && err.contains("`name`"),
+        "{err}"
+    );
     let bad = panal(&cfg, &["vm", "create", "x", "--memory", "lots"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a size"));
     let bad = panal(&cfg, &["vm", "start", "web-1"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("already running"));
-    let bad = Command::new(BIN).args(["--api", &format!("http://127.0.0.1:{port}"), "--token", "nope", "vm", "list"]).output().unwrap();
+    let bad = Command::new(BIN)
+        .args([
+            "--api",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            "nope",
+            "vm",
+            "list",
+        ])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unauthorized"));
 
     // kill -9 in the middle of nothing in particular: everything acknowledged must be back.
-    let before: Vec<serde_json::Value> = ["web-1", "web-2", "web-3"].iter().map(|n| vm_json(&cfg, n)).collect();
+    let before: Vec<serde_json::Value> = ["web-1", "web-2", "web-3"]
+        .iter()
+        .map(|n| vm_json(&cfg, n))
+        .collect();
     kill9(&mut platform);
     let platform = up(&data, port);
     for b in &before {
@@ -121,7 +196,12 @@ fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
     // Running VMs were re-attached, not restarted.
     std::thread::sleep(Duration::from_millis(500));
     let web1 = vm_json(&cfg, "web-1");
-    let starts = web1["status"]["events"].as_array().unwrap().iter().filter(|e| e["reason"] == "Started").count();
+    let starts = web1["status"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Started")
+        .count();
     assert_eq!(starts, 1, "{web1}");
     ok(&panal(&cfg, &["vm", "delete", "web-1", "--wait"]));
     assert!(!panal(&cfg, &["vm", "show", "web-1"]).status.success());
@@ -137,7 +217,10 @@ fn kill9(up: &mut Up) {
 
 fn stop_with_sigint(mut up: Up) {
     let pid = up.child.id() as i32;
-    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -154,11 +237,20 @@ fn stop_with_sigint(mut up: Up) {
 fn help_and_completions_work() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
-    let out = Command::new(BIN).args(["vm", "create", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["vm", "create", "--help"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--memory"));
-    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_panal"));
-    let out = Command::new(BIN).args(["--config", "/nonexistent/client.toml", "vm", "list"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/client.toml", "vm", "list"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/client.toml"));
 }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 #[test]
 fn committed_openapi_matches_the_code() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/panal.json");
-    let generated = panal_server::api::openapi().to_pretty_json().expect("serializable") + "\n";
+    let generated = panal_server::api::openapi()
+        .to_pretty_json()
+        .expect("serializable")
+        + "\n";
     if std::env::var_os("PANAL_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).expect("write openapi/panal.json");
         return;
@@ -47,6 +50,9 @@ fn document_covers_every_endpoint() {
         "/api/v1/operations/{id}/wait",
         "/api/v1/events",
     ] {
-        assert!(paths.iter().any(|k| k.as_str() == p), "{p} missing from {paths:?}");
+        assert!(
+            paths.iter().any(|k| k.as_str() == p),
+            "{p} missing from {paths:?}"
+        );
     }
 }

@@ -3,10 +3,12 @@
 //! from these and a test fails when they drift apart.
 
 mod auth;
+mod console;
 pub mod error;
 mod events;
 pub mod extract;
 mod hosts;
+mod images;
 mod operations;
 mod projects;
 mod vms;
@@ -30,6 +32,7 @@ pub const PREFIX: &str = "/api/v1";
         (name = "projects", description = "Tenancy boundaries"),
         (name = "vms", description = "Virtual machines"),
         (name = "hosts", description = "Physical hosts"),
+        (name = "images", description = "Bootable images"),
         (name = "operations", description = "Long-running work"),
         (name = "events", description = "Change stream"),
     )
@@ -45,6 +48,12 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(vms::start_vm))
         .routes(routes!(vms::stop_vm))
         .routes(routes!(vms::restart_vm))
+        .routes(routes!(vms::pause_vm))
+        .routes(routes!(vms::resume_vm))
+        .routes(routes!(console::console))
+        .routes(routes!(console::console_log))
+        .routes(routes!(images::list_images, images::import_image))
+        .routes(routes!(images::get_image, images::delete_image))
         .routes(routes!(hosts::list_hosts))
         .routes(routes!(hosts::get_host))
         .routes(routes!(operations::list_operations))

@@ -122,3 +122,31 @@ pub async fn restart_vm(
         Json(app.restart_vm(q.project.as_deref(), &name).await?),
     ))
 }
+
+/// Pause a running VM.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/pause", tag = "vms", params(("name" = String, Path), ProjectParam),
+    responses((status = 202, body = VmAccepted), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn pause_vm(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectParam>,
+) -> ApiResult<(StatusCode, Json<VmAccepted>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(app.pause_vm(q.project.as_deref(), &name).await?),
+    ))
+}
+
+/// Resume a paused VM.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/resume", tag = "vms", params(("name" = String, Path), ProjectParam),
+    responses((status = 202, body = VmAccepted), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn resume_vm(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectParam>,
+) -> ApiResult<(StatusCode, Json<VmAccepted>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(app.resume_vm(q.project.as_deref(), &name).await?),
+    ))
+}

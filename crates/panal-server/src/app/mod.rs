@@ -5,6 +5,7 @@
 mod agents;
 mod events;
 mod hosts;
+mod images;
 mod operations;
 mod projects;
 mod validate;
@@ -12,6 +13,7 @@ mod vms;
 
 pub use agents::link_error;
 pub use events::EventStream;
+pub use images::ImageFiles;
 pub use operations::settle;
 
 use crate::repo::Repo;
@@ -40,6 +42,9 @@ impl Default for AppConfig {
     }
 }
 
+/// All hosts and when they were read.
+type HostCache = Arc<Mutex<Option<(Instant, Arc<Vec<Host>>)>>>;
+
 /// The control plane's application layer. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
@@ -48,7 +53,11 @@ pub struct App {
     /// Liveness leases of the hosts registered through this replica.
     leases: Arc<Mutex<HashMap<String, LeaseId>>>,
     /// All hosts, briefly cached for input validation.
-    host_cache: Arc<Mutex<Option<(Instant, Arc<Vec<Host>>)>>>,
+    host_cache: HostCache,
+    /// Where imported images are kept, on control planes that keep them.
+    images: Option<Arc<crate::images::ImageStore>>,
+    /// How to reach VM consoles from here.
+    consoles: Option<Arc<dyn crate::console::ConsoleAccess>>,
 }
 
 impl App {
@@ -59,7 +68,26 @@ impl App {
             config,
             leases: Arc::default(),
             host_cache: Arc::default(),
+            images: None,
+            consoles: None,
         }
+    }
+
+    /// The same application with an image store.
+    pub fn with_images(mut self, store: crate::images::ImageStore) -> Self {
+        self.images = Some(Arc::new(store));
+        self
+    }
+
+    /// The same application with console access.
+    pub fn with_consoles(mut self, consoles: Arc<dyn crate::console::ConsoleAccess>) -> Self {
+        self.consoles = Some(consoles);
+        self
+    }
+
+    /// Console access, where this control plane has it.
+    pub fn consoles(&self) -> Option<&Arc<dyn crate::console::ConsoleAccess>> {
+        self.consoles.as_ref()
     }
 
     /// The data layer (for controllers).

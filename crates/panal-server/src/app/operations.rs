@@ -111,7 +111,8 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
                 PowerState::Stopped => vm.status.phase == VmPhase::Stopped,
                 PowerState::Paused => vm.status.phase == VmPhase::Paused,
             },
-            OperationKind::VmStart => vm.status.phase == VmPhase::Running,
+            OperationKind::VmStart | OperationKind::VmResume => vm.status.phase == VmPhase::Running,
+            OperationKind::VmPause => vm.status.phase == VmPhase::Paused,
             OperationKind::VmStop => matches!(vm.status.phase, VmPhase::Stopped | VmPhase::Failed),
             OperationKind::VmRestart => {
                 vm.status.phase == VmPhase::Running

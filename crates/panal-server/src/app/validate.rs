@@ -52,7 +52,7 @@ pub fn memory(bytes: u64, limits: Option<(u32, u64)>) -> Result<(), ApiError> {
             "memory must be more than zero",
         ));
     }
-    if bytes % MIB != 0 {
+    if !bytes.is_multiple_of(MIB) {
         return Err(ApiError::invalid(
             "memory_bytes",
             format!("memory must be a whole number of MiB (got {bytes} bytes)"),

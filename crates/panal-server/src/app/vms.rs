@@ -291,6 +291,44 @@ impl App {
         .await
     }
 
+    /// Pauses a running VM's vCPUs (its memory stays).
+    pub async fn pause_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ApiError> {
+        self.power_change(project, name, OperationKind::VmPause, |vm| {
+            if vm.spec.power_state != PowerState::Running || vm.status.phase != VmPhase::Running {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{}\" is not running",
+                    vm.name
+                )));
+            }
+            vm.spec.power_state = PowerState::Paused;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Resumes a paused VM.
+    pub async fn resume_vm(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VmAccepted, ApiError> {
+        self.power_change(project, name, OperationKind::VmResume, |vm| {
+            if vm.spec.power_state != PowerState::Paused {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{}\" is not paused",
+                    vm.name
+                )));
+            }
+            vm.spec.power_state = PowerState::Running;
+            Ok(())
+        })
+        .await
+    }
+
     /// Deletes a VM: the agent stops it and cleans up, then the record goes.
     pub async fn delete_vm(
         &self,

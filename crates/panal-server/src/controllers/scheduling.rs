@@ -18,7 +18,7 @@ use panal_types::host::Host;
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{Vm, VmPhase};
 use panal_types::{ApiError, ErrorCode, Name};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// VMs per transaction: etcd refuses transactions of more than 128 operations by default.
@@ -132,7 +132,7 @@ async fn schedule(
     let mut allocs: Vec<_> = hosts.iter().map(|h| h.allocation.clone()).collect();
     let keys_batch: Vec<String> = queue.keys().take(BATCH).cloned().collect();
     let mut txn = Txn::new();
-    let mut touched: HashMap<usize, ()> = HashMap::new();
+    let mut touched: BTreeSet<usize> = BTreeSet::new();
     let mut unplaced = Vec::new();
     for key in &keys_batch {
         let Some((mut vm, rev)) = queue.remove(key) else {
@@ -159,7 +159,7 @@ async fn schedule(
                 a.vcpus += u64::from(vm.spec.vcpus);
                 a.memory_bytes += vm.spec.memory_bytes;
                 a.vms += 1;
-                touched.insert(p.host, ());
+                touched.insert(p.host);
                 let host_name: Name = hosts[p.host].name.clone();
                 vm.status.phase = VmPhase::Scheduled;
                 vm.status.host = Some(host_name.clone());
@@ -196,7 +196,7 @@ async fn schedule(
             }
         }
     }
-    for (&i, _) in &touched {
+    for &i in &touched {
         let key = keys::host(hosts[i].name.as_str());
         hosts[i].allocation = allocs[i].clone();
         txn = txn

@@ -1,7 +1,9 @@
 //! The command line: argument definitions and dispatch. Each resource has its own file; all of
 //! them talk to the REST API through `panal-client`.
 
+mod console;
 mod host;
+mod image;
 mod operation;
 mod output;
 mod project;
@@ -58,6 +60,9 @@ pub enum Command {
     /// Manage virtual machines.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Inspect hosts.
     #[command(subcommand)]
     Host(host::HostCommand),
@@ -99,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Vm(c) => vm::run(&client(&cli)?, cli.output, c).await,
+        Command::Image(c) => image::run(&client(&cli)?, cli.output, c).await,
         Command::Host(c) => host::run(&client(&cli)?, cli.output, c).await,
         Command::Project(c) => project::run(&client(&cli)?, cli.output, c).await,
         Command::Operation(c) => operation::run(&client(&cli)?, cli.output, c).await,

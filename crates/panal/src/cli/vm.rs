@@ -34,6 +34,24 @@ pub enum VmCommand {
     Delete(Change),
     /// Change vCPUs or memory (live where the hypervisor can).
     Resize(ResizeArgs),
+    /// Pause a running VM's vCPUs.
+    Pause(Change),
+    /// Resume a paused VM.
+    Resume(Change),
+    /// Attach to the serial console (detach with Ctrl-]).
+    Console(Target),
+    /// Show the console history.
+    Logs(LogsArgs),
+}
+
+/// Arguments of `vm logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Keep printing new output.
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 /// Selects a project.
@@ -297,6 +315,48 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 Ok(())
             }
         }
+        VmCommand::Pause(c) => {
+            let a = client
+                .pause_vm(c.target.project.as_deref(), &c.target.name)
+                .await
+                .map_err(api_err)?;
+            finish(
+                client,
+                format,
+                a,
+                c.wait,
+                c.timeout,
+                c.target.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::Resume(c) => {
+            let a = client
+                .resume_vm(c.target.project.as_deref(), &c.target.name)
+                .await
+                .map_err(api_err)?;
+            finish(
+                client,
+                format,
+                a,
+                c.wait,
+                c.timeout,
+                c.target.project.as_deref(),
+            )
+            .await
+        }
+        VmCommand::Console(t) => {
+            super::console::attach(client, t.project.as_deref(), &t.name).await
+        }
+        VmCommand::Logs(l) => {
+            super::console::logs(
+                client,
+                l.target.project.as_deref(),
+                &l.target.name,
+                l.follow,
+            )
+            .await
+        }
         VmCommand::Resize(r) => {
             if r.vcpus.is_none() && r.memory.is_none() {
                 return Err(anyhow!("nothing to change: give --vcpus and/or --memory"));
@@ -341,7 +401,7 @@ async fn finish(
 }
 
 fn show(format: Format, vm: &Vm) -> Result<()> {
-    print(format, vm, || Vec::new())?;
+    print(format, vm, Vec::new)?;
     if format == super::Format::Table {
         let mut fields = vec![
             ("Name", vm.name.to_string()),

@@ -27,24 +27,42 @@ pub async fn start_in(dir: tempfile::TempDir) -> TestPlatform {
 }
 
 /// Starts a platform with adjusted settings.
-pub async fn start_with(dir: tempfile::TempDir, adjust: impl FnOnce(&mut PlatformConfig)) -> TestPlatform {
+pub async fn start_with(
+    dir: tempfile::TempDir,
+    adjust: impl FnOnce(&mut PlatformConfig),
+) -> TestPlatform {
     let mut cfg = PlatformConfig::new(dir.path().to_path_buf());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
+    // Control-plane tests: the fake driver only (the real-QEMU tests are the e2e_* files).
+    cfg.qemu = false;
+    cfg.guest_dir = None;
     adjust(&mut cfg);
     let platform = Platform::start(cfg).await.expect("platform starts");
     let client = Client::new(&platform.url(), &platform.token);
-    TestPlatform { platform, client, dir }
+    TestPlatform {
+        platform,
+        client,
+        dir,
+    }
 }
 
 /// Waits for an operation to end and returns it.
 pub async fn wait_op(client: &Client, op: &Operation) -> Operation {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let cur = client.wait_operation(&op.id.to_string(), Duration::from_secs(5)).await.expect("wait");
+        let cur = client
+            .wait_operation(&op.id.to_string(), Duration::from_secs(5))
+            .await
+            .expect("wait");
         if cur.state != OperationState::Running {
             return cur;
         }
-        assert!(tokio::time::Instant::now() < deadline, "operation {} did not finish: {:?}", op.id, cur.progress);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "operation {} did not finish: {:?}",
+            op.id,
+            cur.progress
+        );
     }
 }
 
@@ -62,12 +80,17 @@ pub async fn raw(
         req = req.bearer_auth(t);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_owned());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Polls `check` until it is true or `secs` pass.
