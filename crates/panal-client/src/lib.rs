@@ -386,6 +386,11 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The control plane's leader and revision.
+    pub async fn cluster(&self) -> Result<panal_types::cluster::ClusterStatus, ClientError> {
+        self.get("/api/v1/cluster", &[]).await
+    }
+
     // --- hosts ---
 
     /// Lists hosts (one page).

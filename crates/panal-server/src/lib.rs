@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod format;
 pub mod images;
 pub mod keys;
+pub mod leader;
 pub mod link;
 pub mod repo;
 pub mod scheduler;

@@ -24,6 +24,10 @@ pub fn store_error(e: StoreError) -> ApiError {
             tracing::warn!(error = %msg, "store unavailable");
             ApiError::unavailable("the state store is unavailable; retry later")
         }
+        StoreError::AccessDenied(msg) => {
+            tracing::error!(error = %msg, "the store refused our credentials");
+            ApiError::unavailable("the state store refused the control plane's credentials")
+        }
         StoreError::Compacted { requested, oldest } => ApiError::new(
             ErrorCode::Gone,
             format!("revision {requested} is no longer available (oldest {oldest}); re-list"),

@@ -5,6 +5,7 @@
 //! (REST, CLI, tests) applies the same rules.
 
 pub mod agent;
+pub mod cluster;
 pub mod error;
 pub mod event;
 pub mod host;

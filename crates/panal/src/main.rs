@@ -1,8 +1,11 @@
 //! `panal`: one binary for the whole platform. `panal up` runs everything on one machine;
 //! every other command is a client of the REST API.
 
+mod admin;
 mod cli;
 mod config;
+mod server_cmd;
+mod store_url;
 mod up;
 
 use clap::Parser;

@@ -226,7 +226,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reuses the admin token in `DIR/admin.token` if the store knows it, else makes a new one.
-async fn admin_token(app: &App, dir: &Path) -> Result<String> {
+pub async fn admin_token(app: &App, dir: &Path) -> Result<String> {
     let path = dir.join("admin.token");
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let existing = existing.trim().to_owned();

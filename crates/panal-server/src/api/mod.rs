@@ -3,6 +3,7 @@
 //! from these and a test fails when they drift apart.
 
 mod auth;
+pub mod cluster;
 mod console;
 pub mod error;
 mod events;
@@ -35,6 +36,7 @@ pub const PREFIX: &str = "/api/v1";
         (name = "images", description = "Bootable images"),
         (name = "operations", description = "Long-running work"),
         (name = "events", description = "Change stream"),
+        (name = "cluster", description = "Control-plane replicas"),
     )
 )]
 struct ApiDoc;
@@ -60,6 +62,7 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(operations::get_operation))
         .routes(routes!(operations::wait_operation))
         .routes(routes!(events::events))
+        .routes(routes!(cluster::cluster))
 }
 
 /// The OpenAPI document of the API as the code declares it.

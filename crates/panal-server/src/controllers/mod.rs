@@ -43,5 +43,20 @@ impl Drop for Controllers {
     }
 }
 
+/// Runs the singleton controllers on whichever replica leads: campaigns, runs them while
+/// leading, stops them when leadership is lost, and campaigns again. Abort the task to stop;
+/// call [`crate::leader::Election::resign`] first for a fast hand-over.
+pub fn run_elected(app: App, policy: Policy, election: crate::leader::Election) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let lease = election.campaign().await;
+            let controllers = Controllers::start(&app, policy.clone());
+            election.hold(lease).await;
+            controllers.stop().await;
+            tracing::warn!("lost leadership: controllers stopped");
+        }
+    })
+}
+
 /// Back-off before a controller restarts its list-and-watch after a failure.
 pub(crate) const RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(500);

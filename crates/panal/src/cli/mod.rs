@@ -57,6 +57,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the whole platform on this machine (control plane, agent, store) in the foreground.
     Up(crate::up::UpArgs),
+    /// Run a control-plane replica (API + controllers while leading) on a shared store.
+    Server(crate::server_cmd::ServerArgs),
+    /// Administer the state store directly (export, import).
+    #[command(subcommand)]
+    Admin(crate::admin::AdminCommand),
+    /// Show the control plane's replicas and leader.
+    Cluster,
     /// Manage virtual machines.
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -90,6 +97,20 @@ pub struct CompletionArgs {
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Up(args) => crate::up::run(args.clone()).await,
+        Command::Server(args) => crate::server_cmd::run(args.clone()).await,
+        Command::Admin(c) => crate::admin::run(c).await,
+        Command::Cluster => {
+            let status = client(&cli)?.cluster().await.map_err(api_err)?;
+            output::print(cli.output, &status, || {
+                vec![
+                    vec!["LEADER".into(), "API".into(), "SINCE".into()],
+                    match &status.leader {
+                        Some(l) => vec![l.replica.clone(), l.api_url.clone(), l.since.to_rfc3339()],
+                        None => vec!["(none)".into(), "-".into(), "-".into()],
+                    },
+                ]
+            })
+        }
         Command::Completions(a) => {
             clap_complete::generate(
                 a.shell,
@@ -138,4 +159,15 @@ fn client(cli: &Cli) -> Result<Client> {
 /// Turns a client error into a CLI error with the API's message, field and code.
 pub fn api_err(e: panal_client::ClientError) -> anyhow::Error {
     anyhow!("{e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

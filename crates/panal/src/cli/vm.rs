@@ -195,6 +195,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 restart_policy: a.restart_policy,
                 start: Some(!a.no_start),
                 stop_timeout_secs: None,
+                ..VmCreate::default()
             };
             let accepted = client.create_vm(&req).await.map_err(api_err)?;
             finish(
