@@ -1,59 +1,55 @@
-//! The scheduler's planner: a pure function from (VM request, hosts) to a placement or to the
-//! reasons nothing fits. It reads no store and writes nothing; the scheduling controller carries
-//! its plans out. Filters first (state, hypervisor, size, overcommit-limited capacity), then a
-//! score (spread: least loaded; pack: most loaded that still fits).
+//! The scheduler's planner: a pure function from (VM request, hosts, what they hold) to a
+//! placement or to the reasons nothing fits. It reads no store and writes nothing; the
+//! scheduling controller carries its plans out.
+//!
+//! Filters, in order: host state (and broken ratio labels), hypervisor, capabilities, zone, host
+//! selector, size, overcommit-limited CPU and memory, hard group rules. Then a score: soft group
+//! preference first, then load (spread: least loaded after placement; pack: most loaded).
+//!
+//! Image availability is not a filter: images live on the control plane and any host fetches
+//! one on first use, so every host can boot every image.
+//!
+//! Large pools are sampled: the walk starts at `start` (the executor rotates it) and stops once
+//! [`Policy::enough`] hosts fit, as kube-scheduler does. A VM in a placement group is planned
+//! against every host, since its preference may sit on any of them. When nothing fits the walk
+//! has seen every host, so the refusal counts are complete.
 
-use panal_types::host::{Host, HostAllocation, HostState};
-use panal_types::vm::HypervisorKind;
-use std::collections::BTreeMap;
+mod policy;
+#[cfg(test)]
+mod tests;
 
-/// How hosts are chosen among those that fit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Strategy {
-    /// Least loaded first: spreads VMs for headroom and failure isolation.
-    #[default]
-    Spread,
-    /// Most loaded first: fills hosts so others stay empty.
-    Pack,
-}
+pub use policy::{
+    CPU_OVERCOMMIT_LABEL, Candidate, MAX_RATIO, MEMORY_OVERCOMMIT_LABEL, Overcommit, Policy,
+    RatioError, Strategy, validate_host_labels,
+};
 
-/// Scheduling policy.
-#[derive(Clone, Copy, Debug)]
-pub struct Policy {
-    /// vCPUs promised per host CPU.
-    pub cpu_overcommit: f64,
-    /// Memory promised per byte of host memory.
-    pub memory_overcommit: f64,
-    /// Spread or pack.
-    pub strategy: Strategy,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            cpu_overcommit: 4.0,
-            memory_overcommit: 1.0,
-            strategy: Strategy::Spread,
-        }
-    }
-}
+use panal_types::host::HostAllocation;
+use panal_types::vm::{GroupPolicy, HypervisorKind, Placement};
+use std::collections::{BTreeMap, HashMap};
 
 /// What a VM needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Request {
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
     /// vCPUs.
     pub vcpus: u32,
     /// Memory in bytes.
     pub memory_bytes: u64,
     /// Hypervisor.
     pub hypervisor: HypervisorKind,
+    /// Selectors, zone, capabilities, group.
+    pub placement: &'a Placement,
 }
+
+/// Members of the request's placement group already placed: host index → how many.
+pub type Members = HashMap<usize, u32>;
 
 /// A chosen host.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Placement {
+pub struct Choice {
     /// Index into the hosts given to [`place`].
     pub host: usize,
+    /// Hosts looked at (the executor starts the next walk after them).
+    pub examined: usize,
     /// Why, for `panal vm show`.
     pub explanation: String,
 }
@@ -82,191 +78,157 @@ impl std::fmt::Display for NoFit {
     }
 }
 
-/// Why one host cannot take the request; `None` when it can.
+/// Why one host cannot take the request; `None` when it can. `here` is how many members of the
+/// request's group the host runs, `anywhere` how many are placed in all.
 pub fn refusal(
-    req: &Request,
-    host: &Host,
+    req: &Request<'_>,
+    host: &Candidate,
     alloc: &HostAllocation,
-    policy: &Policy,
+    here: u32,
+    anywhere: u32,
 ) -> Option<&'static str> {
-    match host.state {
-        HostState::Ready => {}
-        HostState::NotReady => return Some("not ready"),
-        HostState::Cordoned => return Some("cordoned"),
-        HostState::Draining => return Some("draining"),
-        HostState::Maintenance => return Some("in maintenance"),
+    if let Some(r) = host.unschedulable {
+        return Some(r);
     }
-    if !host
-        .inventory
+    let p = req.placement;
+    let Some(hv) = host
         .hypervisors
         .iter()
-        .any(|h| h.kind == req.hypervisor && h.available)
-    {
+        .find(|h| h.kind == req.hypervisor && h.available)
+    else {
         return Some("without the hypervisor");
+    };
+    if !p.capabilities.iter().all(|c| hv.capabilities.contains(c)) {
+        return Some("without the capabilities");
     }
-    if req.vcpus > host.inventory.cpus {
+    if p.zone.is_some() && host.zone != p.zone {
+        return Some("outside the zone");
+    }
+    if !p
+        .host_selector
+        .iter()
+        .all(|(k, v)| host.labels.get(k) == Some(v))
+    {
+        return Some("not matching the host selector");
+    }
+    if req.vcpus > host.cpus {
         return Some("with too few CPUs");
     }
-    let cpu_cap = (f64::from(host.inventory.cpus) * policy.cpu_overcommit) as u64;
-    if alloc.vcpus + u64::from(req.vcpus) > cpu_cap {
+    if alloc.vcpus + u64::from(req.vcpus) > host.cpu_cap {
         return Some("insufficient CPU");
     }
-    let mem_cap = (host.inventory.memory_bytes as f64 * policy.memory_overcommit) as u64;
-    if alloc.memory_bytes + req.memory_bytes > mem_cap {
+    if alloc.memory_bytes + req.memory_bytes > host.memory_cap {
         return Some("insufficient memory");
     }
-    None
+    match &p.group {
+        Some(g) if !g.soft && g.policy == GroupPolicy::AntiAffinity && here > 0 => {
+            Some("running a member of the anti-affinity group")
+        }
+        Some(g) if !g.soft && g.policy == GroupPolicy::Affinity && anywhere > 0 && here == 0 => {
+            Some("running no member of the affinity group")
+        }
+        _ => None,
+    }
 }
 
 /// Load of a host after taking the request: the larger of its CPU and memory fractions.
-fn load_after(req: &Request, host: &Host, alloc: &HostAllocation, policy: &Policy) -> f64 {
-    let cpu_cap = (f64::from(host.inventory.cpus) * policy.cpu_overcommit).max(1.0);
-    let mem_cap = (host.inventory.memory_bytes as f64 * policy.memory_overcommit).max(1.0);
-    let cpu = (alloc.vcpus + u64::from(req.vcpus)) as f64 / cpu_cap;
-    let mem = (alloc.memory_bytes + req.memory_bytes) as f64 / mem_cap;
+fn load_after(req: &Request<'_>, host: &Candidate, alloc: &HostAllocation) -> f64 {
+    let cpu = (alloc.vcpus + u64::from(req.vcpus)) as f64 / host.cpu_cap.max(1) as f64;
+    let mem = (alloc.memory_bytes + req.memory_bytes) as f64 / host.memory_cap.max(1) as f64;
     cpu.max(mem)
 }
 
+/// Soft group preference of a host: lower is better (0 for requests without a soft rule).
+fn preference(req: &Request<'_>, here: u32) -> u32 {
+    match &req.placement.group {
+        Some(g) if g.soft && g.policy == GroupPolicy::Affinity => u32::from(here == 0),
+        Some(g) if g.soft && g.policy == GroupPolicy::AntiAffinity => here,
+        _ => 0,
+    }
+}
+
 /// Chooses a host. `allocs[i]` is what is already promised on `hosts[i]` (including earlier
-/// placements of the same batch).
+/// placements of the same batch); `members` says where the request's group already runs; the
+/// walk starts at host `start` (modulo the pool size).
 pub fn place(
-    req: &Request,
-    hosts: &[Host],
+    req: &Request<'_>,
+    hosts: &[Candidate],
     allocs: &[HostAllocation],
+    members: &Members,
     policy: &Policy,
-) -> Result<Placement, NoFit> {
-    let mut best: Option<(usize, f64)> = None;
+    start: usize,
+) -> Result<Choice, NoFit> {
+    let n = hosts.len();
+    let enough = if req.placement.group.is_some() {
+        usize::MAX
+    } else {
+        policy.enough(n)
+    };
+    let anywhere: u32 = members.values().sum();
+    let mut best: Option<(usize, u32, f64)> = None;
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut fitting = 0usize;
-    for (i, host) in hosts.iter().enumerate() {
-        if let Some(r) = refusal(req, host, &allocs[i], policy) {
+    let mut examined = 0usize;
+    for k in 0..n {
+        let i = (start + k) % n;
+        examined += 1;
+        let here = members.get(&i).copied().unwrap_or(0);
+        if let Some(r) = refusal(req, &hosts[i], &allocs[i], here, anywhere) {
             *reasons.entry(r).or_default() += 1;
             continue;
         }
         fitting += 1;
-        let load = load_after(req, host, &allocs[i], policy);
-        let better = match (best, policy.strategy) {
-            (None, _) => true,
-            (Some((_, b)), Strategy::Spread) => load < b,
-            (Some((_, b)), Strategy::Pack) => load > b,
+        let rank = preference(req, here);
+        let load = load_after(req, &hosts[i], &allocs[i]);
+        let better = match best {
+            None => true,
+            Some((_, r, _)) if rank != r => rank < r,
+            Some((_, _, b)) => match policy.strategy {
+                Strategy::Spread => load < b,
+                Strategy::Pack => load > b,
+            },
         };
         if better {
-            best = Some((i, load));
+            best = Some((i, rank, load));
+        }
+        if fitting >= enough {
+            break;
         }
     }
-    match best {
-        Some((i, load)) => Ok(Placement {
-            host: i,
-            explanation: format!(
-                "{}/{} hosts fit; {} chose {} (load {:.0}% after placement)",
-                fitting,
-                hosts.len(),
-                match policy.strategy {
-                    Strategy::Spread => "spread",
-                    Strategy::Pack => "pack",
-                },
-                hosts[i].name,
-                load * 100.0
-            ),
-        }),
-        None => Err(NoFit {
-            total: hosts.len(),
-            reasons,
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use panal_types::host::*;
-    use panal_types::*;
-
-    fn host(name: &str, cpus: u32, mem_gib: u64, state: HostState) -> Host {
-        Host {
-            id: HostId::new(),
-            name: Name::parse(name).unwrap(),
-            state,
-            inventory: HostInventory {
-                cpus,
-                cpu_model: String::new(),
-                memory_bytes: mem_gib << 30,
-                hypervisors: vec![HypervisorInfo {
-                    kind: HypervisorKind::Fake,
-                    available: true,
-                    detail: String::new(),
-                    accelerator: Accelerator::None,
-                    capabilities: vec![],
-                }],
-                agent_version: String::new(),
-            },
-            allocation: HostAllocation::default(),
-            labels: Default::default(),
-            zone: None,
-            created_at: chrono::Utc::now(),
-            last_seen: chrono::Utc::now(),
-        }
-    }
-
-    fn req(vcpus: u32, mem_gib: u64) -> Request {
-        Request {
-            vcpus,
-            memory_bytes: mem_gib << 30,
-            hypervisor: HypervisorKind::Fake,
-        }
-    }
-
-    #[test]
-    fn spread_picks_least_loaded_and_pack_the_fullest() {
-        let hosts = vec![
-            host("a", 8, 16, HostState::Ready),
-            host("b", 8, 16, HostState::Ready),
-        ];
-        let allocs = vec![
-            HostAllocation {
-                vcpus: 4,
-                memory_bytes: 8 << 30,
-                vms: 2,
-            },
-            HostAllocation::default(),
-        ];
-        let spread = Policy::default();
-        assert_eq!(place(&req(1, 1), &hosts, &allocs, &spread).unwrap().host, 1);
-        let pack = Policy {
-            strategy: Strategy::Pack,
-            ..Policy::default()
+    let Some((i, _, load)) = best else {
+        return Err(NoFit { total: n, reasons });
+    };
+    let seen = if examined == n {
+        format!("{fitting}/{n} hosts fit")
+    } else {
+        format!("{fitting}/{examined} sampled hosts fit (of {n})")
+    };
+    let mut explanation = format!(
+        "{seen}; {} chose {} (load {:.0}% after placement)",
+        policy.strategy.as_str(),
+        hosts[i].name,
+        load * 100.0
+    );
+    if let Some(g) = &req.placement.group {
+        let here = members.get(&i).copied().unwrap_or(0);
+        let kind = match g.policy {
+            GroupPolicy::Affinity => "affinity",
+            GroupPolicy::AntiAffinity => "anti-affinity",
         };
-        assert_eq!(place(&req(1, 1), &hosts, &allocs, &pack).unwrap().host, 0);
+        let strength = if g.soft { "soft " } else { "" };
+        let met = match g.policy {
+            GroupPolicy::Affinity => anywhere == 0 || here > 0,
+            GroupPolicy::AntiAffinity => here == 0,
+        };
+        explanation.push_str(&format!(
+            "; {strength}{kind} group {}: {} ({here} of {anywhere} placed members on this host)",
+            g.name,
+            if met { "met" } else { "not met" }
+        ));
     }
-
-    #[test]
-    fn counts_reasons_when_nothing_fits() {
-        let hosts = vec![
-            host("a", 8, 4, HostState::Ready),
-            host("b", 8, 4, HostState::Ready),
-            host("c", 8, 64, HostState::Cordoned),
-        ];
-        let allocs = vec![HostAllocation::default(); 3];
-        let err = place(&req(1, 8), &hosts, &allocs, &Policy::default()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "0/3 hosts fit: 1 cordoned, 2 insufficient memory"
-        );
-    }
-
-    #[test]
-    fn overcommit_limits_cpu() {
-        let hosts = vec![host("a", 2, 64, HostState::Ready)];
-        let allocs = vec![HostAllocation {
-            vcpus: 8,
-            memory_bytes: 0,
-            vms: 4,
-        }];
-        let err = place(&req(1, 1), &hosts, &allocs, &Policy::default()).unwrap_err();
-        assert_eq!(err.reasons.get("insufficient CPU"), Some(&1));
-        assert!(
-            place(&req(3, 1), &hosts, &allocs, &Policy::default()).is_err(),
-            "3 vCPUs > 2 CPUs"
-        );
-    }
+    Ok(Choice {
+        host: i,
+        examined,
+        explanation,
+    })
 }

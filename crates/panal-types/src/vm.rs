@@ -167,6 +167,9 @@ pub struct VmSpec {
     /// Deletion was requested: the agent stops the VM and cleans up, then the record goes.
     #[serde(default)]
     pub deleted: bool,
+    /// Placement constraints the scheduler honours (fixed at creation).
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
 }
 
 fn default_stop_timeout() -> u32 {
@@ -288,6 +291,82 @@ pub struct VmCreate {
     /// Seconds a graceful stop waits before forcing (default 30, at most 3600).
     #[serde(default)]
     pub stop_timeout_secs: Option<u32>,
+    /// Only hosts carrying every one of these labels (`key: value`) may run it.
+    #[serde(default)]
+    pub host_selector: BTreeMap<String, String>,
+    /// Only hosts of this failure-domain zone may run it.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Hypervisor capabilities the host must offer (`pause`, `migrate`, ...).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Affinity or anti-affinity with the other VMs of a group in the same project.
+    #[serde(default)]
+    pub placement_group: Option<PlacementGroupRequest>,
+}
+
+/// How a VM relates to the other members of its placement group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupPolicy {
+    /// On a host that already runs a member (the first member picks freely).
+    Affinity,
+    /// On a host that runs no other member.
+    AntiAffinity,
+}
+
+/// Placement-group membership as a create request states it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementGroupRequest {
+    /// Group name (a resource name); groups exist through their members, per project.
+    pub name: String,
+    /// Together or apart.
+    pub policy: GroupPolicy,
+    /// A preference rather than a rule: when it cannot be met the VM is placed anyway
+    /// (default false: hard, the VM stays pending instead).
+    #[serde(default)]
+    pub soft: bool,
+}
+
+/// Placement-group membership of a VM. The rule binds the VM that states it: each member is
+/// placed against the members already placed, so members with different rules do not conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementGroup {
+    /// Group name, unique per project.
+    pub name: Name,
+    /// Together or apart.
+    pub policy: GroupPolicy,
+    /// A preference, not a rule.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+/// Placement constraints of a VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Placement {
+    /// Labels a host must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_selector: BTreeMap<String, String>,
+    /// Zone a host must be in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Hypervisor capabilities a host must offer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Placement group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<PlacementGroup>,
+}
+
+impl Placement {
+    /// No constraint at all.
+    pub fn is_empty(&self) -> bool {
+        self.host_selector.is_empty()
+            && self.zone.is_none()
+            && self.capabilities.is_empty()
+            && self.group.is_none()
+    }
 }
 
 /// Body of `PATCH /api/v1/vms/{name}`: fields left out stay as they are.
@@ -336,3 +415,5 @@ pub struct VmAccepted {
 pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 /// The most labels a VM may carry.
 pub const MAX_LABELS: usize = 64;
+/// The most host-selector entries and required capabilities a VM may state.
+pub const MAX_PLACEMENT_TERMS: usize = 16;

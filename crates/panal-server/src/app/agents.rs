@@ -1,20 +1,18 @@
-//! The control plane's side of the agent protocol: the stream of VMs assigned to a host, the
-//! status reports agents send back (merged into VM status with compare-and-swap, completing the
+//! The control plane's side of the agent protocol: the stream of VMs assigned to a host (served
+//! by the shared assignment hub), the status reports agents send back (merged into VM status with compare-and-swap, completing the
 //! operation that waited for them), and the final removal of deleted VMs.
 
 use super::App;
 use super::operations::settle;
-use crate::codec::{decode, encode};
+use crate::codec::encode;
 use crate::keys;
-use futures::StreamExt;
 use panal_agent::link::{AssignmentStream, LinkError};
-use panal_store::{Compare, Op, Txn, WatchEvent};
-use panal_types::agent::{Assignment, VmStatusReport};
+use panal_store::{Compare, Op, Txn};
+use panal_types::agent::VmStatusReport;
 use panal_types::host::Host;
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{PowerState, Vm};
-use panal_types::{ApiError, ErrorCode, VmId};
-use std::collections::HashSet;
+use panal_types::{ApiError, ErrorCode};
 
 impl App {
     /// Merges an agent's report into the VM's status. The agent may only report on VMs placed on
@@ -138,95 +136,10 @@ impl App {
         ))
     }
 
-    /// Every VM placed on `host`, then each change, as a stream the agent converges from.
+    /// Every VM placed on `host`, `Synced`, then each change, as a stream the agent converges
+    /// from. Served by the control plane's one [`super::hub::AssignmentHub`].
     pub async fn assignments(&self, host: &str) -> Result<AssignmentStream, LinkError> {
-        let store = self.repo.store().clone();
-        let host = host.to_owned();
-        let snapshot = store
-            .range(keys::VMS, None, 0)
-            .await
-            .map_err(|e| LinkError::Unavailable(e.to_string()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Assignment, LinkError>>(256);
-        tokio::spawn(async move {
-            let mut mine: HashSet<VmId> = HashSet::new();
-            for kv in &snapshot.kvs {
-                let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) else {
-                    continue;
-                };
-                if vm.status.host.as_ref().is_some_and(|h| h.as_str() == host) {
-                    mine.insert(vm.id);
-                    let mut vm = vm;
-                    vm.revision = kv.mod_revision;
-                    if tx
-                        .send(Ok(Assignment::Upsert { vm: Box::new(vm) }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-            if tx.send(Ok(Assignment::Synced)).await.is_err() {
-                return;
-            }
-            let mut watch = match store.watch(keys::VMS, snapshot.revision + 1).await {
-                Ok(w) => w,
-                Err(e) => {
-                    let _ = tx.send(Err(LinkError::Unavailable(e.to_string()))).await;
-                    return;
-                }
-            };
-            // Deletes carry only the key, so remember which key held which of our VMs.
-            let mut key_to_id: std::collections::HashMap<String, VmId> = snapshot
-                .kvs
-                .iter()
-                .filter_map(|kv| {
-                    decode::<Vm>(&kv.key, &kv.value)
-                        .ok()
-                        .map(|vm| (kv.key.clone(), vm.id))
-                })
-                .filter(|(_, id)| mine.contains(id))
-                .collect();
-            loop {
-                // Stop as soon as the agent hangs up, not at the next change.
-                let ev = tokio::select! {
-                    _ = tx.closed() => return,
-                    ev = watch.next() => match ev { Some(ev) => ev, None => return },
-                };
-                let msg = match ev {
-                    Err(e) => Err(LinkError::Unavailable(e.to_string())),
-                    Ok(WatchEvent::Put(kv)) => {
-                        let Ok(mut vm) = decode::<Vm>(&kv.key, &kv.value) else {
-                            continue;
-                        };
-                        vm.revision = kv.mod_revision;
-                        let here = vm.status.host.as_ref().is_some_and(|h| h.as_str() == host);
-                        if here {
-                            mine.insert(vm.id);
-                            key_to_id.insert(kv.key.clone(), vm.id);
-                            Ok(Assignment::Upsert { vm: Box::new(vm) })
-                        } else if mine.remove(&vm.id) {
-                            key_to_id.remove(&kv.key);
-                            Ok(Assignment::Removed { id: vm.id })
-                        } else {
-                            continue;
-                        }
-                    }
-                    Ok(WatchEvent::Delete { key, .. }) => match key_to_id.remove(&key) {
-                        Some(id) => {
-                            mine.remove(&id);
-                            Ok(Assignment::Removed { id })
-                        }
-                        None => continue,
-                    },
-                };
-                let stop = msg.is_err();
-                if tx.send(msg).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+        self.assignments.subscribe(host).await
     }
 }
 

@@ -5,6 +5,7 @@
 mod agents;
 mod events;
 mod hosts;
+mod hub;
 mod images;
 mod operations;
 mod projects;
@@ -58,12 +59,15 @@ pub struct App {
     images: Option<Arc<crate::images::ImageStore>>,
     /// How to reach VM consoles from here.
     consoles: Option<Arc<dyn crate::console::ConsoleAccess>>,
+    /// The per-host assignment streams of this control plane, fed by one watch.
+    assignments: Arc<hub::AssignmentHub>,
 }
 
 impl App {
     /// An application over `store`. Call [`App::bootstrap`] once before serving.
     pub fn new(store: DynStore, config: AppConfig) -> Self {
         Self {
+            assignments: Arc::new(hub::AssignmentHub::new(store.clone())),
             repo: Repo::new(store),
             config,
             leases: Arc::default(),

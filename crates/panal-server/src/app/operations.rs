@@ -184,6 +184,7 @@ mod tests {
                 restart_nonce: 0,
                 force_stop: false,
                 deleted: false,
+                placement: Default::default(),
             },
             status: VmStatus {
                 phase,

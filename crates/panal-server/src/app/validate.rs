@@ -1,10 +1,15 @@
 //! Input rules for VMs, checked before anything is written. Limits that depend on the pool
-//! (vCPUs and memory no host can give) are checked against the registered hosts.
+//! (vCPUs and memory no host can give; selectors, zones and capabilities no host has) are
+//! checked against the registered hosts.
 
 use panal_types::ApiError;
+use panal_types::error::check_name;
 use panal_types::host::Host;
 use panal_types::size::{MIB, format_size};
-use panal_types::vm::{HypervisorKind, MAX_LABELS, MAX_STOP_TIMEOUT_SECS};
+use panal_types::vm::{
+    HypervisorKind, MAX_LABELS, MAX_PLACEMENT_TERMS, MAX_STOP_TIMEOUT_SECS, Placement,
+    PlacementGroup, PlacementGroupRequest,
+};
 use std::collections::BTreeMap;
 
 /// Hard ceiling on vCPUs, whatever the hosts.
@@ -115,6 +120,85 @@ pub fn stop_timeout(secs: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The placement constraints of a create request, each checked to name something the pool
+/// has: a selector no host matches, a zone no host is in or a capability no host offers would
+/// leave the VM pending for good, so they are refused up front.
+pub fn placement(
+    hosts: &[Host],
+    kind: HypervisorKind,
+    host_selector: &BTreeMap<String, String>,
+    zone: Option<&str>,
+    capabilities: &[String],
+    group: Option<&PlacementGroupRequest>,
+) -> Result<Placement, ApiError> {
+    if host_selector.len() > MAX_PLACEMENT_TERMS {
+        return Err(ApiError::invalid(
+            "host_selector",
+            format!("at most {MAX_PLACEMENT_TERMS} selector entries"),
+        ));
+    }
+    labels(host_selector).map_err(|mut e| {
+        e.field = e.field.map(|f| f.replacen("labels", "host_selector", 1));
+        e
+    })?;
+    for (k, v) in host_selector {
+        if !hosts.iter().any(|h| h.labels.get(k) == Some(v)) {
+            return Err(ApiError::invalid(
+                &format!("host_selector.{k}"),
+                format!("no host has the label {k}={v}"),
+            ));
+        }
+    }
+    if let Some(z) = zone
+        && !hosts.iter().any(|h| h.zone.as_deref() == Some(z))
+    {
+        return Err(ApiError::invalid(
+            "zone",
+            format!("no host is in zone {z:?}"),
+        ));
+    }
+    if capabilities.len() > MAX_PLACEMENT_TERMS {
+        return Err(ApiError::invalid(
+            "capabilities",
+            format!("at most {MAX_PLACEMENT_TERMS} capabilities"),
+        ));
+    }
+    for c in capabilities {
+        let offered = hosts.iter().any(|h| {
+            h.inventory
+                .hypervisors
+                .iter()
+                .any(|d| d.kind == kind && d.capabilities.contains(c))
+        });
+        if !offered {
+            return Err(ApiError::invalid(
+                "capabilities",
+                format!(
+                    "no host offers the capability {c:?} with the {} hypervisor",
+                    kind.as_str()
+                ),
+            ));
+        }
+    }
+    let group = match group {
+        None => None,
+        Some(g) => Some(PlacementGroup {
+            name: check_name("placement_group.name", &g.name)?,
+            policy: g.policy,
+            soft: g.soft,
+        }),
+    };
+    let mut capabilities = capabilities.to_vec();
+    capabilities.sort();
+    capabilities.dedup();
+    Ok(Placement {
+        host_selector: host_selector.clone(),
+        zone: zone.map(str::to_owned),
+        capabilities,
+        group,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +213,92 @@ mod tests {
         assert!(memory(MIB + 1, lim).is_err());
         assert!(memory(9 << 30, lim).is_err());
         assert!(memory(512 * MIB, lim).is_ok());
+    }
+
+    #[test]
+    fn placement_must_name_what_the_pool_has() {
+        use panal_types::host::*;
+        use panal_types::vm::GroupPolicy;
+        let mut labels = BTreeMap::new();
+        labels.insert("disk".to_string(), "ssd".to_string());
+        let host = Host {
+            id: panal_types::HostId::new(),
+            name: panal_types::Name::parse("a").unwrap(),
+            state: HostState::Ready,
+            inventory: HostInventory {
+                cpus: 4,
+                cpu_model: String::new(),
+                memory_bytes: 8 << 30,
+                hypervisors: vec![HypervisorInfo {
+                    kind: HypervisorKind::Fake,
+                    available: true,
+                    detail: String::new(),
+                    accelerator: Accelerator::None,
+                    capabilities: vec!["pause".into()],
+                }],
+                agent_version: String::new(),
+            },
+            allocation: HostAllocation::default(),
+            labels: labels.clone(),
+            zone: Some("east".into()),
+            created_at: chrono::Utc::now(),
+            last_seen: chrono::Utc::now(),
+        };
+        let hosts = [host];
+        let fake = HypervisorKind::Fake;
+        let group = PlacementGroupRequest {
+            name: "web".into(),
+            policy: GroupPolicy::AntiAffinity,
+            soft: false,
+        };
+        let caps = ["pause".to_string()];
+        let p = placement(&hosts, fake, &labels, Some("east"), &caps, Some(&group)).unwrap();
+        assert_eq!(p.group.unwrap().name.as_str(), "web");
+        let field = |r: Result<Placement, ApiError>| r.unwrap_err().field.unwrap();
+        let mut other = BTreeMap::new();
+        other.insert("disk".to_string(), "hdd".to_string());
+        assert_eq!(
+            field(placement(&hosts, fake, &other, None, &[], None)),
+            "host_selector.disk"
+        );
+        assert_eq!(
+            field(placement(
+                &hosts,
+                fake,
+                &BTreeMap::new(),
+                Some("west"),
+                &[],
+                None
+            )),
+            "zone"
+        );
+        let migrate = ["migrate".to_string()];
+        assert_eq!(
+            field(placement(
+                &hosts,
+                fake,
+                &BTreeMap::new(),
+                None,
+                &migrate,
+                None
+            )),
+            "capabilities"
+        );
+        let bad = PlacementGroupRequest {
+            name: "Web!".into(),
+            ..group
+        };
+        assert_eq!(
+            field(placement(
+                &hosts,
+                fake,
+                &BTreeMap::new(),
+                None,
+                &[],
+                Some(&bad)
+            )),
+            "placement_group.name"
+        );
     }
 
     #[test]

@@ -32,6 +32,14 @@ impl App {
         validate::labels(&req.labels)?;
         let stop_timeout_secs = req.stop_timeout_secs.unwrap_or(30);
         validate::stop_timeout(stop_timeout_secs)?;
+        let placement = validate::placement(
+            &self.all_hosts_cached().await?,
+            hypervisor,
+            &req.host_selector,
+            req.zone.as_deref(),
+            &req.capabilities,
+            req.placement_group.as_ref(),
+        )?;
         let image = match &req.image {
             None => None,
             Some(i) => Some(self.image_ref(project_name, i).await?),
@@ -61,6 +69,7 @@ impl App {
                 restart_nonce: 0,
                 force_stop: false,
                 deleted: false,
+                placement,
             },
             status: VmStatus {
                 phase: VmPhase::Pending,

@@ -1,30 +1,39 @@
-//! The scheduling controller: carries out the planner's placements. It collects pending VMs from
-//! the watch, plans a whole batch against the hosts' allocations in memory, and commits the batch
-//! in one transaction that compares every VM and host it touches, so two replicas (or a racing
-//! delete) can never overbook a host: a lost race re-reads and plans again.
+//! The scheduling controller: carries out the planner's placements. It keeps the pool in memory
+//! ([`cluster::Cluster`], fed by watches of hosts and VMs), collects pending VMs from the VM
+//! watch, plans a batch against the in-memory allocations, and commits the batch in one
+//! transaction that compares every VM and host it touches. So two replicas, a racing delete or
+//! a host that re-registered can never make it overbook a host: a lost race puts the batch's
+//! allocations back, re-reads the hosts and VMs it touched, and plans again.
 //!
 //! A VM that fits nowhere stays pending with the reasons in `status.placement`, its operation
-//! fails with `insufficient_capacity`, and it is retried whenever hosts change (or every few
-//! seconds), as Kubernetes does with unschedulable pods.
+//! fails with `insufficient_capacity`, and it is retried whenever a host changes in a way that
+//! could make it fit (or every few seconds), as Kubernetes does with unschedulable pods.
+
+mod cluster;
 
 use super::RESTART_DELAY;
 use crate::app::App;
 use crate::codec::{decode, encode};
 use crate::keys;
 use crate::scheduler::{Policy, Request, place};
+use cluster::{Cluster, GroupKey};
 use futures::{FutureExt, StreamExt};
-use panal_store::{Compare, Op, Txn, WatchEvent};
-use panal_types::host::Host;
+use panal_store::{Compare, Op, Txn, WatchEvent, WatchStream};
+use panal_types::host::{Host, HostAllocation};
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{Vm, VmPhase};
 use panal_types::{ApiError, ErrorCode, Name};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// VMs per transaction: etcd refuses transactions of more than 128 operations by default.
+/// VMs per transaction: etcd refuses transactions of more than 128 operations by default, and a
+/// batch writes up to two keys per VM (the VM and its host).
 const BATCH: usize = 40;
 /// How often parked (unplaceable) VMs are retried without any host change.
 const RETRY_PARKED: Duration = Duration::from_secs(3);
+
+/// VM key → (VM, its mod revision).
+type Queue = BTreeMap<String, (Vm, u64)>;
 
 fn needs_placement(vm: &Vm) -> bool {
     vm.status.host.is_none() && vm.status.phase == VmPhase::Pending && !vm.spec.deleted
@@ -33,189 +42,299 @@ fn needs_placement(vm: &Vm) -> bool {
 /// Runs until aborted.
 pub async fn run(app: App, policy: Policy) {
     loop {
-        if let Err(e) = watch_once(&app, &policy).await {
+        if let Err(e) = watch_once(&app, policy.clone()).await {
             tracing::warn!(error = %e, "scheduling controller restarting");
         }
         tokio::time::sleep(RESTART_DELAY).await;
     }
 }
 
-async fn watch_once(app: &App, policy: &Policy) -> Result<(), String> {
+struct State {
+    cluster: Cluster,
+    /// VMs to plan now.
+    queue: Queue,
+    /// VMs that fit nowhere, waiting for a host change.
+    parked: Queue,
+}
+
+impl State {
+    fn host_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Put(kv) => {
+                if let Ok(h) = decode::<Host>(&kv.key, &kv.value)
+                    && self.cluster.upsert_host(h, kv.mod_revision)
+                {
+                    self.queue.append(&mut self.parked);
+                }
+            }
+            WatchEvent::Delete { key, .. } => {
+                if let Some(name) = key.strip_prefix(keys::HOSTS) {
+                    self.cluster.remove_host(name);
+                }
+            }
+        }
+    }
+
+    fn vm_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Put(kv) => {
+                let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) else {
+                    return;
+                };
+                let rev = kv.mod_revision;
+                self.cluster.observe_vm(&kv.key, rev, Some(&vm));
+                if !needs_placement(&vm) {
+                    self.queue.remove(&kv.key);
+                    self.parked.remove(&kv.key);
+                } else if vm.status.placement.is_none() {
+                    self.parked.remove(&kv.key);
+                    self.queue.insert(kv.key, (vm, rev));
+                } else if !self.queue.contains_key(&kv.key) {
+                    // Already tried and refused (our own write echoing back): wait for a host.
+                    self.parked.insert(kv.key, (vm, rev));
+                }
+            }
+            WatchEvent::Delete { key, revision } => {
+                self.cluster.observe_vm(&key, revision, None);
+                self.queue.remove(&key);
+                self.parked.remove(&key);
+            }
+        }
+    }
+}
+
+/// The next event already waiting on a watch, if any.
+fn ready(watch: &mut WatchStream) -> Result<Option<WatchEvent>, String> {
+    match watch.next().now_or_never() {
+        None => Ok(None),
+        Some(None) => Err("watch ended".into()),
+        Some(Some(ev)) => ev.map(Some).map_err(|e| e.to_string()),
+    }
+}
+
+async fn watch_once(app: &App, policy: Policy) -> Result<(), String> {
     let store = app.repo().store().clone();
+    let mut st = State {
+        cluster: Cluster::new(policy),
+        queue: Queue::new(),
+        parked: Queue::new(),
+    };
+    let hosts = store
+        .range(keys::HOSTS, None, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    for kv in hosts.kvs {
+        if let Ok(h) = decode::<Host>(&kv.key, &kv.value) {
+            st.cluster.upsert_host(h, kv.mod_revision);
+        }
+    }
     let snapshot = store
         .range(keys::VMS, None, 0)
         .await
         .map_err(|e| e.to_string())?;
-    let mut queue: BTreeMap<String, (Vm, u64)> = BTreeMap::new();
     for kv in snapshot.kvs {
-        if let Ok(vm) = decode::<Vm>(&kv.key, &kv.value)
-            && needs_placement(&vm)
-        {
-            queue.insert(kv.key, (vm, kv.mod_revision));
+        if let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) {
+            st.cluster.observe_vm(&kv.key, kv.mod_revision, Some(&vm));
+            if needs_placement(&vm) {
+                st.queue.insert(kv.key, (vm, kv.mod_revision));
+            }
         }
     }
-    let mut parked: BTreeMap<String, (Vm, u64)> = BTreeMap::new();
+    let mut host_watch = store
+        .watch(keys::HOSTS, hosts.revision + 1)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut vm_watch = store
         .watch(keys::VMS, snapshot.revision + 1)
         .await
         .map_err(|e| e.to_string())?;
-    let mut host_watch = store
-        .watch(keys::HOSTS, snapshot.revision + 1)
-        .await
-        .map_err(|e| e.to_string())?;
     let mut retry = tokio::time::interval(RETRY_PARKED);
     loop {
-        if !queue.is_empty() {
-            schedule(app, policy, &mut queue, &mut parked).await?;
+        // Take in everything already waiting, so each batch is planned on fresh state and one
+        // commit places a whole burst.
+        while let Some(ev) = ready(&mut host_watch)? {
+            st.host_event(ev);
+        }
+        while let Some(ev) = ready(&mut vm_watch)? {
+            st.vm_event(ev);
+        }
+        if !st.queue.is_empty() {
+            schedule(app, &mut st).await?;
             continue;
         }
         tokio::select! {
             ev = vm_watch.next() => {
-                let ev = ev.ok_or("vm watch ended")?.map_err(|e| e.to_string())?;
-                absorb(ev, &mut queue, &mut parked);
-                // Take everything already waiting so one commit places the whole burst.
-                while let Some(Some(ev)) = vm_watch.next().now_or_never() {
-                    absorb(ev.map_err(|e| e.to_string())?, &mut queue, &mut parked);
-                }
+                st.vm_event(ev.ok_or("vm watch ended")?.map_err(|e| e.to_string())?);
             }
             ev = host_watch.next() => {
-                ev.ok_or("host watch ended")?.map_err(|e| e.to_string())?;
-                queue.append(&mut parked);
+                st.host_event(ev.ok_or("host watch ended")?.map_err(|e| e.to_string())?);
             }
-            _ = retry.tick() => queue.append(&mut parked),
+            _ = retry.tick() => st.queue.append(&mut st.parked),
         }
     }
 }
 
-fn absorb(
-    ev: WatchEvent,
-    queue: &mut BTreeMap<String, (Vm, u64)>,
-    parked: &mut BTreeMap<String, (Vm, u64)>,
-) {
-    match ev {
-        WatchEvent::Put(kv) => {
-            let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) else {
-                return;
-            };
-            let rev = kv.mod_revision;
-            if !needs_placement(&vm) {
-                queue.remove(&kv.key);
-                parked.remove(&kv.key);
-            } else if vm.status.placement.is_none() {
-                parked.remove(&kv.key);
-                queue.insert(kv.key, (vm, rev));
-            } else if !queue.contains_key(&kv.key) {
-                // Already tried and refused (our own write echoing back): wait for a host change.
-                parked.insert(kv.key, (vm, rev));
-            }
-        }
-        WatchEvent::Delete { key, .. } => {
-            queue.remove(&key);
-            parked.remove(&key);
-        }
+/// The operation put that fails a VM's pending create with the reasons nothing fits.
+async fn fail_operation(app: &App, vm: &mut Vm, why: &str) -> Option<Op> {
+    let op_id = vm.status.operation.take()?;
+    let op_key = keys::op(&op_id);
+    let op = app.repo().get::<Operation>(&op_key).await.ok()??;
+    if op.value.state.is_final() {
+        return None;
     }
+    let mut failed = op.value;
+    failed.state = OperationState::Failed;
+    failed.error = Some(ApiError::new(ErrorCode::InsufficientCapacity, why));
+    failed.progress = Progress {
+        percent: Some(100),
+        message: why.to_owned(),
+    };
+    failed.updated_at = chrono::Utc::now();
+    Some(Op::put(&op_key, encode(&failed)))
 }
 
-async fn schedule(
-    app: &App,
-    policy: &Policy,
-    queue: &mut BTreeMap<String, (Vm, u64)>,
-    parked: &mut BTreeMap<String, (Vm, u64)>,
-) -> Result<(), String> {
-    let (hosts, _, _) = app
-        .repo()
-        .list::<Host>(keys::HOSTS, None, 0)
-        .await
-        .map_err(|e| e.to_string())?;
-    let host_revs: Vec<u64> = hosts.iter().map(|h| h.mod_revision).collect();
-    let mut hosts: Vec<Host> = hosts.into_iter().map(|h| h.value).collect();
-    let mut allocs: Vec<_> = hosts.iter().map(|h| h.allocation.clone()).collect();
-    let keys_batch: Vec<String> = queue.keys().take(BATCH).cloned().collect();
+async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
+    let keys_batch: Vec<String> = st.queue.keys().take(BATCH).cloned().collect();
+    let n = st.cluster.candidates.len();
     let mut txn = Txn::new();
-    let mut touched: BTreeSet<usize> = BTreeSet::new();
-    let mut unplaced = Vec::new();
+    let mut writes = 0usize;
+    // Allocations before this batch, to put back if the commit fails.
+    let mut saved: HashMap<usize, HostAllocation> = HashMap::new();
+    // Group members placed by this batch, on top of the committed ones.
+    let mut batch_members: HashMap<GroupKey, HashMap<usize, u32>> = HashMap::new();
+    let mut placed: Vec<(String, Vm)> = Vec::new();
+    let mut unplaced: Vec<(String, Vm)> = Vec::new();
     for key in &keys_batch {
-        let Some((mut vm, rev)) = queue.remove(key) else {
+        let Some((mut vm, rev)) = st.queue.remove(key) else {
             continue;
         };
+        let group = vm
+            .spec
+            .placement
+            .group
+            .as_ref()
+            .map(|g| (vm.project.clone(), g.name.clone()));
+        let mut members = st.cluster.members(&vm);
+        if let Some(extra) = group.as_ref().and_then(|g| batch_members.get(g)) {
+            for (i, k) in extra {
+                *members.entry(*i).or_default() += k;
+            }
+        }
         let req = Request {
             vcpus: vm.spec.vcpus,
             memory_bytes: vm.spec.memory_bytes,
             hypervisor: vm.spec.hypervisor,
+            placement: &vm.spec.placement,
         };
-        let plan = place(&req, &hosts, &allocs, policy);
+        let c = &st.cluster;
+        let plan = place(
+            &req,
+            &c.candidates,
+            &c.allocs,
+            &members,
+            c.policy(),
+            c.start,
+        );
         if let Err(nofit) = &plan
             && vm.status.placement.as_deref() == Some(nofit.to_string().as_str())
             && vm.status.operation.is_none()
         {
             // Still refused for the same reasons: nothing new to write.
-            parked.insert(key.clone(), (vm, rev));
+            st.parked.insert(key.clone(), (vm, rev));
             continue;
         }
         txn = txn.when(Compare::unchanged(key, rev));
+        writes += 1;
         match plan {
-            Ok(p) => {
-                let a = &mut allocs[p.host];
+            Ok(choice) => {
+                let i = choice.host;
+                st.cluster.start = (st.cluster.start + choice.examined) % n.max(1);
+                saved
+                    .entry(i)
+                    .or_insert_with(|| st.cluster.allocs[i].clone());
+                let a = &mut st.cluster.allocs[i];
                 a.vcpus += u64::from(vm.spec.vcpus);
                 a.memory_bytes += vm.spec.memory_bytes;
                 a.vms += 1;
-                touched.insert(p.host);
-                let host_name: Name = hosts[p.host].name.clone();
+                if let Some(g) = group {
+                    *batch_members.entry(g).or_default().entry(i).or_default() += 1;
+                }
+                let host_name: Name = st.cluster.records[i].name.clone();
                 vm.status.phase = VmPhase::Scheduled;
                 vm.status.host = Some(host_name.clone());
-                vm.status.placement = Some(p.explanation.clone());
+                vm.status.placement = Some(choice.explanation.clone());
                 vm.status.push_event(
                     "Scheduled",
-                    format!("placed on {host_name}: {}", p.explanation),
+                    format!("placed on {host_name}: {}", choice.explanation),
                 );
                 txn = txn.and_then(Op::put(key, encode(&vm)));
+                placed.push((key.clone(), vm));
             }
             Err(nofit) => {
                 let why = nofit.to_string();
                 vm.status.placement = Some(why.clone());
                 vm.status.push_event("FailedScheduling", why.clone());
-                if let Some(op_id) = vm.status.operation.take() {
-                    let op_key = keys::op(&op_id);
-                    if let Ok(Some(op)) = app.repo().get::<Operation>(&op_key).await
-                        && !op.value.state.is_final()
-                    {
-                        let mut failed = op.value;
-                        failed.state = OperationState::Failed;
-                        failed.error =
-                            Some(ApiError::new(ErrorCode::InsufficientCapacity, why.clone()));
-                        failed.progress = Progress {
-                            percent: Some(100),
-                            message: why.clone(),
-                        };
-                        failed.updated_at = chrono::Utc::now();
-                        txn = txn.and_then(Op::put(&op_key, encode(&failed)));
-                    }
+                if let Some(op) = fail_operation(app, &mut vm, &why).await {
+                    txn = txn.and_then(op);
                 }
                 txn = txn.and_then(Op::put(key, encode(&vm)));
                 unplaced.push((key.clone(), vm));
             }
         }
     }
-    for &i in &touched {
-        let key = keys::host(hosts[i].name.as_str());
-        hosts[i].allocation = allocs[i].clone();
-        txn = txn
-            .when(Compare::unchanged(&key, host_revs[i]))
-            .and_then(Op::put(&key, encode(&hosts[i])));
-    }
-    let r = app.repo().txn(txn).await.map_err(|e| e.to_string())?;
-    if r.succeeded {
-        for (key, vm) in unplaced {
-            parked.insert(key, (vm, r.revision));
-        }
+    if writes == 0 {
         return Ok(());
     }
-    // Lost a race (a VM or host changed): re-read the batch's VMs and plan again.
+    for &i in saved.keys() {
+        let key = keys::host(st.cluster.records[i].name.as_str());
+        let mut host = st.cluster.records[i].clone();
+        host.allocation = st.cluster.allocs[i].clone();
+        txn = txn
+            .when(Compare::unchanged(&key, st.cluster.revs[i]))
+            .and_then(Op::put(&key, encode(&host)));
+    }
+    let touched: Vec<usize> = saved.keys().copied().collect();
+    let r = match app.repo().txn(txn).await {
+        Ok(r) if r.succeeded => r,
+        other => {
+            for (i, a) in saved {
+                st.cluster.allocs[i] = a;
+            }
+            other.map_err(|e| e.to_string())?;
+            return retry_batch(app, st, &touched, keys_batch).await;
+        }
+    };
+    for &i in &touched {
+        st.cluster.records[i].allocation = st.cluster.allocs[i].clone();
+        st.cluster.revs[i] = r.revision;
+    }
+    for (key, vm) in placed {
+        st.cluster.observe_vm(&key, r.revision, Some(&vm));
+    }
+    for (key, vm) in unplaced {
+        st.parked.insert(key, (vm, r.revision));
+    }
+    Ok(())
+}
+
+/// After a lost race (a VM or host changed): re-reads what the batch touched to plan it again.
+async fn retry_batch(
+    app: &App,
+    st: &mut State,
+    touched: &[usize],
+    keys_batch: Vec<String>,
+) -> Result<(), String> {
+    for &i in touched {
+        let key = keys::host(st.cluster.records[i].name.as_str());
+        if let Ok(Some(h)) = app.repo().get::<Host>(&key).await {
+            st.cluster.upsert_host(h.value, h.mod_revision);
+        }
+    }
     for key in keys_batch {
         if let Ok(Some(v)) = app.repo().get::<Vm>(&key).await
             && needs_placement(&v.value)
         {
-            queue.insert(key, (v.value, v.mod_revision));
+            st.queue.insert(key, (v.value, v.mod_revision));
         }
     }
     Ok(())
