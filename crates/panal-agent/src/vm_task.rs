@@ -126,7 +126,8 @@ impl VmTask {
         self.handle = None;
         self.applied = None;
         let Some(vm) = self.vm.clone() else { return };
-        let _ = self.ctx.driver.cleanup(vm.id).await;
+        // No driver cleanup here: the run directory holds the VM's disk overlay and console
+        // history, which outlive a stop; only delete and release remove them.
         let wanted_running = vm.spec.power_state != PowerState::Stopped && !vm.spec.deleted;
         if !wanted_running {
             return;
@@ -311,7 +312,6 @@ impl VmTask {
                 let _ = h.kill().await;
             }
             self.applied = None;
-            let _ = self.ctx.driver.cleanup(vm.id).await;
             let how = if vm.spec.force_stop {
                 "powered off"
             } else {
