@@ -225,3 +225,30 @@ async fn refuses_unreachable_etcd_and_newer_data() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_wrong_etcd_credentials() {
+    let etcd = EtcdCluster::start(1).await.unwrap();
+    etcd.enable_auth("s3cret").await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--store",
+            &etcd_url(&etcd),
+            "--etcd-user",
+            "root",
+            "--etcd-password",
+            "wrong",
+            "--store-wait",
+            "5",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("PANAL_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd refused Panal's credentials"), "{err}");
+}
