@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod console;
+pub mod up;
 
 use panal::platform::{Platform, PlatformConfig};
 use panal_client::Client;
@@ -129,6 +130,30 @@ pub fn qemu_pid(data: &Path, id: VmId) -> Option<u32> {
         .join("qemu.pid");
     let pid: u32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
     alive(pid).then_some(pid)
+}
+
+/// A temporary data directory whose processes are killed and cgroups removed on drop (for
+/// tests that run `panal up` as a child process).
+pub struct Scratch {
+    pub data: PathBuf,
+    _cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A fresh directory.
+    pub fn new() -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix("panal-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let data = dir.path().join("data");
+        Scratch {
+            data: data.clone(),
+            _cleanup: Cleanup { dir: data },
+            _dir: dir,
+        }
+    }
 }
 
 /// An in-process platform with the QEMU driver on a temporary data directory. Field order is
