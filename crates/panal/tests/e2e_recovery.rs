@@ -53,7 +53,9 @@ async fn kill_9_of_panal_up_keeps_vms_running_and_reattaches_them() {
     }
     // The guest is the same one, still at its shell: it answers a command over the console.
     let mut con = Console::open(&c, NAMES[0]).await;
-    let out = con.run("echo still-$((40+2))", Duration::from_secs(20)).await;
+    let out = con
+        .run("echo still-$((40+2))", Duration::from_secs(20))
+        .await;
     assert!(out.contains("still-42"), "{out}");
     drop(con);
     // Only one boot happened in each guest (no silent restart behind the same status).
