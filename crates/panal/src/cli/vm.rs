@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use panal_client::Client;
 use panal_types::size::{format_size, parse_size};
 use panal_types::vm::{
-    HypervisorKind, MachineProfile, RestartPolicy, Vm, VmAccepted, VmCreate, VmUpdate,
+    GroupPolicy, HypervisorKind, MachineProfile, PlacementGroupRequest, RestartPolicy, Vm,
+    VmAccepted, VmCreate, VmUpdate,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -124,6 +125,19 @@ pub struct CreateArgs {
     /// Restart policy: always, on-failure or never.
     #[arg(long, value_parser = parse_restart)]
     pub restart_policy: Option<RestartPolicy>,
+    /// Only hosts with this label KEY=VALUE (repeatable).
+    #[arg(long = "selector", value_parser = parse_label)]
+    pub selectors: Vec<(String, String)>,
+    /// Only hosts of this zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Hypervisor capability the host must have (repeatable).
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+    /// Placement group NAME:POLICY[:soft], POLICY affinity or anti-affinity
+    /// (e.g. web:anti-affinity, cache:affinity:soft).
+    #[arg(long, value_parser = parse_group)]
+    pub group: Option<PlacementGroupRequest>,
     /// Create without starting.
     #[arg(long)]
     pub no_start: bool,
@@ -173,6 +187,23 @@ fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
     }
 }
 
+fn parse_group(s: &str) -> Result<PlacementGroupRequest, String> {
+    let mut parts = s.split(':');
+    let name = parts.next().unwrap_or_default().to_owned();
+    let policy = match parts.next() {
+        Some("affinity") => GroupPolicy::Affinity,
+        Some("anti-affinity") | Some("anti_affinity") => GroupPolicy::AntiAffinity,
+        _ => return Err(format!("{s:?} is not NAME:affinity|anti-affinity[:soft]")),
+    };
+    let soft = match parts.next() {
+        None => false,
+        Some("soft") => true,
+        Some("hard") => false,
+        Some(x) => return Err(format!("unknown group strength {x:?} (soft or hard)")),
+    };
+    Ok(PlacementGroupRequest { name, policy, soft })
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -195,7 +226,10 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 restart_policy: a.restart_policy,
                 start: Some(!a.no_start),
                 stop_timeout_secs: None,
-                ..VmCreate::default()
+                host_selector: a.selectors.iter().cloned().collect(),
+                zone: a.zone.clone(),
+                capabilities: a.capabilities.clone(),
+                placement_group: a.group.clone(),
             };
             let accepted = client.create_vm(&req).await.map_err(api_err)?;
             finish(
