@@ -18,7 +18,8 @@ use panal_types::vm::{MachineProfile, Vm, VmAccepted, VmCreate, VmPhase};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use panal_driver::qemu::READY_LINE;
+/// The line the Panal guest prints on its serial console once its init has run.
+pub const READY_LINE: &str = panal_driver::qemu::READY_LINE;
 
 /// Boot timeout of one TCG guest on a busy 2-core machine.
 pub const BOOT: Duration = Duration::from_secs(60);
