@@ -17,15 +17,22 @@ scripts/install-qemu-deps.sh
 step "guest image"
 scripts/build-guest-image.sh
 
-step "format and lints"
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Lints and tests all run even when an earlier one fails, so one CI run reports everything.
+failed=()
+step "format"
+cargo fmt --all -- --check || failed+=("cargo fmt")
+step "lints"
+cargo clippy --workspace --all-targets --all-features -- -D warnings || failed+=("cargo clippy")
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-features --no-fail-fast
+  cargo nextest run --workspace --all-features --no-fail-fast || failed+=("tests")
 else
-  cargo test --workspace --all-features --no-fail-fast
+  cargo test --workspace --all-features --no-fail-fast || failed+=("tests")
 fi
 
 step "done"
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}" >&2
+  exit 1
+fi

@@ -280,6 +280,12 @@ async fn leader_failover_and_etcd_member_loss() {
     agent.abort();
 }
 
+/// One acknowledged update: (VM, generation it produced, labels it wrote).
+type Ack = (String, u64, std::collections::BTreeMap<String, String>);
+
+/// A generation of a VM with the labels it carried.
+type Version = (u64, std::collections::BTreeMap<String, String>);
+
 /// Many clients update VM specs with compare-and-swap (`if_generation`) through both replicas
 /// while an etcd member and the leader replica are killed; afterwards every acknowledged update
 /// is present (no two acknowledgements share a generation, the final record is at least the
@@ -311,7 +317,7 @@ async fn cas_history_survives_member_and_replica_kills() {
         let clients = clients.clone();
         let names = names.clone();
         writers.push(tokio::spawn(async move {
-            let mut acks: Vec<(String, u64, BTreeMap<String, String>)> = Vec::new();
+            let mut acks: Vec<Ack> = Vec::new();
             let mut seq = 0u32;
             while Instant::now() < deadline {
                 seq += 1;
@@ -358,7 +364,7 @@ async fn cas_history_survives_member_and_replica_kills() {
         "the writers made progress: {} acknowledged updates",
         acks.len()
     );
-    let mut by_vm: HashMap<String, Vec<(u64, BTreeMap<String, String>)>> = HashMap::new();
+    let mut by_vm: HashMap<String, Vec<Version>> = HashMap::new();
     for (n, g, l) in acks {
         by_vm.entry(n).or_default().push((g, l));
     }
