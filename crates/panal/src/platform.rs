@@ -45,6 +45,9 @@ pub struct PlatformConfig {
     pub guest_dir: Option<PathBuf>,
     /// Run the QEMU driver (off in control-plane-only tests).
     pub qemu: bool,
+    /// Labels of the local host (e.g. `panal.io/cpu-overcommit` to fit more VMs on a small
+    /// machine).
+    pub host_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl PlatformConfig {
@@ -58,6 +61,7 @@ impl PlatformConfig {
             fake: FakeConfig::default(),
             guest_dir: Some(GuestImage::default_dir()),
             qemu: true,
+            host_labels: Default::default(),
         }
     }
 }
@@ -150,6 +154,7 @@ impl Platform {
         let boot: Arc<dyn BootResolver> = Arc::new(LocalImages { app: app.clone() });
         let mut agent_cfg = AgentConfig::new(cfg.host_name.clone());
         agent_cfg.heartbeat = cfg.host_lease_ttl / 3;
+        agent_cfg.labels = cfg.host_labels.clone();
         let agent = Agent::new(
             agent_cfg,
             drivers,

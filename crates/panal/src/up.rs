@@ -21,6 +21,16 @@ pub struct UpArgs {
     /// Do not make this platform the user's default CLI configuration.
     #[arg(long)]
     pub no_default_config: bool,
+    /// A label of the local host, `KEY=VALUE` (repeatable), e.g.
+    /// `panal.io/cpu-overcommit=16` to promise more vCPUs than the host's cores allow by default.
+    #[arg(long = "host-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub host_labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -46,6 +56,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     init_logging();
     let mut cfg = PlatformConfig::new(args.data_dir.clone());
     cfg.listen = args.listen;
+    cfg.host_labels = args.host_labels.iter().cloned().collect();
     let platform = Platform::start(cfg).await?;
     let client_cfg = ClientConfig {
         api_url: platform.url(),

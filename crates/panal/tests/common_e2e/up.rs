@@ -34,12 +34,18 @@ pub fn free_port() -> u16 {
 impl Up {
     /// Starts `panal up` (the binary `bin`) and waits until it says it is up.
     pub fn start(bin: &str, data: &Path) -> Up {
+        Up::start_with(bin, data, &[])
+    }
+
+    /// [`Up::start`] with more arguments of `panal up`.
+    pub fn start_with(bin: &str, data: &Path, extra: &[&str]) -> Up {
         let port = free_port();
         let mut child = Command::new(bin)
             .args(["up", "--no-default-config", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .env("PANAL_GUEST_DIR", super::guest_dir())
             .env("PANAL_LOG", "warn")
             .stdout(Stdio::piped())
