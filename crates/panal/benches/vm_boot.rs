@@ -159,6 +159,8 @@ async fn bare_round(dir: &Path, cmdline: &str) -> Result<Duration, String> {
     r
 }
 
+// Failures panic rather than `process::exit`: unwinding `main` lets the scratch directory's
+// guard kill `panal up` and every QEMU it started.
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let s = Scratch::new();
@@ -168,10 +170,7 @@ async fn main() {
     // Warm-up: the first launch probes the host (accelerator, QEMU version, TSC).
     let (_, _, _, cmdline) = panal_round(&c, &s.data, "warm-up")
         .await
-        .unwrap_or_else(|e| {
-            eprintln!("warm-up failed: {e}");
-            std::process::exit(1)
-        });
+        .unwrap_or_else(|e| panic!("warm-up failed: {e}"));
     let (mut panal, mut bare, mut agent, mut to_pid) = (vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
         // Alternate which goes first, so drift on the machine hits both alike.
@@ -189,16 +188,14 @@ async fn main() {
                         to_pid.push(p);
                     }
                     Err(e) => {
-                        eprintln!("round {round}: {e}");
-                        std::process::exit(1)
+                        panic!("round {round}: {e}")
                     }
                 }
             } else {
                 match bare_round(&s.data, &cmdline).await {
                     Ok(b) => bare.push(b),
                     Err(e) => {
-                        eprintln!("round {round}: {e}");
-                        std::process::exit(1)
+                        panic!("round {round}: {e}")
                     }
                 }
             }

@@ -36,9 +36,10 @@ fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Fails the run. A panic (not `process::exit`) unwinds `main`, so the scratch directory's
+/// guard still kills `panal up` and every QEMU it started.
 fn fail(why: impl std::fmt::Display) -> ! {
-    eprintln!("{why}");
-    std::process::exit(1)
+    panic!("{why}")
 }
 
 /// Creates a VM and returns (API call -> running, API call -> readiness line).
