@@ -10,6 +10,7 @@
 //! /panal/ops/{id}                  Operation
 //! /panal/images/{project}/{name}   Image
 //! /panal/tokens/{sha256 of token}  TokenRecord
+//! /panal/leader                    LeaderInfo of the replica running the controllers (leased)
 //! ```
 
 /// Prefix of everything Panal stores.
@@ -28,6 +29,8 @@ pub const HOST_LEASES: &str = "/panal/host-leases/";
 pub const OPS: &str = "/panal/ops/";
 /// Prefix of images.
 pub const IMAGES: &str = "/panal/images/";
+/// The control-plane leadership key.
+pub const LEADER: &str = "/panal/leader";
 /// Prefix of API tokens.
 pub const TOKENS: &str = "/panal/tokens/";
 

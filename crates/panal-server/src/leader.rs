@@ -10,7 +10,7 @@ use panal_store::{Compare, DynStore, LeaseId, Op, StoreError, Txn, WatchEvent};
 use std::time::Duration;
 
 /// The leadership key.
-pub const LEADER_KEY: &str = "/panal/leader";
+pub const LEADER_KEY: &str = crate::keys::LEADER;
 
 pub use panal_types::cluster::LeaderInfo;
 

@@ -21,10 +21,9 @@
 mod common_e2e;
 
 use common_e2e::up::Up;
-use common_e2e::{READY_LINE, Scratch, console_log, guest_dir, op_ok, tiny};
+use common_e2e::{READY_LINE, Scratch, console_log, guest_dir, op_ok, tiny, watch_launch};
 use panal_client::Client;
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 7;
@@ -40,37 +39,6 @@ fn median(v: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Watches the driver's run directories for a new VM: returns when its `vm.json` and its
-/// `qemu.pid` first appeared (polled every 100 us on a thread of its own).
-fn watch_launch(vms: PathBuf) -> std::thread::JoinHandle<Option<(Instant, Instant)>> {
-    let known: HashSet<_> = std::fs::read_dir(&vms)
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let mut meta = None;
-        while t0.elapsed() < TIMEOUT {
-            let fresh = std::fs::read_dir(&vms)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .find(|e| !known.contains(&e.file_name()));
-            if let Some(dir) = fresh.map(|e| e.path()) {
-                if meta.is_none() && dir.join("vm.json").exists() {
-                    meta = Some(Instant::now());
-                }
-                if let Some(m) = meta
-                    && dir.join("qemu.pid").exists()
-                {
-                    return Some((m, Instant::now()));
-                }
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        None
-    })
 }
 
 /// One Panal round: (API call -> ready, request -> vm.json, request -> QEMU pid file, cmdline).

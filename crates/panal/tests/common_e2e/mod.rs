@@ -15,6 +15,7 @@ use panal_driver::qemu::GuestImage;
 use panal_types::VmId;
 use panal_types::operation::OperationState;
 use panal_types::vm::{MachineProfile, Vm, VmAccepted, VmCreate, VmPhase};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -306,4 +307,35 @@ pub async fn op_ok(client: &Client, accepted: &VmAccepted, timeout: Duration) {
             ),
         }
     }
+}
+
+/// Watches the driver's run directories for a new VM: returns when its `vm.json` and its
+/// `qemu.pid` first appeared (polled every 100 us on a thread of its own).
+pub fn watch_launch(vms: PathBuf) -> std::thread::JoinHandle<Option<(Instant, Instant)>> {
+    let known: HashSet<_> = std::fs::read_dir(&vms)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut meta = None;
+        while t0.elapsed() < BOOT {
+            let fresh = std::fs::read_dir(&vms)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|e| !known.contains(&e.file_name()));
+            if let Some(dir) = fresh.map(|e| e.path()) {
+                if meta.is_none() && dir.join("vm.json").exists() {
+                    meta = Some(Instant::now());
+                }
+                if let Some(m) = meta
+                    && dir.join("qemu.pid").exists()
+                {
+                    return Some((m, Instant::now()));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        None
+    })
 }
