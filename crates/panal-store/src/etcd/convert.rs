@@ -174,6 +174,12 @@ pub(super) fn never_sent(e: &ec::Error) -> bool {
     msg.contains("tcp connect error") || msg.contains("Connection refused")
 }
 
+/// Whether etcd refused because the member has no leader (an election is under way, or quorum
+/// is lost); such a request was never proposed.
+pub(super) fn no_leader(e: &ec::Error) -> bool {
+    matches!(e, ec::Error::GRpcStatus(s) if s.message().contains("no leader"))
+}
+
 /// What an etcd failure means for the caller.
 pub(super) enum Failure {
     /// A mapped error, final.

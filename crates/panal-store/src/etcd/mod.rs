@@ -129,9 +129,19 @@ impl EtcdStore {
         Fut: Future<Output = Result<T, ec::Error>>,
     {
         let limit = self.options.request_timeout + Duration::from_secs(1);
-        let deadline = tokio::time::Instant::now() + limit;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
         loop {
             match tokio::time::timeout_at(deadline, f(self.client.clone())).await {
+                // A member that has lost its leader refuses before proposing anything, so the
+                // request is safe to send again; losing one member of three costs an election
+                // (about a second), which callers should not see as a failure.
+                Ok(Err(e))
+                    if convert::no_leader(&e)
+                        && started.elapsed() + RETRY_PAUSE < ELECTION_GRACE.min(limit) =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE * 4).await;
+                }
                 Ok(Err(e)) if convert::never_sent(&e) => {
                     let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
                     if retry_at >= deadline {
@@ -152,6 +162,9 @@ impl EtcdStore {
 
 /// Pause before resending a request that found its member down.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a request waits out a leader election before it reports the store unavailable.
+const ELECTION_GRACE: Duration = Duration::from_secs(3);
 
 fn connect_options(o: &EtcdOptions) -> Result<ec::ConnectOptions, StoreError> {
     if o.endpoints.is_empty() {
