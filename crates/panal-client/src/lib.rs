@@ -161,16 +161,7 @@ impl Client {
 
     /// Every VM of a project, following pages.
     pub async fn all_vms(&self, project: Option<&str>) -> Result<Vec<Vm>, ClientError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.list_vms(project, token.as_deref()).await?;
-            out.extend(page.items);
-            match page.next_page_token {
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
-        }
+        all_pages(|t| async move { self.list_vms(project, t.as_deref()).await }).await
     }
 
     /// Creates a VM.
@@ -458,6 +449,24 @@ impl Client {
             });
         }
         Ok(EventReader::new(resp))
+    }
+}
+
+/// Follows a list's pages to the end: `page(token)` fetches the page after `token`.
+pub async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, ClientError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, ClientError>>,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let p = page(token.take()).await?;
+        out.extend(p.items);
+        match p.next_page_token {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
+        }
     }
 }
 

@@ -27,16 +27,10 @@ pub struct NameArg {
 pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<()> {
     match cmd {
         HostCommand::List => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = client.list_hosts(token.as_deref()).await.map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let all =
+                panal_client::all_pages(|t| async move { client.list_hosts(t.as_deref()).await })
+                    .await
+                    .map_err(api_err)?;
             print(format, &all, || {
                 let mut rows = vec![
                     [

@@ -119,19 +119,11 @@ pub async fn run(client: &Client, format: Format, cmd: &ImageCommand) -> Result<
             )
         }
         ImageCommand::List(p) => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = client
-                    .list_images(p.project.as_deref(), token.as_deref())
-                    .await
-                    .map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let all = panal_client::all_pages(|t| async move {
+                client.list_images(p.project.as_deref(), t.as_deref()).await
+            })
+            .await
+            .map_err(api_err)?;
             print(format, &all, || {
                 let mut rows = vec![
                     ["NAME", "KIND", "FORMAT", "SIZE", "SHA256"]

@@ -31,19 +31,12 @@ pub struct ShowArgs {
 pub async fn run(client: &Client, format: Format, cmd: &OperationCommand) -> Result<()> {
     match cmd {
         OperationCommand::List => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = client
-                    .list_operations(token.as_deref())
-                    .await
-                    .map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let mut all =
+                panal_client::all_pages(
+                    |t| async move { client.list_operations(t.as_deref()).await },
+                )
+                .await
+                .map_err(api_err)?;
             all.sort_by_key(|o| o.created_at);
             print(format, &all, || {
                 let mut rows = vec![

@@ -51,19 +51,12 @@ pub async fn run(client: &Client, format: Format, cmd: &ProjectCommand) -> Resul
             show(format, &p)
         }
         ProjectCommand::List => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = client
-                    .list_projects(token.as_deref())
-                    .await
-                    .map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let all =
+                panal_client::all_pages(
+                    |t| async move { client.list_projects(t.as_deref()).await },
+                )
+                .await
+                .map_err(api_err)?;
             print(format, &all, || {
                 let mut rows = vec![vec![
                     "NAME".to_string(),
