@@ -34,10 +34,10 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 
 # --- kernel: the real package behind the linux-image-amd64 metapackage -------------------
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found=1}')
 if [[ -z $pkg ]]; then
   apt-get update -qq
-  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found=1}')
 fi
 [[ -n $pkg ]] || { echo "cannot resolve linux-image-amd64" >&2; exit 1; }
 (cd "$WORK" && { apt-get download "$pkg" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$pkg" >/dev/null; }; })

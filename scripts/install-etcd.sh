@@ -72,4 +72,5 @@ if pgrep -u etcd -x etcd >/dev/null 2>&1; then
   "${SUDO[@]}" pkill -u etcd -x etcd || true
 fi
 
-etcd --version | head -n 1 >&2
+# sed reads all of its input: no SIGPIPE for etcd under pipefail (head could cause one).
+etcd --version 2>/dev/null | sed -n 1p >&2 || true

@@ -23,7 +23,8 @@ missing=()
 for what in "${!NEED[@]}"; do
   if [[ $what == /* ]]; then
     # busybox may be the dynamic one; we need the static build.
-    dpkg-query -W -f='${Status}' "${NEED[$what]}" 2>/dev/null | grep -q 'ok installed' || missing+=("${NEED[$what]}")
+    status=$(dpkg-query -W -f='${Status}' "${NEED[$what]}" 2>/dev/null || true)
+    [[ $status == *"ok installed"* ]] || missing+=("${NEED[$what]}")
   else
     command -v "$what" >/dev/null 2>&1 || missing+=("${NEED[$what]}")
   fi
