@@ -15,6 +15,9 @@ pub struct Project {
     pub description: String,
     /// When it was created.
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// A delete is checking that the project is empty: nothing new may be created in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// Body of `POST /api/v1/projects`.

@@ -380,6 +380,30 @@ async fn projects_default_and_nonempty_cannot_be_deleted() {
     // The same VM name is free in another project.
     let got = post_vm(&tp, json!({"name": "w", "hypervisor": "fake"})).await;
     assert_eq!(got.0, 202, "{got:?}");
+    // The refused delete left the project usable.
+    let got = post_vm(
+        &tp,
+        json!({"name": "w2", "hypervisor": "fake", "project": "team-a"}),
+    )
+    .await;
+    assert_eq!(got.0, 202, "{got:?}");
+    // While a delete holds the project (its mark is set), nothing new is created in it: this is
+    // what closes the race between a delete's emptiness check and a concurrent create.
+    tp.platform
+        .app
+        .repo()
+        .update::<panal_types::project::Project, _>("/panal/projects/team-a", |p| {
+            p.deleting = true;
+            Ok(true)
+        })
+        .await
+        .unwrap();
+    let got = post_vm(
+        &tp,
+        json!({"name": "w3", "hypervisor": "fake", "project": "team-a"}),
+    )
+    .await;
+    assert_err(&got, 409, "conflict", Some("project"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,15 @@ impl App {
             .project
             .clone()
             .unwrap_or_else(|| DEFAULT_PROJECT.into());
-        let project = self.project(&project, "project").await?.value.name;
+        let project = self.project(&project, "project").await?.value;
+        if project.deleting {
+            return Err(ApiError::conflict(format!(
+                "project \"{}\" is being deleted",
+                project.name
+            ))
+            .with_field("project"));
+        }
+        let project = project.name;
         if self
             .repo
             .get::<Image>(&keys::image(project.as_str(), name.as_str()))

@@ -18,6 +18,7 @@ impl App {
             name: Name::parse(DEFAULT_PROJECT).map_err(|_| ApiError::internal())?,
             description: "The default project".into(),
             created_at: chrono::Utc::now(),
+            deleting: false,
         };
         self.repo
             .create(&keys::project(DEFAULT_PROJECT), &project)
@@ -40,6 +41,7 @@ impl App {
             name,
             description,
             created_at: chrono::Utc::now(),
+            deleting: false,
         };
         match self
             .repo
@@ -89,17 +91,35 @@ impl App {
         if project.value.name.as_str() == DEFAULT_PROJECT {
             return Err(ApiError::conflict("the default project cannot be deleted"));
         }
+        // Mark it first: a create that read the project before the mark fails its compare on
+        // the project's revision, and one that reads it after sees the mark. Only then is the
+        // emptiness check final.
+        let key = keys::project(name);
+        let marked = self
+            .repo
+            .update::<Project, _>(&key, |p| {
+                p.deleting = true;
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found("project", name))?;
         let (vms, _, _) = self.repo.list::<Vm>(&keys::vms_of(name), None, 1).await?;
         let (images, _, _) = self
             .repo
             .list::<serde_json::Value>(&keys::images_of(name), None, 1)
             .await?;
         if !vms.is_empty() || !images.is_empty() {
+            self.repo
+                .update::<Project, _>(&key, |p| {
+                    p.deleting = false;
+                    Ok(true)
+                })
+                .await?;
             return Err(ApiError::conflict(format!(
                 "project \"{name}\" still owns VMs or images; delete them first"
             )));
         }
-        let key = keys::project(name);
+        let project = marked;
         let r = self
             .repo
             .txn(

@@ -23,6 +23,12 @@ impl App {
         let name = check_name("name", &req.name)?;
         let project_name = req.project.as_deref().unwrap_or(DEFAULT_PROJECT);
         let project = self.project(project_name, "project").await?;
+        if project.value.deleting {
+            return Err(
+                ApiError::conflict(format!("project \"{project_name}\" is being deleted"))
+                    .with_field("project"),
+            );
+        }
         let hypervisor = req.hypervisor.unwrap_or_default();
         let limits = self.pool_limits(hypervisor).await?;
         let vcpus = req.vcpus.unwrap_or(1);
