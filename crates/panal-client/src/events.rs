@@ -6,31 +6,30 @@ use panal_types::event::ChangeEvent;
 
 /// An open change stream.
 pub struct EventReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes_compat::Bytes>>,
-    buf: String,
-}
-
-mod bytes_compat {
-    pub type Bytes = reqwest::Body;
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    /// Bytes received but not yet split into events; kept as bytes so a character split
+    /// across two chunks is decoded whole.
+    buf: Vec<u8>,
 }
 
 impl EventReader {
     pub(crate) fn new(resp: reqwest::Response) -> Self {
         let body = resp
             .bytes_stream()
-            .map(|r| r.map(reqwest::Body::from))
+            .map(|r| r.map(|chunk| chunk.to_vec()))
             .boxed();
         Self {
             body,
-            buf: String::new(),
+            buf: Vec::new(),
         }
     }
 
     /// The next change, or `None` when the stream ends.
     pub async fn next(&mut self) -> Option<Result<ChangeEvent, String>> {
         loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&raw);
                 let mut event = "message";
                 let mut data = String::new();
                 for line in block.lines() {
@@ -55,10 +54,7 @@ impl EventReader {
                 }
             }
             match self.body.next().await? {
-                Ok(chunk) => {
-                    let bytes = chunk.as_bytes().map(|b| b.to_vec()).unwrap_or_default();
-                    self.buf.push_str(&String::from_utf8_lossy(&bytes));
-                }
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
                 Err(e) => return Some(Err(e.to_string())),
             }
         }

@@ -98,10 +98,7 @@ impl Client {
             return serde_json::from_slice(bytes)
                 .map_err(|e| self.transport(format!("unexpected answer: {e}")));
         }
-        match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(e) => Err(ClientError::Api(e)),
-            Err(_) => Err(self.transport(format!("HTTP {status}"))),
-        }
+        Err(self.refusal(status, &bytes))
     }
 
     async fn get<T: DeserializeOwned>(
@@ -309,15 +306,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        Err(match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(e) => ClientError::Api(e),
-            Err(_) => self.transport(format!("HTTP {status}")),
-        })
+        self.streaming(resp).await
     }
 
     /// Opens the interactive serial console of a VM.
@@ -440,15 +429,25 @@ impl Client {
             req = req.query(&[("kinds", k)]);
         }
         let resp = req.send().await.map_err(|e| self.transport(e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => ClientError::Api(e),
-                Err(_) => self.transport(format!("HTTP {status}")),
-            });
+        Ok(EventReader::new(self.streaming(resp).await?))
+    }
+
+    /// Hands back a response whose body streams, or turns a refusal into the typed error.
+    async fn streaming(&self, resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if resp.status().is_success() {
+            return Ok(resp);
         }
-        Ok(EventReader::new(resp))
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        Err(self.refusal(status, &bytes))
+    }
+
+    /// The typed error of a non-success answer (the API's error body, or the bare status).
+    fn refusal(&self, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ApiError>(body) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => self.transport(format!("HTTP {status}")),
+        }
     }
 }
 
