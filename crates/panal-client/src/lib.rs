@@ -4,6 +4,7 @@
 
 mod console;
 mod events;
+mod join_tokens;
 
 pub use console::ConsoleConnection;
 

@@ -11,6 +11,10 @@
 //! /panal/images/{project}/{name}   Image
 //! /panal/tokens/{sha256 of token}  TokenRecord
 //! /panal/leader                    LeaderInfo of the replica running the controllers (leased)
+//! /panal/pki/ca                    the installation's CA (certificate and key)
+//! /panal/join-tokens/{id}          JoinTokenRecord
+//! /panal/agent-certs/{sha256}      AgentIdentity: which host a certificate belongs to
+//! /panal/agent-hosts/{host}        AgentIdentity: the current certificate of a host
 //! ```
 
 /// Prefix of everything Panal stores.
@@ -31,6 +35,30 @@ pub const OPS: &str = "/panal/ops/";
 pub const IMAGES: &str = "/panal/images/";
 /// The control-plane leadership key.
 pub const LEADER: &str = "/panal/leader";
+/// The installation's certificate authority.
+pub const CA: &str = "/panal/pki/ca";
+/// Prefix of join tokens.
+pub const JOIN_TOKENS: &str = "/panal/join-tokens/";
+/// Prefix of agent certificates by fingerprint.
+pub const AGENT_CERTS: &str = "/panal/agent-certs/";
+/// Prefix of agent certificates by host.
+pub const AGENT_HOSTS: &str = "/panal/agent-hosts/";
+
+/// Key of a join token.
+pub fn join_token(id: &str) -> String {
+    format!("{JOIN_TOKENS}{id}")
+}
+
+/// Key of an agent certificate by its SHA-256.
+pub fn agent_cert(fingerprint: &str) -> String {
+    format!("{AGENT_CERTS}{fingerprint}")
+}
+
+/// Key of a host's current agent certificate.
+pub fn agent_host(host: &str) -> String {
+    format!("{AGENT_HOSTS}{host}")
+}
+
 /// Prefix of API tokens.
 pub const TOKENS: &str = "/panal/tokens/";
 

@@ -73,3 +73,31 @@ pub struct VmStatusReport {
     #[serde(default)]
     pub cleaned_up: bool,
 }
+
+/// One file of a VM's boot image, as an agent fetches it from the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BootFile {
+    /// `kernel`, `initrd` or `disk`.
+    pub role: String,
+    /// Its length.
+    pub size_bytes: u64,
+    /// SHA-256 of its bytes, hex: the agent checks what it downloaded against this.
+    pub sha256: String,
+}
+
+/// What a VM boots from, for an agent that keeps its own copy of images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BootManifest {
+    /// The image (cache key on the host).
+    pub image: crate::ImageId,
+    /// How it boots.
+    pub kind: crate::image::ImageKind,
+    /// Disk format (disk images).
+    #[serde(default)]
+    pub format: Option<crate::image::DiskFormat>,
+    /// Kernel command line to add.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Its files.
+    pub files: Vec<BootFile>,
+}

@@ -11,6 +11,7 @@ pub mod event;
 pub mod host;
 pub mod ids;
 pub mod image;
+pub mod join;
 pub mod name;
 pub mod operation;
 pub mod page;

@@ -10,6 +10,7 @@ mod events;
 pub mod extract;
 mod hosts;
 mod images;
+mod join_tokens;
 mod operations;
 mod projects;
 mod vms;
@@ -58,6 +59,11 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(images::get_image, images::delete_image))
         .routes(routes!(hosts::list_hosts))
         .routes(routes!(hosts::get_host))
+        .routes(routes!(
+            join_tokens::list_join_tokens,
+            join_tokens::create_join_token
+        ))
+        .routes(routes!(join_tokens::revoke_join_token))
         .routes(routes!(operations::list_operations))
         .routes(routes!(operations::get_operation))
         .routes(routes!(operations::wait_operation))

@@ -2,11 +2,13 @@
 //! the HTTP handlers, the in-process agent link and the tests alike. Handlers never touch the
 //! store; this layer validates input, enforces state rules and writes through the data layer.
 
+mod agent_boot;
 mod agents;
 mod events;
 mod hosts;
 mod hub;
 mod images;
+mod join;
 mod operations;
 mod projects;
 mod validate;
@@ -61,6 +63,10 @@ pub struct App {
     consoles: Option<Arc<dyn crate::console::ConsoleAccess>>,
     /// The per-host assignment streams of this control plane, fed by one watch.
     assignments: Arc<hub::AssignmentHub>,
+    /// The installation's certificate authority, read from the store on first use.
+    ca: Arc<tokio::sync::OnceCell<crate::pki::Ca>>,
+    /// Agent certificates recently recognised: fingerprint → host and when it was checked.
+    agent_ids: join::IdentityCache,
 }
 
 impl App {
@@ -74,6 +80,8 @@ impl App {
             host_cache: Arc::default(),
             images: None,
             consoles: None,
+            ca: Arc::default(),
+            agent_ids: Arc::default(),
         }
     }
 

@@ -1,0 +1,160 @@
+//! The agent endpoint's routes: the same four calls the in-process link makes (register,
+//! heartbeat, assignments, reports) plus boot-image fetches, each bound to the caller's host.
+
+use super::identity::{AgentHost, require_agent};
+use super::{KEEPALIVE, PREFIX};
+use crate::api::error::{ApiResult, Failure};
+use crate::api::extract::ApiJson;
+use crate::app::App;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use panal_types::agent::{BootManifest, HostRegistration, VmStatusReport};
+use panal_types::host::Host;
+use panal_types::join::{AgentJoin, AgentJoined};
+use panal_types::{ApiError, ErrorCode};
+
+/// The agent endpoint's router.
+pub fn router(app: App) -> Router {
+    let protected = Router::new()
+        .route("/register", post(register))
+        .route("/heartbeat", post(heartbeat))
+        .route("/assignments", get(assignments))
+        .route("/reports", post(report))
+        .route("/vms/{project}/{name}/boot", get(boot_manifest))
+        .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_agent,
+        ));
+    let open = Router::new()
+        .route("/ca", get(ca))
+        .route("/join", post(join));
+    Router::new()
+        .nest(PREFIX, open.merge(protected))
+        .fallback(|| async { Failure(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
+        .with_state(app)
+}
+
+/// The CA certificate (PEM). Public: a joining agent checks it against the hash in its token.
+async fn ca(State(app): State<App>) -> ApiResult<Response> {
+    let ca = app.ca().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        ca.cert_pem().to_owned(),
+    )
+        .into_response())
+}
+
+async fn join(
+    State(app): State<App>,
+    ApiJson(req): ApiJson<AgentJoin>,
+) -> ApiResult<Json<AgentJoined>> {
+    Ok(Json(app.join_host(req).await?))
+}
+
+async fn register(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    ApiJson(reg): ApiJson<HostRegistration>,
+) -> ApiResult<Json<Host>> {
+    if reg.name != host {
+        return Err(Failure(
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this certificate belongs to host \"{host}\", not \"{}\"",
+                    reg.name
+                ),
+            )
+            .with_field("name"),
+        ));
+    }
+    Ok(Json(app.register_host(reg).await?))
+}
+
+async fn heartbeat(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+) -> ApiResult<StatusCode> {
+    app.heartbeat(host.as_str()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every VM assigned to the caller's host, then each change, as JSON lines; an empty line every
+/// [`KEEPALIVE`] while nothing happens.
+async fn assignments(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+) -> ApiResult<Response> {
+    let stream = app
+        .assignments(host.as_str())
+        .await
+        .map_err(|e| Failure(ApiError::unavailable(e.to_string())))?;
+    let lines = stream
+        .take_while(|item| futures::future::ready(item.is_ok()))
+        .filter_map(|item| futures::future::ready(item.ok()))
+        .map(|a| {
+            let mut line = serde_json::to_vec(&a).unwrap_or_default();
+            line.push(b'\n');
+            line
+        });
+    let ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(KEEPALIVE).await;
+        Some((b"\n".to_vec(), ()))
+    });
+    // The stream ends when the assignment stream does, not when the ticks would.
+    let body = futures::stream::select(
+        lines.map(Some).chain(futures::stream::once(async { None })),
+        ticks.map(Some),
+    )
+    .take_while(|x| futures::future::ready(x.is_some()))
+    .map(|x| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(x.unwrap_or_default())));
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn report(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    ApiJson(report): ApiJson<VmStatusReport>,
+) -> ApiResult<StatusCode> {
+    app.report_vm(host.as_str(), report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn boot_manifest(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<BootManifest>> {
+    Ok(Json(app.boot_manifest(&host, &project, &name).await?))
+}
+
+async fn boot_file(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path((project, name, role)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let path = app.boot_file(&host, &project, &name, &role).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "cannot open image file");
+        Failure(ApiError::internal())
+    })?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}
