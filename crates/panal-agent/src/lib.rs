@@ -6,6 +6,7 @@ mod agent;
 pub mod boot;
 pub mod inventory;
 pub mod link;
+pub mod remote;
 mod vm_task;
 
 pub use agent::{Agent, AgentConfig};

@@ -2,6 +2,7 @@
 //! every other command is a client of the REST API.
 
 mod admin;
+mod agent_cmd;
 mod cli;
 mod config;
 mod server_cmd;

@@ -270,7 +270,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Imports the built-in tiny guest as images `tiny` (kernel + initramfs) and `tiny-disk` (ext4
 /// root disk), once.
-async fn import_builtin_images(app: &App, guest: &GuestImage) {
+pub async fn import_builtin_images(app: &App, guest: &GuestImage) {
     let s = |p: PathBuf| Some(p.to_string_lossy().into_owned());
     let wanted = [
         ImageImport {

@@ -36,6 +36,20 @@ pub struct ServerArgs {
     /// Seconds to wait for an unreachable store at start-up.
     #[arg(long, default_value_t = 60)]
     pub store_wait: u64,
+    /// Address of the agent endpoint (HTTPS, mutual TLS) that hosts join and report to, e.g.
+    /// `0.0.0.0:7181`; without it no remote agent can join this replica.
+    #[arg(long, value_name = "ADDR")]
+    pub agent_listen: Option<SocketAddr>,
+    /// A name or address agents use to reach this replica, put into its serving certificate
+    /// (repeatable; the agent-listen address is always included when it is a specific one).
+    #[arg(long = "agent-san", value_name = "NAME")]
+    pub agent_sans: Vec<String>,
+    /// Seconds a host may miss heartbeats before it turns not-ready.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub host_lease_ttl: u64,
+    /// Where the built-in guest was built: imported as images `tiny` and `tiny-disk` once.
+    #[arg(long, value_name = "DIR")]
+    pub guest_dir: Option<PathBuf>,
 }
 
 /// etcd credentials and TLS (see `StoreArgs`).
@@ -68,7 +82,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         etcd_client_cert: None,
     };
     let store = store_url::open(&store_args, Duration::from_secs(args.store_wait)).await?;
-    let app = App::new(store.clone(), AppConfig::default());
+    let app = App::new(
+        store.clone(),
+        AppConfig {
+            host_lease_ttl: Duration::from_secs(args.host_lease_ttl),
+        },
+    )
+    .with_images(panal_server::images::ImageStore::new(
+        args.data_dir.join("images"),
+    ));
     app.bootstrap().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = panal::platform::admin_token(&app, &args.data_dir).await?;
 
@@ -95,6 +117,25 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             tracing::error!(error = %e, "API server stopped");
         }
     });
+    let agent_listener = match args.agent_listen {
+        Some(listen) => {
+            let l = panal_server::agent_api::serve(app.clone(), listen, args.agent_sans.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("agent endpoint: {e}"))?;
+            println!(
+                "Agent endpoint: https://{} (hosts join with `panal agent --join`)",
+                l.addr
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    if let Some(dir) = &args.guest_dir {
+        match panal_driver::qemu::GuestImage::open(dir) {
+            Ok(g) => panal::platform::import_builtin_images(&app, &g).await,
+            Err(e) => tracing::warn!(error = %e, "no built-in guest to import"),
+        }
+    }
     config::save(
         &args.data_dir.join("client.toml"),
         &ClientConfig {
@@ -116,6 +157,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         let _ = store.delete_leader_key().await;
     }
     server.abort();
+    drop(agent_listener);
     Ok(())
 }
 

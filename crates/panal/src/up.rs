@@ -27,7 +27,7 @@ pub struct UpArgs {
     pub host_labels: Vec<(String, String)>,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))

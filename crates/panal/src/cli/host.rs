@@ -14,6 +14,9 @@ pub enum HostCommand {
     List,
     /// Show a host with its inventory and allocation.
     Show(NameArg),
+    /// Manage the join tokens with which new hosts join.
+    #[command(subcommand)]
+    Token(super::host_token::TokenCommand),
 }
 
 /// A host name.
@@ -70,6 +73,7 @@ pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<(
                 rows
             })
         }
+        HostCommand::Token(c) => super::host_token::run(client, format, c).await,
         HostCommand::Show(n) => {
             let h = client.host(&n.name).await.map_err(api_err)?;
             print(format, &h, Vec::new)?;

@@ -3,6 +3,7 @@
 
 mod console;
 mod host;
+mod host_token;
 mod image;
 mod operation;
 mod output;
@@ -59,6 +60,8 @@ pub enum Command {
     Up(crate::up::UpArgs),
     /// Run a control-plane replica (API + controllers while leading) on a shared store.
     Server(crate::server_cmd::ServerArgs),
+    /// Run the host agent of a machine that joins a control plane elsewhere.
+    Agent(crate::agent_cmd::AgentArgs),
     /// Administer the state store directly (export, import).
     #[command(subcommand)]
     Admin(crate::admin::AdminCommand),
@@ -98,6 +101,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Up(args) => crate::up::run(args.clone()).await,
         Command::Server(args) => crate::server_cmd::run(args.clone()).await,
+        Command::Agent(args) => crate::agent_cmd::run(args.clone()).await,
         Command::Admin(c) => crate::admin::run(c).await,
         Command::Cluster => {
             let status = client(&cli)?.cluster().await.map_err(api_err)?;

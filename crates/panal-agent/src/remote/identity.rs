@@ -1,0 +1,102 @@
+//! What a joined agent keeps: the control plane's address, its host name, its private key (never
+//! sent anywhere), its certificate and the CA it trusts. Written once at join, read at every
+//! start, so `panal agent --data-dir DIR` needs no token the second time.
+
+use panal_types::Name;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A joined agent's credentials.
+#[derive(Clone)]
+pub struct AgentIdentity {
+    /// Base URL of the control plane's agent endpoint (`https://host:port`).
+    pub url: String,
+    /// This host's name, as its certificate says.
+    pub host: Name,
+    /// The agent's private key (PEM, PKCS#8).
+    pub key_pem: String,
+    /// The agent's certificate (PEM).
+    pub cert_pem: String,
+    /// The control plane's CA (PEM).
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for AgentIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentIdentity")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    url: String,
+    host: Name,
+}
+
+const META: &str = "agent.json";
+const KEY: &str = "agent.key";
+const CERT: &str = "agent.crt";
+const CA: &str = "ca.crt";
+
+fn read(dir: &Path, name: &str) -> Result<String, String> {
+    std::fs::read_to_string(dir.join(name))
+        .map_err(|e| format!("cannot read {}: {e}", dir.join(name).display()))
+}
+
+impl AgentIdentity {
+    /// The identity saved in `dir`, or `None` if this host never joined.
+    pub fn load(dir: &Path) -> Result<Option<Self>, String> {
+        if !dir.join(META).exists() {
+            return Ok(None);
+        }
+        let saved: Saved = serde_json::from_str(&read(dir, META)?)
+            .map_err(|e| format!("{} is damaged: {e}", dir.join(META).display()))?;
+        Ok(Some(Self {
+            url: saved.url,
+            host: saved.host,
+            key_pem: read(dir, KEY)?,
+            cert_pem: read(dir, CERT)?,
+            ca_pem: read(dir, CA)?,
+        }))
+    }
+
+    /// Saves the identity in `dir` (created private), the key readable by its owner only. The
+    /// metadata file is written last, so a crash half-way leaves a directory `load` ignores.
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let write = |name: &str, bytes: &[u8], mode: u32| -> Result<(), String> {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        };
+        write(KEY, self.key_pem.as_bytes(), 0o600)?;
+        write(CERT, self.cert_pem.as_bytes(), 0o644)?;
+        write(CA, self.ca_pem.as_bytes(), 0o644)?;
+        let meta = serde_json::to_vec_pretty(&Saved {
+            url: self.url.clone(),
+            host: self.host.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        write(META, &meta, 0o644)
+    }
+}

@@ -1,0 +1,16 @@
+//! The agent's side of the network protocol, for hosts other than the control plane's: joining
+//! with a token, keeping the resulting identity on disk, the [`ControlPlaneLink`] over
+//! mutual-TLS HTTPS, and boot images fetched from the control plane and cached by checksum.
+//!
+//! [`ControlPlaneLink`]: crate::link::ControlPlaneLink
+
+mod http;
+mod identity;
+mod images;
+mod join;
+mod link;
+
+pub use identity::AgentIdentity;
+pub use images::RemoteImages;
+pub use join::join;
+pub use link::RemoteLink;

@@ -1,0 +1,151 @@
+//! `panal agent`: the host agent of a machine that joins a control plane elsewhere. The first
+//! run joins with a token (`--join URL --token TOKEN`) and keeps the resulting identity in the
+//! data directory; later runs start from that identity. VMs keep running when the agent stops
+//! or the control plane is unreachable; the agent reconnects with back-off.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink};
+use panal_agent::{Agent, AgentConfig};
+use panal_driver::DynDriver;
+use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
+use panal_driver::qemu::{GuestImage, QemuConfig, QemuDriver};
+use panal_types::Name;
+use panal_types::vm::MachineProfile;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `panal agent`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The control plane's agent endpoint to join, `https://HOST:PORT` (first run only).
+    #[arg(long, value_name = "URL", requires = "token")]
+    pub join: Option<String>,
+    /// The join token from `panal host token create` (first run only).
+    #[arg(
+        long,
+        env = "PANAL_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
+    pub token: Option<String>,
+    /// This host's name (default: the machine's host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the agent keeps its identity, image cache and VM run directories.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// A label of this host, `KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::up::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// This host's failure-domain zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Seconds between liveness heartbeats (keep it under a third of the control plane's host
+    /// lease TTL).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub heartbeat: u64,
+    /// Where the built-in guest was built; lets disk images boot with its kernel.
+    #[arg(long, value_name = "DIR")]
+    pub guest_dir: Option<PathBuf>,
+    /// Offer only the simulated hypervisor, reporting this many CPUs and GiB of memory
+    /// (`CPUS,GIB`), for control-plane tests.
+    #[arg(long, value_name = "CPUS,GIB", value_parser = parse_fake)]
+    pub fake: Option<(u32, u64)>,
+}
+
+fn parse_fake(s: &str) -> Result<(u32, u64), String> {
+    let (c, m) = s.split_once(',').ok_or("expected CPUS,GIB, e.g. 16,64")?;
+    let cpus: u32 = c.parse().map_err(|_| format!("{c:?} is not a CPU count"))?;
+    let gib: u64 = m
+        .parse()
+        .map_err(|_| format!("{m:?} is not a number of GiB"))?;
+    if cpus == 0 || gib == 0 {
+        return Err("CPUs and memory must be above zero".into());
+    }
+    Ok((cpus, gib << 30))
+}
+
+/// The agent's identity: joined now with the token, or the one saved by an earlier join.
+async fn identity(args: &AgentArgs) -> Result<AgentIdentity> {
+    let dir = args.data_dir.join("identity");
+    let saved = AgentIdentity::load(&dir).map_err(anyhow::Error::msg)?;
+    match (saved, &args.join, &args.token) {
+        (Some(id), None, _) => Ok(id),
+        (Some(id), Some(_), _) => bail!(
+            "this host already joined {} as \"{}\" (identity in {}); start it without --join, or remove that directory to join again",
+            id.url,
+            id.host,
+            dir.display()
+        ),
+        (None, Some(url), Some(token)) => {
+            let name = match &args.name {
+                Some(n) => Name::parse(n).map_err(|e| anyhow::anyhow!("--name {n:?}: {e}"))?,
+                None => panal::platform::local_host_name(),
+            };
+            let id = panal_agent::remote::join(url, token, &name)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            id.save(&dir).map_err(anyhow::Error::msg)?;
+            println!("Joined {} as host \"{}\".", id.url, id.host);
+            Ok(id)
+        }
+        (None, _, _) => bail!(
+            "this host has not joined a control plane yet: run `panal agent --join https://HOST:PORT --token TOKEN --data-dir {}` (make a token with `panal host token create`)",
+            args.data_dir.display()
+        ),
+    }
+}
+
+/// Runs the agent until Ctrl-C or SIGTERM.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    crate::up::init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let id = identity(&args).await?;
+    if let Some(n) = &args.name
+        && n != id.host.as_str()
+    {
+        bail!(
+            "--name {n} differs from the name this host joined with ({})",
+            id.host
+        );
+    }
+    let link = Arc::new(RemoteLink::new(&id).map_err(anyhow::Error::msg)?);
+    let mut drivers: Vec<DynDriver> = Vec::new();
+    let mut cfg = AgentConfig::new(id.host.clone());
+    cfg.heartbeat = Duration::from_secs(args.heartbeat);
+    cfg.labels = args.labels.iter().cloned().collect();
+    cfg.zone = args.zone.clone();
+    if let Some((cpus, memory)) = args.fake {
+        let world = FakeWorld::persistent(args.data_dir.join("fake-vms.json"));
+        drivers.push(Arc::new(FakeDriver::new(world, FakeConfig::default())));
+        cfg.capacity_override = Some((cpus, memory));
+    } else {
+        let mut qcfg = QemuConfig::new(args.data_dir.join("qemu"));
+        if let Some(g) = args
+            .guest_dir
+            .as_deref()
+            .and_then(|d| GuestImage::open(d).ok())
+        {
+            qcfg.probe_guest = Some(g.direct_kernel(MachineProfile::Microvm));
+            qcfg.disk_boot_kernel = Some(g.direct_kernel(MachineProfile::Microvm));
+        }
+        drivers.push(Arc::new(QemuDriver::new(qcfg)));
+    }
+    let images = Arc::new(RemoteImages::new(
+        link.clone(),
+        args.data_dir.join("images"),
+    ));
+    let agent = Agent::new(cfg, drivers, link, images);
+    println!(
+        "Panal agent for host \"{}\" is running; control plane {}",
+        id.host, id.url
+    );
+    tokio::select! {
+        () = agent.run() => {}
+        () = crate::up::wait_for_signal() => println!("Stopping (VMs keep running)."),
+    }
+    Ok(())
+}
