@@ -7,7 +7,7 @@ use crate::store_url::{self, StoreArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use panal_server::leader::Election;
-use panal_server::scheduler::Policy;
+use panal_server::scheduler::{Overcommit, Policy, Strategy};
 use panal_server::{App, AppConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,9 +47,43 @@ pub struct ServerArgs {
     /// Seconds a host may miss heartbeats before it turns not-ready.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600))]
     pub host_lease_ttl: u64,
+    /// How the scheduler chooses among hosts that fit: `spread` (least loaded first) or `pack`
+    /// (most loaded first).
+    #[arg(long, value_enum, default_value_t = Placement::Spread)]
+    pub placement: Placement,
+    /// vCPUs that may be promised per host CPU where no zone or host label says otherwise
+    /// (1 to 64).
+    #[arg(long, default_value_t = 4.0)]
+    pub cpu_overcommit: f64,
+    /// Memory that may be promised per byte of host memory (1 to 64).
+    #[arg(long, default_value_t = 1.0)]
+    pub memory_overcommit: f64,
     /// Where the built-in guest was built: imported as images `tiny` and `tiny-disk` once.
     #[arg(long, value_name = "DIR")]
     pub guest_dir: Option<PathBuf>,
+}
+
+/// The scheduler's strategy, as a flag.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Least loaded host first.
+    Spread,
+    /// Most loaded host first.
+    Pack,
+}
+
+/// The scheduling policy the flags describe.
+fn policy(args: &ServerArgs) -> Result<Policy> {
+    let overcommit = Overcommit::new(args.cpu_overcommit, args.memory_overcommit)
+        .map_err(|e| anyhow::anyhow!("--cpu-overcommit/--memory-overcommit: {e}"))?;
+    Ok(Policy {
+        overcommit,
+        strategy: match args.placement {
+            Placement::Spread => Strategy::Spread,
+            Placement::Pack => Strategy::Pack,
+        },
+        ..Policy::default()
+    })
 }
 
 /// etcd credentials and TLS (see `StoreArgs`).
@@ -69,6 +103,7 @@ pub struct StoreAuth {
 /// Runs a replica until Ctrl-C or SIGTERM.
 pub async fn run(args: ServerArgs) -> Result<()> {
     crate::up::init_logging();
+    let policy = policy(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let store_args = StoreArgs {
@@ -110,7 +145,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Duration::from_secs(args.leader_ttl),
     );
     let controllers =
-        panal_server::controllers::run_elected(app.clone(), Policy::default(), election.clone());
+        panal_server::controllers::run_elected(app.clone(), policy, election.clone());
     let router = panal_server::api::router(app.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
