@@ -17,6 +17,7 @@ declare -A NEED=(
   [sha256sum]=coreutils
   [gzip]=gzip
   [python3]=python3
+  [ip]=iproute2  # the network namespaces of the multi-host test lab
 )
 
 missing=()
