@@ -30,6 +30,11 @@ pub struct AgentArgs {
         requires = "join"
     )]
     pub token: Option<String>,
+    /// Another control-plane replica's agent endpoint, `https://HOST:PORT` (repeatable): the
+    /// agent moves to the next one when the one it uses is unreachable. Remembered; giving the
+    /// flag again replaces the list.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
     /// This host's name (default: the machine's host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -103,7 +108,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     crate::up::init_logging();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let id = identity(&args).await?;
+    let mut id = identity(&args).await?;
+    if !args.servers.is_empty() {
+        id.alternates = args
+            .servers
+            .iter()
+            .map(|u| panal_agent::remote::normalize_url(u))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        id.save(&args.data_dir.join("identity"))
+            .map_err(anyhow::Error::msg)?;
+    }
     if let Some(n) = &args.name
         && n != id.host.as_str()
     {
@@ -141,7 +156,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let agent = Agent::new(cfg, drivers, link, images);
     println!(
         "Panal agent for host \"{}\" is running; control plane {}",
-        id.host, id.url
+        id.host,
+        id.endpoints().join(", ")
     );
     tokio::select! {
         () = agent.run() => {}

@@ -473,3 +473,39 @@ async fn agents_fetch_images_once_and_verify_them() {
     assert_eq!(std::fs::read(&cached).unwrap(), bytes);
     a1.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_fails_over_between_replicas() {
+    let mut cp = control_plane().await;
+    // A second replica on the same store: its own application layer and agent endpoint, the
+    // controllers staying with the first (as leadership would have it).
+    let replica = App::new(
+        cp.store.clone(),
+        AppConfig {
+            host_lease_ttl: Duration::from_secs(3),
+        },
+    );
+    let second =
+        panal_server::agent_api::serve(replica.clone(), "127.0.0.1:0".parse().unwrap(), Vec::new())
+            .await
+            .unwrap();
+    let mut id = join(&cp.url, &cp.token(None).await, &name("h1"))
+        .await
+        .unwrap();
+    id.alternates = vec![format!("https://{}", second.addr)];
+    let (world, agent) = run_agent(&id, "a", cp.dir.path().join("cache"));
+    cp.wait_hosts(&["h1"]).await;
+    cp.app.create_vm(vm_on("before", "a", None)).await.unwrap();
+    cp.wait_running("before").await;
+
+    // The first replica's agent endpoint dies (listener and open connections).
+    drop(std::mem::replace(&mut cp._listener, second));
+    // The agent goes on through the second replica: a new VM is assigned, started and
+    // reported, and the host stays alive well past its lease TTL.
+    cp.app.create_vm(vm_on("after", "a", None)).await.unwrap();
+    cp.wait_running("after").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cp.wait_hosts(&["h1"]).await;
+    assert_eq!(world.running_count(), 2, "no VM was lost or started twice");
+    agent.abort();
+}

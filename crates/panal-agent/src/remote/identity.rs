@@ -9,8 +9,10 @@ use std::path::Path;
 /// A joined agent's credentials.
 #[derive(Clone)]
 pub struct AgentIdentity {
-    /// Base URL of the control plane's agent endpoint (`https://host:port`).
+    /// Base URL of the control plane's agent endpoint (`https://host:port`) it joined through.
     pub url: String,
+    /// Other replicas' agent endpoints, tried in turn when the current one is unreachable.
+    pub alternates: Vec<String>,
     /// This host's name, as its certificate says.
     pub host: Name,
     /// The agent's private key (PEM, PKCS#8).
@@ -33,6 +35,8 @@ impl std::fmt::Debug for AgentIdentity {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     url: String,
+    #[serde(default)]
+    alternates: Vec<String>,
     host: Name,
 }
 
@@ -47,6 +51,17 @@ fn read(dir: &Path, name: &str) -> Result<String, String> {
 }
 
 impl AgentIdentity {
+    /// Every agent endpoint, the one it joined through first.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut all = vec![self.url.clone()];
+        for a in &self.alternates {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
+
     /// The identity saved in `dir`, or `None` if this host never joined.
     pub fn load(dir: &Path) -> Result<Option<Self>, String> {
         if !dir.join(META).exists() {
@@ -56,6 +71,7 @@ impl AgentIdentity {
             .map_err(|e| format!("{} is damaged: {e}", dir.join(META).display()))?;
         Ok(Some(Self {
             url: saved.url,
+            alternates: saved.alternates,
             host: saved.host,
             key_pem: read(dir, KEY)?,
             cert_pem: read(dir, CERT)?,
@@ -94,6 +110,7 @@ impl AgentIdentity {
         write(CA, self.ca_pem.as_bytes(), 0o644)?;
         let meta = serde_json::to_vec_pretty(&Saved {
             url: self.url.clone(),
+            alternates: self.alternates.clone(),
             host: self.host.clone(),
         })
         .map_err(|e| e.to_string())?;

@@ -95,6 +95,7 @@ pub async fn join(url: &str, token: &str, host: &Name) -> Result<AgentIdentity, 
         .map_err(|e| format!("unreadable join answer: {e}"))?;
     Ok(AgentIdentity {
         url,
+        alternates: Vec::new(),
         host: joined.host,
         key_pem: key.serialize_pem(),
         cert_pem: joined.certificate_pem,

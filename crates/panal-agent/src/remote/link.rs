@@ -9,6 +9,7 @@ use futures::StreamExt;
 use panal_types::Name;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a plain request may take.
@@ -17,10 +18,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// five seconds): the agent reconnects instead of waiting on a connection a cut link killed.
 const STREAM_IDLE: Duration = Duration::from_secs(15);
 
-/// The link of a joined agent.
+/// The link of a joined agent. It talks to one control-plane replica at a time and moves to
+/// the next one it knows when that one cannot be reached; every replica serves agents (the CA
+/// and the records they check are in the shared store), so any of them will do.
 pub struct RemoteLink {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    current: AtomicUsize,
 }
 
 impl RemoteLink {
@@ -28,13 +32,39 @@ impl RemoteLink {
     pub fn new(identity: &AgentIdentity) -> Result<Self, String> {
         Ok(Self {
             http: http::mutual(identity)?,
-            base: format!("{}/agent/v1", identity.url),
+            bases: identity
+                .endpoints()
+                .iter()
+                .map(|u| format!("{u}/agent/v1"))
+                .collect(),
+            current: AtomicUsize::new(0),
         })
     }
 
-    /// The underlying client and base URL (for image fetches).
+    /// The replica in use: its index and base URL.
+    fn base(&self) -> (usize, &str) {
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len();
+        (i, &self.bases[i])
+    }
+
+    /// The replica at `used` could not be reached: move on to the next one (unless another call
+    /// already did).
+    fn unreachable(&self, used: usize, e: reqwest::Error) -> LinkError {
+        let next = (used + 1) % self.bases.len();
+        if self
+            .current
+            .compare_exchange(used, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && next != used
+        {
+            tracing::warn!(from = %self.bases[used], to = %self.bases[next], "control-plane replica unreachable; switching");
+        }
+        http::transport(e)
+    }
+
+    /// The underlying client and the base URL in use (for image fetches).
     pub(super) fn parts(&self) -> (&reqwest::Client, &str) {
-        (&self.http, &self.base)
+        (&self.http, self.base().1)
     }
 
     async fn post<T: serde::Serialize>(
@@ -42,14 +72,15 @@ impl RemoteLink {
         path: &str,
         body: &T,
     ) -> Result<reqwest::Response, LinkError> {
+        let (used, base) = self.base();
         let resp = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{base}{path}"))
             .timeout(REQUEST_TIMEOUT)
             .json(body)
             .send()
             .await
-            .map_err(http::transport)?;
+            .map_err(|e| self.unreachable(used, e))?;
         http::check(resp).await
     }
 }
@@ -100,12 +131,13 @@ impl ControlPlaneLink for RemoteLink {
     }
 
     async fn assignments(&self, _host: &Name) -> Result<AssignmentStream, LinkError> {
+        let (used, base) = self.base();
         let resp = self
             .http
-            .get(format!("{}/assignments", self.base))
+            .get(format!("{base}/assignments"))
             .send()
             .await
-            .map_err(http::transport)?;
+            .map_err(|e| self.unreachable(used, e))?;
         let resp = http::check(resp).await?;
         let stream = lines(Box::pin(resp.bytes_stream())).filter_map(|line| async move {
             match line {

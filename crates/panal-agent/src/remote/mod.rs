@@ -12,5 +12,5 @@ mod link;
 
 pub use identity::AgentIdentity;
 pub use images::RemoteImages;
-pub use join::join;
+pub use join::{join, normalize_url};
 pub use link::RemoteLink;

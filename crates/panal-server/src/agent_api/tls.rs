@@ -17,19 +17,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 /// A client that has not finished the handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The running agent listener. Dropping it stops accepting (open connections finish).
+/// The running agent listener. Dropping it stops accepting and closes every open connection,
+/// as the replica's death would: agents notice at once and move to another replica.
 pub struct AgentListener {
     /// Where it listens.
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 impl Drop for AgentListener {
     fn drop(&mut self) {
+        self.stop.cancel();
         self.task.abort();
     }
 }
@@ -80,6 +84,8 @@ pub async fn serve(
     names.dedup();
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&ca, &names)?));
     let router = super::router(app);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         loop {
             let (stream, peer) = match tcp.accept().await {
@@ -92,6 +98,7 @@ pub async fn serve(
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let stopped = stopped.clone();
             tokio::spawn(async move {
                 let tls =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -110,14 +117,16 @@ pub async fn serve(
                     .map(|c| Arc::new(c.to_vec()));
                 let service = router.layer(axum::Extension(PeerCertificate(cert)));
                 let service = TowerToHyperService::new(service);
-                if let Err(e) = Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "agent connection ended");
+                let builder = Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                tokio::select! {
+                    r = conn => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "agent connection ended");
+                    },
+                    () = stopped.cancelled() => {}
                 }
             });
         }
     });
-    Ok(AgentListener { addr, task })
+    Ok(AgentListener { addr, task, stop })
 }
