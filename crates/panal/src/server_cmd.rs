@@ -144,8 +144,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         &url,
         Duration::from_secs(args.leader_ttl),
     );
-    let controllers =
-        panal_server::controllers::run_elected(app.clone(), policy, election.clone());
+    let controllers = panal_server::controllers::run_elected(app.clone(), policy, election.clone());
     let router = panal_server::api::router(app.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
