@@ -385,6 +385,42 @@ impl Client {
         self.get(&format!("/api/v1/hosts/{}", seg(name)), &[]).await
     }
 
+    /// Cordons a host: it takes no new VMs.
+    pub async fn cordon_host(&self, name: &str) -> Result<Host, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/hosts/{}/cordon", seg(name)),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// Makes a host schedulable again (cancelling a drain in progress).
+    pub async fn uncordon_host(&self, name: &str) -> Result<Host, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/hosts/{}/uncordon", seg(name)),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// Starts draining a host; follow the returned operation.
+    pub async fn drain_host(
+        &self,
+        name: &str,
+    ) -> Result<panal_types::host::HostDrainAccepted, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/hosts/{}/drain", seg(name)),
+            &[],
+            None,
+        )
+        .await
+    }
+
     // --- operations ---
 
     /// Lists operations (one page).

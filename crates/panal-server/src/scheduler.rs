@@ -19,8 +19,8 @@ mod policy;
 mod tests;
 
 pub use policy::{
-    CPU_OVERCOMMIT_LABEL, Candidate, MAX_RATIO, MEMORY_OVERCOMMIT_LABEL, Overcommit, Policy,
-    RatioError, Strategy, validate_host_labels,
+    CPU_OVERCOMMIT_LABEL, Candidate, MAX_MEMORY_RATIO, MAX_RATIO, MEMORY_OVERCOMMIT_LABEL,
+    Overcommit, Policy, RatioError, Strategy, validate_host_labels,
 };
 
 use panal_types::host::HostAllocation;

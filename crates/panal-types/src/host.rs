@@ -35,6 +35,55 @@ impl HostState {
     }
 }
 
+/// What an administrator asked of a host, kept apart from its liveness: a host that loses its
+/// lease and comes back, or whose agent registers again, keeps its mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMode {
+    /// Takes new VMs.
+    #[default]
+    Schedulable,
+    /// Takes no new VMs; its VMs stay.
+    Cordoned,
+    /// Takes no new VMs and its VMs are being moved away.
+    Draining,
+    /// Drained: empty and out of service until uncordoned.
+    Maintenance,
+}
+
+impl HostMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostMode::Schedulable => "schedulable",
+            HostMode::Cordoned => "cordoned",
+            HostMode::Draining => "draining",
+            HostMode::Maintenance => "maintenance",
+        }
+    }
+
+    /// The state a live host in this mode shows.
+    pub fn live_state(self) -> HostState {
+        match self {
+            HostMode::Schedulable => HostState::Ready,
+            HostMode::Cordoned => HostState::Cordoned,
+            HostMode::Draining => HostState::Draining,
+            HostMode::Maintenance => HostState::Maintenance,
+        }
+    }
+}
+
+/// A drain in progress on a host (kept in the host record so a control-plane restart or a
+/// change of leader resumes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostDrain {
+    /// The operation that reports it.
+    pub operation: crate::OperationId,
+    /// VMs on the host when the drain checked they all fit elsewhere (`None` before that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
 /// How a hypervisor accelerates guests on a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -97,8 +146,14 @@ pub struct Host {
     pub id: HostId,
     /// Unique name.
     pub name: Name,
-    /// Schedulability.
+    /// Schedulability: `not_ready` while its lease is lost, otherwise what `mode` says.
     pub state: HostState,
+    /// What an administrator asked (cordon, drain, maintenance), whatever its liveness.
+    #[serde(default)]
+    pub mode: HostMode,
+    /// The drain in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<HostDrain>,
     /// Inventory reported by its agent.
     pub inventory: HostInventory,
     /// What is allocated on it.
@@ -113,4 +168,35 @@ pub struct Host {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Last heartbeat.
     pub last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+impl Host {
+    /// Whether its lease is held.
+    pub fn alive(&self) -> bool {
+        self.state != HostState::NotReady
+    }
+
+    /// Sets the mode and recomputes the state from it and the liveness.
+    pub fn set_mode(&mut self, mode: HostMode) {
+        self.mode = mode;
+        self.set_alive(self.alive());
+    }
+
+    /// Recomputes the state after the lease came or went.
+    pub fn set_alive(&mut self, alive: bool) {
+        self.state = if alive {
+            self.mode.live_state()
+        } else {
+            HostState::NotReady
+        };
+    }
+}
+
+/// The answer to a drain request: the host as it now is and the operation to follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostDrainAccepted {
+    /// The host (now `draining`).
+    pub host: Host,
+    /// The drain's operation.
+    pub operation: crate::operation::Operation,
 }

@@ -24,6 +24,8 @@ pub enum OperationKind {
     VmResume,
     /// Import an image.
     ImageImport,
+    /// Move every VM off a host.
+    HostDrain,
 }
 
 impl OperationKind {
@@ -38,6 +40,7 @@ impl OperationKind {
             OperationKind::VmPause => "vm_pause",
             OperationKind::VmResume => "vm_resume",
             OperationKind::ImageImport => "image_import",
+            OperationKind::HostDrain => "host_drain",
         }
     }
 }

@@ -218,6 +218,20 @@ pub struct VmStatus {
     /// Recent events, oldest first.
     #[serde(default)]
     pub events: Vec<VmEvent>,
+    /// Set while a host drain moves the VM (cold: stopped on `from`, placed again, started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<VmMove>,
+}
+
+/// A VM being moved off a draining host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmMove {
+    /// The host it leaves.
+    pub from: Name,
+    /// The drain operation moving it.
+    pub operation: OperationId,
+    /// The power state to give back once it lands (the move stops it on `from`).
+    pub power_state: PowerState,
 }
 
 impl VmStatus {

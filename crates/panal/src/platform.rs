@@ -109,6 +109,16 @@ impl Drop for Platform {
 impl Platform {
     /// Opens (or creates) the data directory and starts everything.
     pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
+        panal_server::scheduler::validate_host_labels(&cfg.host_labels).map_err(|e| {
+            anyhow::anyhow!(
+                "--host-label {}: {}",
+                e.field
+                    .as_deref()
+                    .and_then(|f| f.strip_prefix("labels."))
+                    .unwrap_or("?"),
+                e.message
+            )
+        })?;
         create_private_dir(&cfg.data_dir)?;
         let store: DynStore =
             EmbeddedStore::open(&cfg.data_dir.join("state.redb")).map_err(|e| {

@@ -254,3 +254,65 @@ fn help_and_completions_work() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/client.toml"));
 }
+
+#[test]
+fn host_maintenance_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let _platform = up(&data, free_port());
+    let cfg = data.join("client.toml");
+    let hosts: serde_json::Value =
+        serde_json::from_str(&ok(&panal(&cfg, &["host", "list", "-o", "json"]))).unwrap();
+    let host = hosts[0]["name"].as_str().unwrap().to_owned();
+    ok(&panal(
+        &cfg,
+        &["vm", "create", "solo", "--hypervisor", "fake", "--wait"],
+    ));
+
+    let out = ok(&panal(&cfg, &["host", "cordon", &host]));
+    assert!(out.contains("cordoned"), "{out}");
+    let out = ok(&panal(&cfg, &["host", "show", &host]));
+    assert!(out.contains("cordoned"), "{out}");
+    let out = ok(&panal(&cfg, &["host", "uncordon", &host]));
+    assert!(out.contains("ready"), "{out}");
+
+    // One host: the VM has nowhere to go, so the drain fails and the VM keeps running.
+    let bad = panal(&cfg, &["host", "drain", &host]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("fits nowhere") && err.contains("1 draining"),
+        "{err}"
+    );
+    assert_eq!(vm_json(&cfg, "solo")["status"]["phase"], "running");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&panal(&cfg, &["host", "show", &host, "-o", "json"]))).unwrap();
+    assert_eq!(shown["state"], "cordoned");
+    ok(&panal(&cfg, &["host", "uncordon", &host]));
+
+    let bad = panal(&cfg, &["host", "cordon", "nope"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("host \"nope\" not found"), "{err}");
+
+    // An absurd overcommit label stops `panal up` before it starts anything.
+    let out = Command::new(BIN)
+        .args([
+            "up",
+            "--no-default-config",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--host-label",
+            "panal.io/memory-overcommit=20",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run panal up");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("panal.io/memory-overcommit") && err.contains("from 1 to 8"),
+        "{err}"
+    );
+}

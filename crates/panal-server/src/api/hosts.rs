@@ -5,8 +5,9 @@ use super::extract::ApiQuery;
 use crate::app::App;
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use panal_types::ApiError;
-use panal_types::host::Host;
+use panal_types::host::{Host, HostDrainAccepted};
 use panal_types::page::{Page, PageParams};
 
 /// List hosts.
@@ -26,4 +27,35 @@ pub async fn list_hosts(
     responses((status = 200, body = Host), (status = 404, body = ApiError)))]
 pub async fn get_host(State(app): State<App>, Path(name): Path<String>) -> ApiResult<Json<Host>> {
     Ok(Json(app.host(&name).await?))
+}
+
+/// Cordon a host: it takes no new VMs; those it runs stay.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/cordon", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 200, body = Host), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn cordon_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Host>> {
+    Ok(Json(app.cordon_host(&name).await?))
+}
+
+/// Make a host schedulable again (cancels a drain in progress).
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/uncordon", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 200, body = Host), (status = 404, body = ApiError)))]
+pub async fn uncordon_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Host>> {
+    Ok(Json(app.uncordon_host(&name).await?))
+}
+
+/// Drain a host: move every VM to other hosts (stopped, placed again, started), then put the
+/// host in maintenance. Answers with the operation to follow.
+#[utoipa::path(post, path = "/api/v1/hosts/{name}/drain", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 202, body = HostDrainAccepted), (status = 404, body = ApiError)))]
+pub async fn drain_host(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<HostDrainAccepted>)> {
+    Ok((StatusCode::ACCEPTED, Json(app.drain_host(&name).await?)))
 }

@@ -64,6 +64,9 @@ fn api_router() -> OpenApiRouter<App> {
             join_tokens::create_join_token
         ))
         .routes(routes!(join_tokens::revoke_join_token))
+        .routes(routes!(hosts::cordon_host))
+        .routes(routes!(hosts::uncordon_host))
+        .routes(routes!(hosts::drain_host))
         .routes(routes!(operations::list_operations))
         .routes(routes!(operations::get_operation))
         .routes(routes!(operations::wait_operation))

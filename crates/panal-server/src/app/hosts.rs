@@ -8,10 +8,11 @@ use crate::repo::store_error;
 use panal_store::{Op, StoreError, Txn};
 use panal_types::agent::HostRegistration;
 use panal_types::error::check_name;
-use panal_types::host::{Host, HostAllocation, HostState};
+use panal_types::host::{Host, HostAllocation, HostDrain, HostDrainAccepted, HostMode, HostState};
+use panal_types::operation::{Operation, OperationKind, OperationState, OperationTarget, Progress};
 use panal_types::page::Page;
 use panal_types::vm::HypervisorKind;
-use panal_types::{ApiError, HostId};
+use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, HostId, Name, OperationId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ impl App {
             .get::<Host>(&keys::host(name.as_str()))
             .await?
             .map(|v| v.value)
-            .ok_or_else(|| ApiError::not_found("host", &name))
+            .ok_or_else(|| ApiError::not_found("host", &name).with_field("name"))
     }
 
     /// Every host, read through a short-lived cache (validation runs on every create).
@@ -72,6 +73,7 @@ impl App {
 
     /// Registers or re-registers a host and (re)creates its liveness lease.
     pub async fn register_host(&self, reg: HostRegistration) -> Result<Host, ApiError> {
+        crate::scheduler::validate_host_labels(&reg.labels)?;
         let key = keys::host(reg.name.as_str());
         let lease = self
             .repo
@@ -89,15 +91,16 @@ impl App {
                     host.labels = reg.labels.clone();
                     host.zone = reg.zone.clone();
                     host.last_seen = now;
-                    if host.state == HostState::NotReady {
-                        host.state = HostState::Ready;
-                    }
+                    // Alive again, in whatever mode an administrator left it.
+                    host.set_alive(true);
                     host
                 }
                 None => Host {
                     id: HostId::new(),
                     name: reg.name.clone(),
                     state: HostState::Ready,
+                    mode: HostMode::Schedulable,
+                    drain: None,
                     inventory: reg.inventory.clone(),
                     allocation: HostAllocation::default(),
                     labels: reg.labels.clone(),
@@ -153,16 +156,171 @@ impl App {
     pub async fn set_host_liveness(&self, name: &str, alive: bool) -> Result<(), ApiError> {
         self.repo
             .update::<Host, _>(&keys::host(name), |h| {
-                let next = match (h.state, alive) {
-                    (HostState::NotReady, true) => HostState::Ready,
-                    (HostState::Ready, false) => HostState::NotReady,
-                    _ => return Ok(false),
-                };
-                h.state = next;
+                if h.alive() == alive {
+                    return Ok(false);
+                }
+                h.set_alive(alive);
                 Ok(true)
             })
             .await?;
         *self.host_cache.lock() = None;
         Ok(())
+    }
+
+    /// Cordons a host: it takes no new VMs; those it runs stay. Idempotent. A draining host is
+    /// refused (uncordon cancels a drain).
+    pub async fn cordon_host(&self, name: &str) -> Result<Host, ApiError> {
+        self.change_mode(name, |h| match h.mode {
+            HostMode::Cordoned => Ok(false),
+            HostMode::Draining => Err(draining_conflict(h)),
+            HostMode::Schedulable | HostMode::Maintenance => {
+                h.set_mode(HostMode::Cordoned);
+                Ok(true)
+            }
+        })
+        .await
+    }
+
+    /// Makes a host schedulable again. Uncordoning a draining host cancels the drain: VMs
+    /// already moved stay where they went, a VM caught mid-move is put back as it was.
+    pub async fn uncordon_host(&self, name: &str) -> Result<Host, ApiError> {
+        let name = check_name("name", name)?;
+        let key = keys::host(name.as_str());
+        for _ in 0..16 {
+            let cur = self
+                .repo
+                .get::<Host>(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("host", &name).with_field("name"))?;
+            let mut host = cur.value;
+            if host.mode == HostMode::Schedulable && host.drain.is_none() {
+                return Ok(host);
+            }
+            let mut txn = Txn::new().when(panal_store::Compare::unchanged(&key, cur.mod_revision));
+            // Cancel the drain in the same transaction, so the drain controller never sees a
+            // cancelled drain on a host still draining (it would cordon it).
+            if let Some(d) = host.drain.take() {
+                let op_key = keys::op(&d.operation);
+                if let Some(op) = self.repo.get::<Operation>(&op_key).await?
+                    && !op.value.state.is_final()
+                {
+                    let mut op_v = op.value;
+                    op_v.state = OperationState::Cancelled;
+                    op_v.progress.message =
+                        format!("cancelled by uncordon; {}", op_v.progress.message);
+                    op_v.updated_at = chrono::Utc::now();
+                    txn = txn
+                        .when(panal_store::Compare::unchanged(&op_key, op.mod_revision))
+                        .and_then(Op::put(&op_key, encode(&op_v)));
+                }
+            }
+            host.set_mode(HostMode::Schedulable);
+            txn = txn.and_then(Op::put(&key, encode(&host)));
+            if self.repo.txn(txn).await?.succeeded {
+                *self.host_cache.lock() = None;
+                return Ok(host);
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the host kept changing; retry",
+        ))
+    }
+
+    /// Starts draining a host: it takes no new VMs, and the drain controller moves each of its
+    /// VMs to another host (after checking that all of them fit somewhere), then puts it in
+    /// `maintenance`. Answers with the operation that reports the progress; a host already
+    /// draining answers with its drain in progress.
+    pub async fn drain_host(&self, name: &str) -> Result<HostDrainAccepted, ApiError> {
+        let name = check_name("name", name)?;
+        let key = keys::host(name.as_str());
+        for _ in 0..16 {
+            let cur = self
+                .repo
+                .get::<Host>(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("host", &name).with_field("name"))?;
+            let mut host = cur.value;
+            if let Some(d) = &host.drain {
+                let operation = self.operation(&d.operation.to_string()).await?;
+                return Ok(HostDrainAccepted { host, operation });
+            }
+            let op = host_operation(
+                OperationKind::HostDrain,
+                &host.name,
+                "checking where the VMs can go",
+            );
+            host.drain = Some(HostDrain {
+                operation: op.id,
+                total: None,
+            });
+            host.set_mode(HostMode::Draining);
+            let txn = Txn::new()
+                .when(panal_store::Compare::unchanged(&key, cur.mod_revision))
+                .and_then(Op::put(&key, encode(&host)))
+                .and_then(Op::put(&keys::op(&op.id), encode(&op)));
+            if self.repo.txn(txn).await?.succeeded {
+                *self.host_cache.lock() = None;
+                return Ok(HostDrainAccepted {
+                    host,
+                    operation: op,
+                });
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the host kept changing; retry",
+        ))
+    }
+
+    /// Applies a mode change with compare-and-swap (404 with field `name` for unknown hosts).
+    async fn change_mode<F>(&self, name: &str, change: F) -> Result<Host, ApiError>
+    where
+        F: Fn(&mut Host) -> Result<bool, ApiError>,
+    {
+        let name = check_name("name", name)?;
+        let updated = self
+            .repo
+            .update::<Host, _>(&keys::host(name.as_str()), change)
+            .await?
+            .ok_or_else(|| ApiError::not_found("host", &name).with_field("name"))?;
+        *self.host_cache.lock() = None;
+        Ok(updated.value)
+    }
+}
+
+fn draining_conflict(h: &Host) -> ApiError {
+    let e = ApiError::conflict(format!(
+        "host \"{}\" is being drained; uncordon it to cancel the drain",
+        h.name
+    ));
+    match &h.drain {
+        Some(d) => e.with_operation(d.operation),
+        None => e,
+    }
+}
+
+/// A fresh running operation on a host.
+fn host_operation(kind: OperationKind, host: &Name, message: &str) -> Operation {
+    let now = chrono::Utc::now();
+    Operation {
+        id: OperationId::new(),
+        kind,
+        target: OperationTarget {
+            kind: "host".into(),
+            // Hosts belong to no project; operations name one, so host operations name the
+            // default project.
+            project: Name::parse(DEFAULT_PROJECT).expect("valid project name"),
+            name: host.clone(),
+        },
+        state: OperationState::Running,
+        progress: Progress {
+            percent: Some(0),
+            message: message.into(),
+        },
+        error: None,
+        created_at: now,
+        updated_at: now,
+        target_generation: 0,
     }
 }

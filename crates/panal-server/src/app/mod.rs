@@ -107,6 +107,11 @@ impl App {
         &self.repo
     }
 
+    /// Drops the cached host list (after a controller changed a host's mode).
+    pub(crate) fn forget_host_cache(&self) {
+        *self.host_cache.lock() = None;
+    }
+
     /// The settings.
     pub fn config(&self) -> &AppConfig {
         &self.config

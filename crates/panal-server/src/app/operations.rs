@@ -88,6 +88,10 @@ impl App {
 
 /// What an operation's state should become given the VM it acts on; `None` while it goes on.
 pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiError>, Progress)> {
+    if op.kind == OperationKind::HostDrain {
+        // A drain holds each VM it moves; the drain controller reports its progress.
+        return None;
+    }
     let caught_up = vm.status.observed_generation >= op.target_generation;
     if caught_up && vm.status.phase == VmPhase::Failed && op.kind != OperationKind::VmStop {
         let reason = vm
@@ -119,7 +123,9 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
                     && vm.status.observed_restart_nonce >= vm.spec.restart_nonce
             }
             // Deletes finish when the record goes (see `finish_delete`).
-            OperationKind::VmDelete | OperationKind::ImageImport => false,
+            OperationKind::VmDelete | OperationKind::ImageImport | OperationKind::HostDrain => {
+                false
+            }
         };
     if done {
         return Some((
@@ -196,6 +202,7 @@ mod tests {
                 operation: None,
                 restarts: 0,
                 events: vec![],
+                moving: None,
             },
             created_at: chrono::Utc::now(),
             revision: 0,

@@ -225,6 +225,8 @@ mod tests {
             id: panal_types::HostId::new(),
             name: panal_types::Name::parse("a").unwrap(),
             state: HostState::Ready,
+            mode: HostMode::Schedulable,
+            drain: None,
             inventory: HostInventory {
                 cpus: 4,
                 cpu_model: String::new(),

@@ -87,6 +87,7 @@ impl App {
                 operation: Some(op_id),
                 restarts: 0,
                 events: vec![],
+                moving: None,
             },
             created_at: now,
             revision: 0,

@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::keys;
 use futures::StreamExt;
 use panal_store::WatchEvent;
-use panal_types::host::{Host, HostState};
+use panal_types::host::Host;
 use std::collections::HashSet;
 
 /// Runs until aborted.
@@ -37,9 +37,8 @@ async fn watch_once(app: &App) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     for h in hosts {
         let is_alive = alive.contains(h.value.name.as_str());
-        if (h.value.state == HostState::Ready && !is_alive)
-            || (h.value.state == HostState::NotReady && is_alive)
-        {
+        // Whatever its mode: a cordoned or draining host loses its lease too.
+        if h.value.alive() != is_alive {
             app.set_host_liveness(h.value.name.as_str(), is_alive)
                 .await
                 .map_err(|e| e.to_string())?;

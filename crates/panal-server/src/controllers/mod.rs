@@ -2,6 +2,7 @@
 //! Each lists its keys, then watches from the list's revision; on any watch failure it starts
 //! over from a fresh list, so no change is ever missed for good.
 
+pub mod drain;
 pub mod liveness;
 pub mod scheduling;
 
@@ -18,7 +19,8 @@ impl Controllers {
     /// Starts every controller.
     pub fn start(app: &App, policy: Policy) -> Self {
         let tasks = vec![
-            tokio::spawn(scheduling::run(app.clone(), policy)),
+            tokio::spawn(scheduling::run(app.clone(), policy.clone())),
+            tokio::spawn(drain::run(app.clone(), policy)),
             tokio::spawn(liveness::run(app.clone())),
         ];
         Self { tasks }

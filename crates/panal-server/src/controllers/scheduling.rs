@@ -9,7 +9,7 @@
 //! fails with `insufficient_capacity`, and it is retried whenever a host changes in a way that
 //! could make it fit (or every few seconds), as Kubernetes does with unschedulable pods.
 
-mod cluster;
+pub(crate) mod cluster;
 
 use super::RESTART_DELAY;
 use crate::app::App;

@@ -11,8 +11,12 @@ use std::collections::BTreeMap;
 pub const CPU_OVERCOMMIT_LABEL: &str = "panal.io/cpu-overcommit";
 /// Host label overriding the memory overcommit ratio of that host (e.g. `"1.5"`).
 pub const MEMORY_OVERCOMMIT_LABEL: &str = "panal.io/memory-overcommit";
-/// The largest overcommit ratio accepted: beyond it a promise means nothing.
+/// The largest CPU overcommit ratio accepted: 64 vCPUs per core is already a host of idle
+/// VMs; beyond it a promise means nothing (and is surely a typo).
 pub const MAX_RATIO: f64 = 64.0;
+/// The largest memory overcommit ratio accepted: memory cannot be time-sliced, so promising more
+/// than 8 bytes per byte can only end in the host swapping or killing guests.
+pub const MAX_MEMORY_RATIO: f64 = 8.0;
 
 /// How hosts are chosen among those that fit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,14 +38,26 @@ impl Strategy {
     }
 }
 
-/// A ratio outside `1..=64` (or not a number).
+/// A ratio below 1, above its cap ([`MAX_RATIO`] for CPU, [`MAX_MEMORY_RATIO`] for memory),
+/// or not a number.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{what} overcommit ratio {value} is invalid: it must be a number from 1 to {MAX_RATIO}")]
+#[error(
+    "{what} overcommit ratio {value} is invalid: it must be a number from 1 to {}",
+    max_for(what)
+)]
 pub struct RatioError {
     /// `cpu` or `memory`.
     pub what: &'static str,
     /// The refused value as given.
     pub value: String,
+}
+
+fn max_for(what: &str) -> f64 {
+    if what == "memory" {
+        MAX_MEMORY_RATIO
+    } else {
+        MAX_RATIO
+    }
 }
 
 /// How much of a host's CPU and memory may be promised: vCPUs per CPU, bytes per byte.
@@ -52,7 +68,7 @@ pub struct Overcommit {
 }
 
 fn check(what: &'static str, v: f64) -> Result<f64, RatioError> {
-    if v.is_finite() && (1.0..=MAX_RATIO).contains(&v) {
+    if v.is_finite() && (1.0..=max_for(what)).contains(&v) {
         Ok(v)
     } else {
         Err(RatioError {
@@ -63,8 +79,8 @@ fn check(what: &'static str, v: f64) -> Result<f64, RatioError> {
 }
 
 impl Overcommit {
-    /// Ratios checked to be within `1..=64`: below 1 would waste what a host has, above 64 is
-    /// surely a typo.
+    /// Ratios checked to be within `1..=64` (CPU) and `1..=8` (memory): below 1 would waste what
+    /// a host has, above the cap is surely a typo.
     pub fn new(cpu: f64, memory: f64) -> Result<Self, RatioError> {
         Ok(Self {
             cpu: check("cpu", cpu)?,
@@ -112,7 +128,7 @@ impl Default for Overcommit {
 }
 
 /// Checks the overcommit labels of a host (for registration and label edits): 400 with the
-/// label as the field when a ratio is not a number from 1 to 64.
+/// label as the field when a ratio is not a number from 1 to its cap.
 pub fn validate_host_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Overcommit::default()
         .with_host_labels(labels)

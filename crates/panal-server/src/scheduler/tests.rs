@@ -11,6 +11,8 @@ fn host(name: &str, cpus: u32, mem_gib: u64, state: HostState) -> Host {
         id: HostId::new(),
         name: Name::parse(name).unwrap(),
         state,
+        mode: HostMode::Schedulable,
+        drain: None,
         inventory: HostInventory {
             cpus,
             cpu_model: String::new(),
@@ -148,6 +150,8 @@ fn host_labels_and_zones_set_ratios() {
 fn absurd_ratios_are_refused() {
     assert!(Overcommit::new(0.5, 1.0).is_err());
     assert!(Overcommit::new(1.0, 65.0).is_err());
+    assert!(Overcommit::new(64.0, 8.0).is_ok());
+    assert!(Overcommit::new(1.0, 9.0).is_err(), "memory is capped at 8");
     assert!(Overcommit::new(f64::NAN, 1.0).is_err());
     let e = Overcommit::new(100.0, 1.0).unwrap_err();
     assert_eq!(

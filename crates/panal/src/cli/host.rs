@@ -5,7 +5,22 @@ use super::output::{Format, print, print_fields};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use panal_client::Client;
+use panal_types::host::Host;
 use panal_types::size::format_size;
+use std::time::Duration;
+
+fn state_line(format: Format, h: &Host) -> Result<()> {
+    print(format, h, || {
+        vec![
+            vec!["NAME".into(), "STATE".into(), "VMS".into()],
+            vec![
+                h.name.to_string(),
+                h.state.as_str().to_owned(),
+                h.allocation.vms.to_string(),
+            ],
+        ]
+    })
+}
 
 /// Host commands.
 #[derive(Subcommand, Debug)]
@@ -17,6 +32,26 @@ pub enum HostCommand {
     /// Manage the join tokens with which new hosts join.
     #[command(subcommand)]
     Token(super::host_token::TokenCommand),
+    /// Stop placing new VMs on a host (its VMs stay).
+    Cordon(NameArg),
+    /// Make a host schedulable again (cancels a drain in progress).
+    Uncordon(NameArg),
+    /// Move every VM off a host (stopped, placed elsewhere, started again), then put it in
+    /// maintenance. Fails, moving nothing more, if a VM fits on no other host.
+    Drain(DrainArgs),
+}
+
+/// Arguments of `host drain`.
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// Host name.
+    pub name: String,
+    /// Start the drain and return at once (follow it with `panal operation show ID`).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (the drain goes on).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub timeout: u64,
 }
 
 /// A host name.
@@ -81,6 +116,7 @@ pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<(
                 print_fields(&[
                     ("Name", h.name.to_string()),
                     ("State", h.state.as_str().to_owned()),
+                    ("Mode", h.mode.as_str().to_owned()),
                     (
                         "CPUs",
                         format!("{} ({})", h.inventory.cpus, h.inventory.cpu_model),
@@ -110,6 +146,26 @@ pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<(
                 }
             }
             Ok(())
+        }
+        HostCommand::Cordon(n) => {
+            let h = client.cordon_host(&n.name).await.map_err(api_err)?;
+            state_line(format, &h)
+        }
+        HostCommand::Uncordon(n) => {
+            let h = client.uncordon_host(&n.name).await.map_err(api_err)?;
+            state_line(format, &h)
+        }
+        HostCommand::Drain(d) => {
+            let a = client.drain_host(&d.name).await.map_err(api_err)?;
+            if d.no_wait {
+                eprintln!("host_drain {}: operation {}", a.host.name, a.operation.id);
+                return state_line(format, &a.host);
+            }
+            let op =
+                super::wait::follow(client, &a.operation, Duration::from_secs(d.timeout)).await?;
+            eprintln!("{}", op.progress.message);
+            let h = client.host(&d.name).await.map_err(api_err)?;
+            state_line(format, &h)
         }
     }
 }

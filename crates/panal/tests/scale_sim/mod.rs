@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub policy: Policy,
     /// Labels and zone of host `i`.
     pub placement: HostPlacement,
+    /// Latencies of every host's fake driver.
+    pub fake: FakeConfig,
 }
 
 impl SimConfig {
@@ -53,6 +55,7 @@ impl SimConfig {
             lease_ttl: Duration::from_secs(10),
             policy: Policy::default(),
             placement: |_| (BTreeMap::new(), None),
+            fake: FakeConfig::default(),
         }
     }
 }
@@ -67,8 +70,11 @@ pub struct Sim {
     /// The simulated machine of each host.
     pub worlds: Vec<Arc<FakeWorld>>,
     agents: Vec<JoinHandle<()>>,
+    /// Each host's agent configuration and driver latencies (to start it again).
+    agent_cfgs: Vec<(AgentConfig, FakeConfig)>,
     server: JoinHandle<()>,
     controllers: Option<Controllers>,
+    policy: Policy,
     _dir: tempfile::TempDir,
 }
 
@@ -121,21 +127,16 @@ impl Sim {
         });
         let mut worlds = Vec::with_capacity(cfg.hosts);
         let mut agents = Vec::with_capacity(cfg.hosts);
+        let mut agent_cfgs = Vec::with_capacity(cfg.hosts);
         for i in 0..cfg.hosts {
             let world = FakeWorld::new();
-            let driver = Arc::new(FakeDriver::new(world.clone(), FakeConfig::default()));
             let mut acfg = AgentConfig::new(host_name(i));
             acfg.heartbeat = cfg.lease_ttl / 3;
             acfg.capacity_override = Some((cfg.cpus, cfg.memory_bytes));
             (acfg.labels, acfg.zone) = (cfg.placement)(i);
-            let agent = Agent::new(
-                acfg,
-                vec![driver],
-                Arc::new(InProcessLink::new(app.clone())),
-                Arc::new(NoImages),
-            );
+            agents.push(spawn_agent(&app, &world, acfg.clone(), cfg.fake.clone()));
+            agent_cfgs.push((acfg, cfg.fake.clone()));
             worlds.push(world);
-            agents.push(tokio::spawn(agent.run()));
         }
         let sim = Sim {
             client: Client::new(&url, &token),
@@ -145,8 +146,10 @@ impl Sim {
             token,
             worlds,
             agents,
+            agent_cfgs,
             server,
             controllers: Some(controllers),
+            policy: cfg.policy.clone(),
             _dir: dir,
         };
         sim.wait_for(Duration::from_secs(60), |hosts| {
@@ -189,9 +192,30 @@ impl Sim {
         self.agents[i].abort();
     }
 
+    /// Starts host `i`'s agent again (after [`Sim::kill_host`]), on the same simulated machine:
+    /// it re-attaches to the VMs still running there and registers again.
+    pub fn revive_host(&mut self, i: usize) {
+        self.agents[i].abort();
+        let (acfg, fake) = self.agent_cfgs[i].clone();
+        self.agents[i] = spawn_agent(&self.app, &self.worlds[i], acfg, fake);
+    }
+
+    /// The hosts whose simulated machine runs VM `id`.
+    pub fn hosts_running(&self, id: panal_types::VmId) -> Vec<usize> {
+        (0..self.worlds.len())
+            .filter(|&i| self.worlds[i].resources(id).is_some())
+            .collect()
+    }
+
     /// Total running simulated VMs over all hosts.
     pub fn running(&self) -> usize {
         self.worlds.iter().map(|w| w.running_count()).sum()
+    }
+
+    /// Stops the controllers and starts them afresh, as a new leader would.
+    pub async fn restart_controllers(&mut self) {
+        self.stop_controllers().await;
+        self.controllers = Some(Controllers::start(&self.app, self.policy.clone()));
     }
 
     /// Stops the controllers and waits until they are gone.
@@ -200,4 +224,20 @@ impl Sim {
             c.stop().await;
         }
     }
+}
+
+fn spawn_agent(
+    app: &App,
+    world: &Arc<FakeWorld>,
+    acfg: AgentConfig,
+    fake: FakeConfig,
+) -> JoinHandle<()> {
+    let driver = Arc::new(FakeDriver::new(world.clone(), fake));
+    let agent = Agent::new(
+        acfg,
+        vec![driver],
+        Arc::new(InProcessLink::new(app.clone())),
+        Arc::new(NoImages),
+    );
+    tokio::spawn(agent.run())
 }
