@@ -3,8 +3,9 @@
 //! over mutual TLS. Shows placement by spread and by pack (the server restarted in between, the
 //! agents reconnecting with their VMs untouched), a hard anti-affinity group kept apart, a cut
 //! link turning its host not-ready within the lease TTL and, restored, ready again with no VM
-//! duplicated, and a drain emptying a host. Every QEMU process is checked to run in the network
-//! namespace of the host the control plane placed its VM on.
+//! duplicated, and a drain moving a VM off a host (stopped there, started on another, once).
+//! Every QEMU process is checked to run in the network namespace of the host the control plane
+//! placed its VM on.
 
 mod common_e2e;
 mod common_netns;
@@ -340,6 +341,34 @@ fn three_namespace_hosts_form_one_pool() {
                 v.name
             );
         }
+
+        // Drain host 2: its VM is stopped there and started on another host, once; the host
+        // ends in maintenance with no QEMU left.
+        let accepted = client.drain_host("host-2").await.expect("drain accepted");
+        let op = client
+            .wait_operation(&accepted.operation.id.to_string(), RUNNING)
+            .await
+            .expect("drain finished");
+        assert_eq!(
+            op.state,
+            panal_types::operation::OperationState::Succeeded,
+            "{op:?}"
+        );
+        let moved = wait_vm(
+            &client,
+            victim.name.as_str(),
+            "running elsewhere",
+            RUNNING,
+            |v| {
+                v.status.phase == VmPhase::Running
+                    && v.status.host.as_ref().map(|h| h.as_str()) != Some("host-2")
+            },
+        )
+        .await;
+        assert_ne!(pool.qemu_host(&moved).0, 2);
+        let drained = client.host("host-2").await.unwrap();
+        assert_eq!(drained.state, HostState::Maintenance);
+        assert_eq!(drained.allocation.vms, 0);
         delete_all(&client, &["spread-0", "spread-1", "spread-2"]).await;
     });
     drop(pool);
