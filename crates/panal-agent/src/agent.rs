@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub zone: Option<String>,
     /// Report these CPUs and memory instead of the machine's (simulated hosts).
     pub capacity_override: Option<(u32, u64)>,
+    /// Storage pools to report (created if missing).
+    pub pools: Vec<inventory::PoolDir>,
 }
 
 impl AgentConfig {
@@ -41,6 +43,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             zone: None,
             capacity_override: None,
+            pools: Vec::new(),
         }
     }
 }
@@ -91,6 +94,8 @@ impl Agent {
             memory_bytes,
             hypervisors,
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            cpu_flags: inventory::cpu_flags(),
+            storage: inventory::storage(&self.config.pools),
         }
     }
 

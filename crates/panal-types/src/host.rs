@@ -126,6 +126,28 @@ pub struct HostInventory {
     pub hypervisors: Vec<HypervisorInfo>,
     /// Agent version.
     pub agent_version: String,
+    /// CPU feature flags as the kernel lists them (`/proc/cpuinfo`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
+    /// Storage pools and their capacity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<StoragePoolInfo>,
+}
+
+/// One storage pool of a host, as its agent measured it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StoragePoolInfo {
+    /// Pool name, unique on the host.
+    pub name: String,
+    /// Directory on the host.
+    pub path: String,
+    /// Mounted on several hosts (NFS and the like): its files are reachable from each.
+    #[serde(default)]
+    pub shared: bool,
+    /// Size of the file system holding it.
+    pub total_bytes: u64,
+    /// Bytes free on that file system.
+    pub free_bytes: u64,
 }
 
 /// Resources the scheduler has promised to VMs on a host.

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use panal_agent::inventory::PoolDir;
 use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink};
 use panal_agent::{Agent, AgentConfig};
 use panal_driver::DynDriver;
@@ -47,6 +48,10 @@ pub struct AgentArgs {
     /// This host's failure-domain zone.
     #[arg(long)]
     pub zone: Option<String>,
+    /// A storage pool besides `default` (`DIR/pools/default`): `NAME=PATH`, or
+    /// `NAME=PATH,shared` for a directory mounted on several hosts (repeatable).
+    #[arg(long = "pool", value_name = "NAME=PATH[,shared]", value_parser = parse_pool)]
+    pub pools: Vec<PoolDir>,
     /// Seconds between liveness heartbeats (keep it under a third of the control plane's host
     /// lease TTL).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
@@ -58,6 +63,23 @@ pub struct AgentArgs {
     /// (`CPUS,GIB`), for control-plane tests.
     #[arg(long, value_name = "CPUS,GIB", value_parser = parse_fake)]
     pub fake: Option<(u32, u64)>,
+}
+
+fn parse_pool(s: &str) -> Result<PoolDir, String> {
+    let (name, rest) = s.split_once('=').ok_or("expected NAME=PATH[,shared]")?;
+    let (path, shared) = match rest.strip_suffix(",shared") {
+        Some(p) => (p, true),
+        None => (rest, false),
+    };
+    Name::parse(name).map_err(|e| format!("pool name {name:?}: {e}"))?;
+    if !path.starts_with('/') {
+        return Err(format!("pool path {path:?} must be absolute"));
+    }
+    Ok(PoolDir {
+        name: name.to_owned(),
+        path: PathBuf::from(path),
+        shared,
+    })
 }
 
 fn parse_fake(s: &str) -> Result<(u32, u64), String> {
@@ -133,6 +155,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cfg.heartbeat = Duration::from_secs(args.heartbeat);
     cfg.labels = args.labels.iter().cloned().collect();
     cfg.zone = args.zone.clone();
+    cfg.pools = vec![panal::platform::default_pool(&args.data_dir)?];
+    for p in &args.pools {
+        if cfg.pools.iter().any(|q| q.name == p.name) {
+            bail!("storage pool {} is given twice", p.name);
+        }
+        std::fs::create_dir_all(&p.path)
+            .with_context(|| format!("cannot create the storage pool {}", p.path.display()))?;
+        cfg.pools.push(p.clone());
+    }
     if let Some((cpus, memory)) = args.fake {
         let world = FakeWorld::persistent(args.data_dir.join("fake-vms.json"));
         drivers.push(Arc::new(FakeDriver::new(world, FakeConfig::default())));

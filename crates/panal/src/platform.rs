@@ -66,6 +66,18 @@ impl PlatformConfig {
     }
 }
 
+/// The storage pool every host has: `DIR/pools/default`, created if missing.
+pub fn default_pool(data_dir: &Path) -> Result<panal_agent::inventory::PoolDir> {
+    let path = data_dir.join("pools").join("default");
+    std::fs::create_dir_all(&path)
+        .with_context(|| format!("cannot create the storage pool {}", path.display()))?;
+    Ok(panal_agent::inventory::PoolDir {
+        name: "default".into(),
+        path,
+        shared: false,
+    })
+}
+
 /// This machine's name as a valid host name (`local` if it has none usable).
 pub fn local_host_name() -> Name {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -165,6 +177,7 @@ impl Platform {
         let mut agent_cfg = AgentConfig::new(cfg.host_name.clone());
         agent_cfg.heartbeat = cfg.host_lease_ttl / 3;
         agent_cfg.labels = cfg.host_labels.clone();
+        agent_cfg.pools = vec![default_pool(&cfg.data_dir)?];
         let agent = Agent::new(
             agent_cfg,
             drivers,

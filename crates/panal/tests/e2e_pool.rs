@@ -233,6 +233,18 @@ fn three_namespace_hosts_form_one_pool() {
                 Accelerator::Tcg | Accelerator::Kvm
             ));
             assert!(h.inventory.cpus > 0 && h.inventory.memory_bytes > 0);
+            assert!(
+                !h.inventory.cpu_flags.is_empty(),
+                "{}: no CPU flags",
+                h.name
+            );
+            let pool = h.inventory.storage.iter().find(|p| p.name == "default");
+            assert!(
+                pool.is_some_and(|p| p.total_bytes > 0 && p.free_bytes <= p.total_bytes),
+                "{}: storage {:?}",
+                h.name,
+                h.inventory.storage
+            );
         }
 
         // Spread: three VMs, three hosts.

@@ -239,6 +239,8 @@ mod tests {
                     capabilities: vec!["pause".into()],
                 }],
                 agent_version: String::new(),
+                cpu_flags: Vec::new(),
+                storage: Vec::new(),
             },
             allocation: HostAllocation::default(),
             labels: labels.clone(),

@@ -25,6 +25,8 @@ fn host(name: &str, cpus: u32, mem_gib: u64, state: HostState) -> Host {
                 capabilities: vec!["pause".into()],
             }],
             agent_version: String::new(),
+            cpu_flags: Vec::new(),
+            storage: Vec::new(),
         },
         allocation: HostAllocation::default(),
         labels: Default::default(),

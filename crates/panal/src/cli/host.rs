@@ -133,6 +133,18 @@ pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<(
                     ),
                     ("Last seen", h.last_seen.to_rfc3339()),
                 ]);
+                println!("Storage pools:");
+                for p in &h.inventory.storage {
+                    println!(
+                        "  {:<10} {}  {} free of {}{}",
+                        p.name,
+                        p.path,
+                        format_size(p.free_bytes),
+                        format_size(p.total_bytes),
+                        if p.shared { "  (shared)" } else { "" }
+                    );
+                }
+                println!("CPU flags: {}", h.inventory.cpu_flags.len());
                 println!("Hypervisors:");
                 for d in &h.inventory.hypervisors {
                     println!(
