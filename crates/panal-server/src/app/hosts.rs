@@ -9,7 +9,7 @@ use panal_store::{Op, StoreError, Txn};
 use panal_types::agent::HostRegistration;
 use panal_types::error::check_name;
 use panal_types::host::{Host, HostAllocation, HostDrain, HostDrainAccepted, HostMode, HostState};
-use panal_types::operation::{Operation, OperationKind, OperationState, OperationTarget, Progress};
+use panal_types::operation::{Operation, OperationKind, OperationState, OperationTarget};
 use panal_types::page::Page;
 use panal_types::vm::HypervisorKind;
 use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, HostId, Name, OperationId};
@@ -300,27 +300,13 @@ fn draining_conflict(h: &Host) -> ApiError {
     }
 }
 
-/// A fresh running operation on a host.
+/// A fresh running operation on a host. Hosts belong to no project; operations name one, so host
+/// operations name the default project.
 fn host_operation(kind: OperationKind, host: &Name, message: &str) -> Operation {
-    let now = chrono::Utc::now();
-    Operation {
-        id: OperationId::new(),
-        kind,
-        target: OperationTarget {
-            kind: "host".into(),
-            // Hosts belong to no project; operations name one, so host operations name the
-            // default project.
-            project: Name::parse(DEFAULT_PROJECT).expect("valid project name"),
-            name: host.clone(),
-        },
-        state: OperationState::Running,
-        progress: Progress {
-            percent: Some(0),
-            message: message.into(),
-        },
-        error: None,
-        created_at: now,
-        updated_at: now,
-        target_generation: 0,
-    }
+    let target = OperationTarget {
+        kind: "host".into(),
+        project: Name::parse(DEFAULT_PROJECT).expect("valid project name"),
+        name: host.clone(),
+    };
+    super::vms::started_operation(OperationId::new(), kind, target, 0, message)
 }

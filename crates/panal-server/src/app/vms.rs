@@ -464,15 +464,27 @@ pub(crate) fn new_operation(
     vm: &Vm,
     message: &str,
 ) -> Operation {
+    let target = OperationTarget {
+        kind: "vm".into(),
+        project: vm.project.clone(),
+        name: vm.name.clone(),
+    };
+    started_operation(id, kind, target, vm.generation, message)
+}
+
+/// A fresh running operation on any target.
+pub(crate) fn started_operation(
+    id: OperationId,
+    kind: OperationKind,
+    target: OperationTarget,
+    target_generation: u64,
+    message: &str,
+) -> Operation {
     let now = chrono::Utc::now();
     Operation {
         id,
         kind,
-        target: OperationTarget {
-            kind: "vm".into(),
-            project: vm.project.clone(),
-            name: vm.name.clone(),
-        },
+        target,
         state: OperationState::Running,
         progress: Progress {
             percent: Some(0),
@@ -481,7 +493,7 @@ pub(crate) fn new_operation(
         error: None,
         created_at: now,
         updated_at: now,
-        target_generation: vm.generation,
+        target_generation,
     }
 }
 
