@@ -54,6 +54,7 @@ pub struct Agent {
     drivers: HashMap<HypervisorKind, DynDriver>,
     link: DynLink,
     boot: Arc<dyn BootResolver>,
+    pools: crate::volumes::Pools,
 }
 
 struct TaskEntry {
@@ -70,6 +71,7 @@ impl Agent {
     ) -> Self {
         let drivers = drivers.into_iter().map(|d| (d.kind(), d)).collect();
         Self {
+            pools: crate::volumes::Pools::new(&config.pools),
             config,
             drivers,
             link,
@@ -136,6 +138,14 @@ impl Agent {
             })
         };
         let _heartbeat = AbortOnDrop(heartbeat);
+        // Volume work runs beside the VMs; hosts without pools (simulated ones) get none.
+        let _volumes = (!self.pools.is_empty()).then(|| {
+            AbortOnDrop(tokio::spawn(crate::volumes::run(
+                self.config.host.clone(),
+                self.link.clone(),
+                self.pools.clone(),
+            )))
+        });
         // VMs whose hypervisor processes outlived a previous agent: handed to their tasks.
         let mut survivors: HashMap<VmId, DynVmHandle> = HashMap::new();
         for d in self.drivers.values() {
@@ -194,6 +204,7 @@ impl Agent {
                         driver,
                         link: self.link.clone(),
                         boot: self.boot.clone(),
+                        pools: self.pools.clone(),
                     };
                     let handle = survivors.remove(&vm.id);
                     let (tx, rx) = mpsc::unbounded_channel();

@@ -8,5 +8,6 @@ pub mod inventory;
 pub mod link;
 pub mod remote;
 mod vm_task;
+pub mod volumes;
 
 pub use agent::{Agent, AgentConfig};

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::volume::{HostTask, HostTaskReport};
 use panal_types::{ApiError, Name};
 use std::sync::Arc;
 
@@ -19,6 +20,9 @@ pub enum LinkError {
     #[error("control plane refused: {0}")]
     Rejected(ApiError),
 }
+
+/// A stream of the volume work queued for one host.
+pub type HostTaskStream = BoxStream<'static, Result<HostTask, LinkError>>;
 
 /// A stream of assignment changes for one host.
 pub type AssignmentStream = BoxStream<'static, Result<Assignment, LinkError>>;
@@ -38,6 +42,13 @@ pub trait ControlPlaneLink: Send + Sync + 'static {
 
     /// Reports what the agent observed about one VM.
     async fn report(&self, host: &Name, report: VmStatusReport) -> Result<(), LinkError>;
+
+    /// Every task queued for the host, then each new one. Ends (or yields an error) when the
+    /// control plane goes away; the agent then re-subscribes and gets unfinished tasks again.
+    async fn host_tasks(&self, host: &Name) -> Result<HostTaskStream, LinkError>;
+
+    /// Reports progress on, or the end of, one of the host's tasks.
+    async fn report_task(&self, host: &Name, report: HostTaskReport) -> Result<(), LinkError>;
 }
 
 /// A shared link.

@@ -8,11 +8,12 @@
 use crate::boot::BootResolver;
 use crate::link::DynLink;
 use panal_driver::{
-    DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit, VmLaunch,
+    DataDisk, DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit, VmLaunch,
 };
 use panal_types::Name;
 use panal_types::agent::VmStatusReport;
 use panal_types::vm::{PowerState, RestartPolicy, Vm, VmPhase};
+use panal_types::volume::DiskAttachment;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,6 +38,8 @@ pub struct VmTaskContext {
     pub link: DynLink,
     /// Resolves boot sources.
     pub boot: Arc<dyn BootResolver>,
+    /// This host's storage pools (where attached volumes live).
+    pub pools: crate::volumes::Pools,
 }
 
 /// The longest restart back-off.
@@ -49,6 +52,8 @@ pub struct VmTask {
     handle: Option<DynVmHandle>,
     /// Size the running hypervisor was given (to notice resizes).
     applied: Option<(u32, u64)>,
+    /// Volumes the running hypervisor has (to notice attach, detach and growth).
+    disks: Vec<DiskAttachment>,
     restarts: u32,
     restart_at: Option<Instant>,
     /// Restart nonce acted on.
@@ -67,6 +72,7 @@ impl VmTask {
             vm: None,
             handle,
             applied: None,
+            disks: Vec::new(),
             restarts: 0,
             restart_at: None,
             restart_nonce: 0,
@@ -91,6 +97,7 @@ impl VmTask {
                             self.restarts = vm.status.restarts;
                             if self.handle.is_some() {
                                 self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+                                self.disks = vm.spec.volumes.clone();
                             }
                             first = false;
                         }
@@ -125,6 +132,7 @@ impl VmTask {
     async fn on_exit(&mut self, exit: VmExit) {
         self.handle = None;
         self.applied = None;
+        self.disks.clear();
         let Some(vm) = self.vm.clone() else { return };
         // No driver cleanup here: the run directory holds the VM's disk overlay and console
         // history, which outlive a stop; only delete and release remove them.
@@ -205,6 +213,7 @@ impl VmTask {
                 Ok(h) => {
                     self.handle = Some(h);
                     self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+                    self.disks = vm.spec.volumes.clone();
                     self.restart_nonce = vm.spec.restart_nonce;
                     self.failure = None;
                     self.failed_generation = None;
@@ -229,6 +238,9 @@ impl VmTask {
             }
         }
         let Some(h) = self.handle.clone() else { return };
+        // Disk changes first: every later report carries this generation, which completes the
+        // operation that asked for them.
+        self.apply_disks(vm, &h).await;
         if vm.spec.restart_nonce > self.restart_nonce {
             let r = h.reboot().await;
             self.restart_nonce = vm.spec.restart_nonce;
@@ -312,6 +324,7 @@ impl VmTask {
                 let _ = h.kill().await;
             }
             self.applied = None;
+            self.disks.clear();
             let how = if vm.spec.force_stop {
                 "powered off"
             } else {
@@ -343,6 +356,10 @@ impl VmTask {
             .resolve(vm)
             .await
             .map_err(DriverError::Launch)?;
+        let mut disks = Vec::with_capacity(vm.spec.volumes.len());
+        for d in &vm.spec.volumes {
+            disks.push(self.prepare_disk(d).await.map_err(DriverError::Launch)?);
+        }
         let spec = VmLaunch {
             id: vm.id,
             display_name: format!("{}/{}", vm.project, vm.name),
@@ -350,8 +367,93 @@ impl VmTask {
             memory_bytes: vm.spec.memory_bytes,
             machine: vm.spec.machine,
             boot,
+            disks,
         };
         self.ctx.driver.launch(&spec).await
+    }
+
+    /// A volume's file, grown to the size the spec asks (it may have been resized while the VM
+    /// was stopped), as the driver opens it.
+    async fn prepare_disk(&self, d: &DiskAttachment) -> Result<DataDisk, String> {
+        let path = self.ctx.pools.path(&d.pool, &d.file)?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(format!(
+                "volume \"{}\" has no file on this host ({})",
+                d.volume,
+                path.display()
+            ));
+        }
+        crate::volumes::grow_file(&path, d.format, d.size_bytes).await?;
+        Ok(DataDisk {
+            id: d.id.to_string(),
+            path,
+            format: d.format.as_str().to_owned(),
+        })
+    }
+
+    /// Brings the running VM's disks to the spec: unplug what left, plug what came, grow what
+    /// grew. Each change is an event; a failed one is an event ending in `Failed`, which fails
+    /// the operation that asked for it.
+    async fn apply_disks(&mut self, vm: &Vm, h: &DynVmHandle) {
+        if self.disks == vm.spec.volumes {
+            return;
+        }
+        let gone: Vec<DiskAttachment> = self
+            .disks
+            .iter()
+            .filter(|d| !vm.spec.volumes.iter().any(|w| w.id == d.id))
+            .cloned()
+            .collect();
+        for d in gone {
+            let event = match h.detach_disk(&d.id.to_string()).await {
+                Ok(()) => {
+                    self.disks.retain(|x| x.id != d.id);
+                    ("DiskDetached", format!("volume {} detached", d.volume))
+                }
+                Err(e) => (
+                    "DetachFailed",
+                    format!("detaching volume {}: {e}", d.volume),
+                ),
+            };
+            self.report(vm, VmPhase::Running, Some(event), false).await;
+        }
+        for w in &vm.spec.volumes {
+            let event = match self.disks.iter().position(|d| d.id == w.id) {
+                None => {
+                    let plugged = match self.prepare_disk(w).await {
+                        Ok(disk) => h.attach_disk(&disk).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    match plugged {
+                        Ok(()) => {
+                            self.disks.push(w.clone());
+                            ("DiskAttached", format!("volume {} attached", w.volume))
+                        }
+                        Err(e) => (
+                            "AttachFailed",
+                            format!("attaching volume {}: {e}", w.volume),
+                        ),
+                    }
+                }
+                Some(i) if self.disks[i].size_bytes < w.size_bytes => {
+                    match h.grow_disk(&w.id.to_string(), w.size_bytes).await {
+                        Ok(()) => {
+                            self.disks[i].size_bytes = w.size_bytes;
+                            (
+                                "DiskResized",
+                                format!("volume {} grown to {} bytes", w.volume, w.size_bytes),
+                            )
+                        }
+                        Err(e) => (
+                            "DiskResizeFailed",
+                            format!("growing volume {}: {e}", w.volume),
+                        ),
+                    }
+                }
+                Some(_) => continue,
+            };
+            self.report(vm, VmPhase::Running, Some(event), false).await;
+        }
     }
 
     fn base_report(&self, vm: &Vm, phase: VmPhase) -> VmStatusReport {

@@ -5,6 +5,7 @@
 mod console;
 mod events;
 mod join_tokens;
+mod volumes;
 
 pub use console::ConsoleConnection;
 
@@ -36,6 +37,32 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(e) => Some(e.code.http_status()),
+            ClientError::Transport { .. } => None,
+        }
+    }
+
+    /// The stable error code of a refusal.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Api(e) => Some(e.code.as_str()),
+            ClientError::Transport { .. } => None,
+        }
+    }
+
+    /// The input field a refusal names.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ClientError::Api(e) => e.field.as_deref(),
+            ClientError::Transport { .. } => None,
+        }
+    }
 }
 
 /// A client for one API endpoint and token.

@@ -114,6 +114,7 @@ async fn main() {
             memory_bytes: MEMORY_MIB << 20,
             machine: MachineProfile::Microvm,
             boot: g.boot_initramfs(MachineProfile::Microvm, ""),
+            disks: vec![],
         };
         let t0 = Instant::now();
         let (vm, timings) = match d.launch_qemu(&spec).await {

@@ -354,6 +354,29 @@ impl VmHandle for FakeVm {
             pending_reboot: vec![],
         })
     }
+
+    // Simulated disks need no device model: hot-plug succeeds while the VM exists.
+    async fn attach_disk(&self, _disk: &crate::DataDisk) -> Result<(), DriverError> {
+        self.alive()
+    }
+
+    async fn detach_disk(&self, _id: &str) -> Result<(), DriverError> {
+        self.alive()
+    }
+
+    async fn grow_disk(&self, _id: &str, _size_bytes: u64) -> Result<(), DriverError> {
+        self.alive()
+    }
+}
+
+impl FakeVm {
+    fn alive(&self) -> Result<(), DriverError> {
+        if self.world.vms.lock().contains_key(&self.id) {
+            Ok(())
+        } else {
+            Err(DriverError::NotRunning(self.id))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +393,7 @@ mod tests {
             memory_bytes: 1 << 28,
             machine: MachineProfile::Q35,
             boot: BootSource::None,
+            disks: vec![],
         }
     }
 

@@ -31,6 +31,8 @@ pub mod caps {
     pub const MIGRATE: &str = "migrate";
     /// VMs outlive the agent and are re-attached.
     pub const REATTACH: &str = "reattach";
+    /// Can hot-plug and unplug disks and grow them live.
+    pub const DISK_HOTPLUG: &str = "disk_hotplug";
 }
 
 /// What a VM boots from, resolved to files on this host by the agent.
@@ -71,6 +73,20 @@ pub struct VmLaunch {
     pub machine: MachineProfile,
     /// Boot source.
     pub boot: BootSource,
+    /// Volumes attached as extra virtio disks, in order.
+    pub disks: Vec<DataDisk>,
+}
+
+/// A volume attached to a VM as an extra virtio disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDisk {
+    /// Stable id (the volume's): names the disk's block node and device, and is the serial
+    /// the guest sees (`/dev/disk/by-id/virtio-<first 20 characters>`).
+    pub id: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`.
+    pub format: String,
 }
 
 /// What a running VM is doing, as the hypervisor sees it.
@@ -184,6 +200,24 @@ pub trait VmHandle: Send + Sync + 'static {
 
     /// Changes vCPUs and memory, live where possible.
     async fn resize(&self, req: &ResizeRequest) -> Result<ResizeOutcome, DriverError>;
+
+    /// Hot-plugs a disk into the running VM.
+    async fn attach_disk(&self, disk: &DataDisk) -> Result<(), DriverError> {
+        let _ = disk;
+        Err(DriverError::Unsupported("disk hot-plug".into()))
+    }
+
+    /// Hot-unplugs a disk (the guest lets go of it first). Returns once it is gone.
+    async fn detach_disk(&self, id: &str) -> Result<(), DriverError> {
+        let _ = id;
+        Err(DriverError::Unsupported("disk hot-unplug".into()))
+    }
+
+    /// Grows a disk of the running VM; the guest sees the new size at once.
+    async fn grow_disk(&self, id: &str, size_bytes: u64) -> Result<(), DriverError> {
+        let _ = (id, size_bytes);
+        Err(DriverError::Unsupported("live disk resize".into()))
+    }
 
     /// Path of the serial console's history file, where the driver keeps one.
     fn console_log(&self) -> Option<PathBuf> {

@@ -23,6 +23,7 @@ fn q35_disk(env: &Env) -> VmLaunch {
             base: env.guest.rootfs_qcow2(),
             format: "qcow2".into(),
         },
+        disks: vec![],
     }
 }
 

@@ -15,6 +15,8 @@
 //! /panal/join-tokens/{id}          JoinTokenRecord
 //! /panal/agent-certs/{sha256}      AgentIdentity: which host a certificate belongs to
 //! /panal/agent-hosts/{host}        AgentIdentity: the current certificate of a host
+//! /panal/volumes/{project}/{name}  Volume
+//! /panal/host-tasks/{host}/{op}    HostTask: volume work queued for a host's agent
 //! ```
 
 /// Prefix of everything Panal stores.
@@ -105,4 +107,29 @@ pub fn image(project: &str, name: &str) -> String {
 /// Key of a token record.
 pub fn token(hash_hex: &str) -> String {
     format!("{TOKENS}{hash_hex}")
+}
+
+/// Prefix of volumes.
+pub const VOLUMES: &str = "/panal/volumes/";
+/// Prefix of host tasks.
+pub const HOST_TASKS: &str = "/panal/host-tasks/";
+
+/// Prefix of one project's volumes.
+pub fn volumes_of(project: &str) -> String {
+    format!("{VOLUMES}{project}/")
+}
+
+/// Key of a volume.
+pub fn volume(project: &str, name: &str) -> String {
+    format!("{VOLUMES}{project}/{name}")
+}
+
+/// Prefix of one host's tasks.
+pub fn host_tasks_of(host: &str) -> String {
+    format!("{HOST_TASKS}{host}/")
+}
+
+/// Key of a host task.
+pub fn host_task(host: &str, id: &panal_types::OperationId) -> String {
+    format!("{HOST_TASKS}{host}/{id}")
 }

@@ -3,10 +3,11 @@
 
 use crate::app::{App, link_error};
 use async_trait::async_trait;
-use panal_agent::link::{AssignmentStream, ControlPlaneLink, LinkError};
+use panal_agent::link::{AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError};
 use panal_types::Name;
 use panal_types::agent::{HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::volume::HostTaskReport;
 
 /// A link that calls the application layer directly.
 pub struct InProcessLink {
@@ -40,6 +41,17 @@ impl ControlPlaneLink for InProcessLink {
     async fn report(&self, host: &Name, report: VmStatusReport) -> Result<(), LinkError> {
         self.app
             .report_vm(host.as_str(), report)
+            .await
+            .map_err(link_error)
+    }
+
+    async fn host_tasks(&self, host: &Name) -> Result<HostTaskStream, LinkError> {
+        self.app.host_tasks(host.as_str()).await
+    }
+
+    async fn report_task(&self, host: &Name, report: HostTaskReport) -> Result<(), LinkError> {
+        self.app
+            .report_host_task(host.as_str(), report)
             .await
             .map_err(link_error)
     }

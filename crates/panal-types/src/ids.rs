@@ -61,3 +61,7 @@ typed_id!(
     /// Identifies a long-running operation.
     OperationId
 );
+typed_id!(
+    /// Identifies a storage volume.
+    VolumeId
+);

@@ -18,9 +18,10 @@ pub mod page;
 pub mod project;
 pub mod size;
 pub mod vm;
+pub mod volume;
 
 pub use error::{ApiError, ErrorCode};
-pub use ids::{HostId, ImageId, OperationId, ProjectId, VmId};
+pub use ids::{HostId, ImageId, OperationId, ProjectId, VmId, VolumeId};
 pub use name::{Name, NameError};
 
 /// The project every installation has and that cannot be deleted.

@@ -26,6 +26,16 @@ pub enum OperationKind {
     ImageImport,
     /// Move every VM off a host.
     HostDrain,
+    /// Create (or clone) a volume.
+    VolumeCreate,
+    /// Grow a volume.
+    VolumeResize,
+    /// Delete a volume.
+    VolumeDelete,
+    /// Attach a volume to a VM.
+    VolumeAttach,
+    /// Detach a volume from a VM.
+    VolumeDetach,
 }
 
 impl OperationKind {
@@ -41,6 +51,11 @@ impl OperationKind {
             OperationKind::VmResume => "vm_resume",
             OperationKind::ImageImport => "image_import",
             OperationKind::HostDrain => "host_drain",
+            OperationKind::VolumeCreate => "volume_create",
+            OperationKind::VolumeResize => "volume_resize",
+            OperationKind::VolumeDelete => "volume_delete",
+            OperationKind::VolumeAttach => "volume_attach",
+            OperationKind::VolumeDetach => "volume_detach",
         }
     }
 }

@@ -170,6 +170,9 @@ pub struct VmSpec {
     /// Placement constraints the scheduler honours (fixed at creation).
     #[serde(default, skip_serializing_if = "Placement::is_empty")]
     pub placement: Placement,
+    /// Volumes attached as extra disks, in the order the guest sees them (`vdb`, `vdc`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volume::DiskAttachment>,
 }
 
 fn default_stop_timeout() -> u32 {

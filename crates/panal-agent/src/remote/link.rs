@@ -3,12 +3,13 @@
 //! would trust: it reads it from the certificate.
 
 use super::{AgentIdentity, http};
-use crate::link::{AssignmentStream, ControlPlaneLink, LinkError};
+use crate::link::{AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError};
 use async_trait::async_trait;
 use futures::StreamExt;
 use panal_types::Name;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::volume::{HostTask, HostTaskReport};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -85,6 +86,34 @@ impl RemoteLink {
     }
 }
 
+impl RemoteLink {
+    /// A stream of newline-delimited JSON messages from `path` (blank keep-alive lines skipped).
+    async fn ndjson<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        path: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<T, LinkError>>, LinkError> {
+        let (used, base) = self.base();
+        let resp = self
+            .http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(used, e))?;
+        let resp = http::check(resp).await?;
+        let stream = lines(Box::pin(resp.bytes_stream())).filter_map(|line| async move {
+            match line {
+                Ok(l) if l.iter().all(u8::is_ascii_whitespace) => None,
+                Ok(l) => Some(
+                    serde_json::from_slice::<T>(&l)
+                        .map_err(|e| LinkError::Unavailable(format!("unreadable message: {e}"))),
+                ),
+                Err(e) => Some(Err(e)),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
 /// Splits a byte stream into lines; `Err` when the stream breaks or idles too long.
 fn lines(
     body: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
@@ -105,7 +134,9 @@ fn lines(
                     Ok(Some(Err(e))) => return Some((Err(http::transport(e)), (body, buf, true))),
                     Ok(None) => return None,
                     Err(_) => {
-                        let e = LinkError::Unavailable("the assignment stream went silent".into());
+                        let e = LinkError::Unavailable(
+                            "the stream from the control plane went silent".into(),
+                        );
                         return Some((Err(e), (body, buf, true)));
                     }
                 }
@@ -131,28 +162,18 @@ impl ControlPlaneLink for RemoteLink {
     }
 
     async fn assignments(&self, _host: &Name) -> Result<AssignmentStream, LinkError> {
-        let (used, base) = self.base();
-        let resp = self
-            .http
-            .get(format!("{base}/assignments"))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(used, e))?;
-        let resp = http::check(resp).await?;
-        let stream = lines(Box::pin(resp.bytes_stream())).filter_map(|line| async move {
-            match line {
-                Ok(l) if l.iter().all(u8::is_ascii_whitespace) => None,
-                Ok(l) => Some(
-                    serde_json::from_slice::<Assignment>(&l)
-                        .map_err(|e| LinkError::Unavailable(format!("unreadable assignment: {e}"))),
-                ),
-                Err(e) => Some(Err(e)),
-            }
-        });
-        Ok(Box::pin(stream))
+        self.ndjson::<Assignment>("/assignments").await
     }
 
     async fn report(&self, _host: &Name, report: VmStatusReport) -> Result<(), LinkError> {
         self.post("/reports", &report).await.map(|_| ())
+    }
+
+    async fn host_tasks(&self, _host: &Name) -> Result<HostTaskStream, LinkError> {
+        self.ndjson::<HostTask>("/tasks").await
+    }
+
+    async fn report_task(&self, _host: &Name, report: HostTaskReport) -> Result<(), LinkError> {
+        self.post("/task-reports", &report).await.map(|_| ())
     }
 }

@@ -74,6 +74,8 @@ pub struct Plan {
     pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
     /// The root disk, if any.
     pub disk: Option<Disk>,
+    /// Volumes attached at boot, each on its own hot-plug port (q35) so it can be unplugged.
+    pub data_disks: Vec<crate::DataDisk>,
     /// Run directory files.
     pub paths: RunPaths,
     /// Enable QEMU's seccomp sandbox.
@@ -82,6 +84,46 @@ pub struct Plan {
     pub run_as: Option<String>,
     /// TCG translation cache size in MiB (bounds QEMU's memory under TCG).
     pub tcg_tb_size_mib: u32,
+}
+
+/// Hot-plug ports of a q35 VM: as many as a VM can have volumes.
+pub const HOTPLUG_PORTS: u32 = 8;
+
+/// The id of hot-plug port `i`.
+pub fn port(i: u32) -> String {
+    format!("hp{i}")
+}
+
+/// The block node of a data disk (QEMU node names are at most 31 characters).
+pub fn disk_node(id: &str) -> String {
+    format!("v{}", short(id, 24))
+}
+
+/// The device id of a data disk.
+pub fn disk_device(id: &str) -> String {
+    format!("d{}", short(id, 24))
+}
+
+/// The serial number the guest sees (virtio-blk keeps 20 characters).
+pub fn disk_serial(id: &str) -> String {
+    short(id, 20)
+}
+
+/// The first `n` letters and digits of an id (ids are UUIDs: never a QEMU option separator).
+fn short(id: &str, n: usize) -> String {
+    id.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(n)
+        .collect()
+}
+
+/// The `-blockdev` / `blockdev-add` description of a data disk.
+pub fn data_disk_node(d: &crate::DataDisk) -> serde_json::Value {
+    json!({
+        "driver": d.format,
+        "node-name": disk_node(&d.id),
+        "file": { "driver": "file", "filename": d.path.to_string_lossy() },
+    })
 }
 
 /// Doubles commas so a value cannot end a `key=value,...` QEMU option.
@@ -161,6 +203,34 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         push("-device");
         push(&format!("{},drive=disk0,id=vda", dev("virtio-blk")));
     }
+    if !micro {
+        // Empty PCIe root ports: where disks are hot-plugged later (one device per port).
+        for i in 0..HOTPLUG_PORTS {
+            push("-device");
+            push(&format!("pcie-root-port,id={},chassis={}", port(i), i + 1));
+        }
+    }
+    for (i, d) in plan.data_disks.iter().enumerate() {
+        push("-blockdev");
+        push(&data_disk_node(d).to_string());
+        push("-device");
+        if micro {
+            push(&format!(
+                "virtio-blk-device,drive={},id={},serial={}",
+                disk_node(&d.id),
+                disk_device(&d.id),
+                disk_serial(&d.id)
+            ));
+        } else {
+            push(&format!(
+                "virtio-blk-pci,drive={},id={},serial={},bus={}",
+                disk_node(&d.id),
+                disk_device(&d.id),
+                disk_serial(&d.id),
+                port(i as u32)
+            ));
+        }
+    }
     push("-device");
     push(&format!("{},id=rng0", dev("virtio-rng")));
     push("-device");
@@ -225,6 +295,11 @@ mod tests {
                 path: "/run/a,b/d\"x.qcow2".into(),
                 format: "qcow2".into(),
             }),
+            data_disks: vec![crate::DataDisk {
+                id: "0b5e7c1e-2f4a-4c1b-9d6e-000000000001".into(),
+                path: "/pool/v,1.qcow2".into(),
+                format: "qcow2".into(),
+            }],
             paths: RunPaths {
                 dir: "/run/a,b".into(),
             },
@@ -253,6 +328,41 @@ mod tests {
         assert_eq!(v["driver"], "qcow2");
         assert_eq!(v["file"]["filename"], "/run/a,b/d\"x.qcow2");
         assert!(!a.iter().any(|s| s.contains("cache=unsafe")));
+    }
+
+    #[test]
+    fn data_disks_sit_on_hotplug_ports_with_short_ids() {
+        let a = joined(&plan(MachineProfile::Q35));
+        assert_eq!(
+            a.iter()
+                .filter(|s| s.starts_with("pcie-root-port,"))
+                .count(),
+            HOTPLUG_PORTS as usize
+        );
+        let dev = a
+            .iter()
+            .find(|s| s.starts_with("virtio-blk-pci,drive=v0b5e"))
+            .expect("data disk device");
+        assert!(dev.ends_with(",bus=hp0"), "{dev}");
+        assert!(dev.contains("serial=0b5e7c1e2f4a4c1b9d6e,"), "{dev}");
+        let node = disk_node("0b5e7c1e-2f4a-4c1b-9d6e-000000000001");
+        assert!(node.len() <= 31);
+        let bd: Vec<serde_json::Value> = a
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| *s == "-blockdev")
+            .map(|(i, _)| serde_json::from_str(&a[i + 1]).unwrap())
+            .collect();
+        assert!(
+            bd.iter()
+                .any(|v| v["file"]["filename"] == "/pool/v,1.qcow2")
+        );
+        let m = joined(&plan(MachineProfile::Microvm));
+        assert!(!m.iter().any(|s| s.starts_with("pcie-root-port")));
+        assert!(
+            m.iter()
+                .any(|s| s.starts_with("virtio-blk-device,drive=v0b5e"))
+        );
     }
 
     #[test]

@@ -291,6 +291,31 @@ impl VmHandle for QemuVm {
         Ok(out)
     }
 
+    async fn attach_disk(&self, disk: &crate::DataDisk) -> Result<(), DriverError> {
+        self.live()?;
+        if self.meta.lock().machine == MachineProfile::Microvm {
+            return Err(DriverError::Unsupported(
+                "microvm has no hot-plug bus; attach while stopped".into(),
+            ));
+        }
+        self.hotplug_disk(disk).await
+    }
+
+    async fn detach_disk(&self, id: &str) -> Result<(), DriverError> {
+        self.live()?;
+        if self.meta.lock().machine == MachineProfile::Microvm {
+            return Err(DriverError::Unsupported(
+                "microvm has no hot-plug bus; detach while stopped".into(),
+            ));
+        }
+        self.unplug_disk(id).await
+    }
+
+    async fn grow_disk(&self, id: &str, size_bytes: u64) -> Result<(), DriverError> {
+        self.live()?;
+        self.grow(id, size_bytes).await
+    }
+
     fn console_log(&self) -> Option<PathBuf> {
         Some(self.paths.console_log())
     }

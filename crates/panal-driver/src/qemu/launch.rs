@@ -165,6 +165,7 @@ impl QemuDriver {
             memory_mib: spec.memory_bytes.div_ceil(1 << 20),
             kernel,
             disk,
+            data_disks: spec.disks.clone(),
             paths: paths.clone(),
             sandbox: cfg.sandbox,
             run_as: cfg.run_as_user.clone(),

@@ -9,6 +9,7 @@
 
 mod cgroup;
 mod cmdline;
+mod disks;
 mod guest;
 mod handle;
 mod launch;
@@ -262,6 +263,7 @@ impl Driver for QemuDriver {
             caps::LIVE_RESIZE_VCPUS,
             caps::CONSOLE,
             caps::REATTACH,
+            caps::DISK_HOTPLUG,
         ];
         HypervisorInfo {
             kind: HypervisorKind::Qemu,

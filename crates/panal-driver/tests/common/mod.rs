@@ -56,6 +56,7 @@ impl Env {
             memory_bytes: memory_mib << 20,
             machine: MachineProfile::Microvm,
             boot: self.guest.boot_initramfs(MachineProfile::Microvm, ""),
+            disks: vec![],
         }
     }
 

@@ -1,5 +1,6 @@
-//! The agent endpoint's routes: the same four calls the in-process link makes (register,
-//! heartbeat, assignments, reports) plus boot-image fetches, each bound to the caller's host.
+//! The agent endpoint's routes: the calls the in-process link makes (register, heartbeat,
+//! assignments, reports, host tasks and their reports) plus boot-image fetches, each bound to
+//! the caller's host.
 
 use super::identity::{AgentHost, require_agent};
 use super::{KEEPALIVE, PREFIX};
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use panal_types::agent::{BootManifest, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
 use panal_types::join::{AgentJoin, AgentJoined};
+use panal_types::volume::HostTaskReport;
 use panal_types::{ApiError, ErrorCode};
 
 /// The agent endpoint's router.
@@ -25,6 +27,8 @@ pub fn router(app: App) -> Router {
         .route("/heartbeat", post(heartbeat))
         .route("/assignments", get(assignments))
         .route("/reports", post(report))
+        .route("/tasks", get(tasks))
+        .route("/task-reports", post(task_report))
         .route("/vms/{project}/{name}/boot", get(boot_manifest))
         .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
         .layer(axum::middleware::from_fn_with_state(
@@ -95,6 +99,26 @@ async fn assignments(
         .assignments(host.as_str())
         .await
         .map_err(|e| Failure(ApiError::unavailable(e.to_string())))?;
+    Ok(ndjson(stream))
+}
+
+/// The volume work queued for the caller's host, then each new task, as JSON lines.
+async fn tasks(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+) -> ApiResult<Response> {
+    let stream = app
+        .host_tasks(host.as_str())
+        .await
+        .map_err(|e| Failure(ApiError::unavailable(e.to_string())))?;
+    Ok(ndjson(stream))
+}
+
+/// A stream of messages as JSON lines, with an empty line every [`KEEPALIVE`] so the agent can
+/// tell a quiet stream from a dead one. It ends at the first error.
+fn ndjson<T: serde::Serialize + Send + 'static, E: Send + 'static>(
+    stream: futures::stream::BoxStream<'static, Result<T, E>>,
+) -> Response {
     let lines = stream
         .take_while(|item| futures::future::ready(item.is_ok()))
         .filter_map(|item| futures::future::ready(item.ok()))
@@ -107,18 +131,27 @@ async fn assignments(
         tokio::time::sleep(KEEPALIVE).await;
         Some((b"\n".to_vec(), ()))
     });
-    // The stream ends when the assignment stream does, not when the ticks would.
+    // The response ends when the message stream does, not when the ticks would.
     let body = futures::stream::select(
         lines.map(Some).chain(futures::stream::once(async { None })),
         ticks.map(Some),
     )
     .take_while(|x| futures::future::ready(x.is_some()))
     .map(|x| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(x.unwrap_or_default())));
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(body),
     )
-        .into_response())
+        .into_response()
+}
+
+async fn task_report(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    ApiJson(report): ApiJson<HostTaskReport>,
+) -> ApiResult<StatusCode> {
+    app.report_host_task(host.as_str(), report).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn report(

@@ -14,6 +14,7 @@ mod join_tokens;
 mod operations;
 mod projects;
 mod vms;
+mod volumes;
 
 use crate::app::App;
 use auth::BearerScheme as BearerAddon;
@@ -35,6 +36,7 @@ pub const PREFIX: &str = "/api/v1";
         (name = "vms", description = "Virtual machines"),
         (name = "hosts", description = "Physical hosts"),
         (name = "images", description = "Bootable images"),
+        (name = "volumes", description = "Disks in storage pools"),
         (name = "operations", description = "Long-running work"),
         (name = "events", description = "Change stream"),
         (name = "cluster", description = "Control-plane replicas"),
@@ -57,6 +59,11 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(console::console_log))
         .routes(routes!(images::list_images, images::import_image))
         .routes(routes!(images::get_image, images::delete_image))
+        .routes(routes!(volumes::list_volumes, volumes::create_volume))
+        .routes(routes!(volumes::get_volume, volumes::delete_volume))
+        .routes(routes!(volumes::resize_volume))
+        .routes(routes!(volumes::attach_volume))
+        .routes(routes!(volumes::detach_volume))
         .routes(routes!(hosts::list_hosts))
         .routes(routes!(hosts::get_host))
         .routes(routes!(

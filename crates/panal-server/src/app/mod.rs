@@ -5,6 +5,7 @@
 mod agent_boot;
 mod agents;
 mod events;
+mod host_tasks;
 mod hosts;
 mod hub;
 mod images;
@@ -13,11 +14,13 @@ mod operations;
 mod projects;
 mod validate;
 mod vms;
+mod volumes;
 
 pub use agents::link_error;
 pub use events::EventStream;
 pub use images::ImageFiles;
 pub use operations::settle;
+pub use volumes::{MAX_VOLUME_BYTES, MAX_VOLUMES_PER_VM};
 
 use crate::repo::Repo;
 use panal_store::DynStore;

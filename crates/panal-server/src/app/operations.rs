@@ -93,6 +93,9 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
         return None;
     }
     let caught_up = vm.status.observed_generation >= op.target_generation;
+    if is_disk_change(op.kind) {
+        return settle_disk_change(op, vm, caught_up);
+    }
     if caught_up && vm.status.phase == VmPhase::Failed && op.kind != OperationKind::VmStop {
         let reason = vm
             .status
@@ -122,10 +125,9 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
                 vm.status.phase == VmPhase::Running
                     && vm.status.observed_restart_nonce >= vm.spec.restart_nonce
             }
-            // Deletes finish when the record goes (see `finish_delete`).
-            OperationKind::VmDelete | OperationKind::ImageImport | OperationKind::HostDrain => {
-                false
-            }
+            // Deletes finish when the record goes (see `finish_delete`); the others are settled
+            // by their own controllers or host tasks.
+            _ => false,
         };
     if done {
         return Some((
@@ -164,6 +166,49 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
     ))
 }
 
+fn is_disk_change(kind: OperationKind) -> bool {
+    matches!(
+        kind,
+        OperationKind::VolumeAttach | OperationKind::VolumeDetach | OperationKind::VolumeResize
+    )
+}
+
+/// A volume attach, detach or growth of an attached volume ends when the VM's host has applied
+/// the generation that carries it, or fails when that host said it could not (an event whose
+/// reason ends in `Failed`, recorded since the operation began).
+fn settle_disk_change(
+    op: &Operation,
+    vm: &Vm,
+    caught_up: bool,
+) -> Option<(OperationState, Option<ApiError>, Progress)> {
+    if let Some(ev) = vm.status.events.last()
+        && ev.at >= op.created_at
+        && matches!(
+            ev.reason.as_str(),
+            "AttachFailed" | "DetachFailed" | "DiskResizeFailed"
+        )
+    {
+        return Some((
+            OperationState::Failed,
+            Some(ApiError::new(ErrorCode::Conflict, ev.message.clone())),
+            Progress {
+                percent: Some(100),
+                message: ev.message.clone(),
+            },
+        ));
+    }
+    caught_up.then(|| {
+        (
+            OperationState::Succeeded,
+            None,
+            Progress {
+                percent: Some(100),
+                message: "done".into(),
+            },
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +236,7 @@ mod tests {
                 force_stop: false,
                 deleted: false,
                 placement: Default::default(),
+                volumes: vec![],
             },
             status: VmStatus {
                 phase,

@@ -76,6 +76,7 @@ impl App {
                 force_stop: false,
                 deleted: false,
                 placement,
+                volumes: vec![],
             },
             status: VmStatus {
                 phase: VmPhase::Pending,
@@ -497,7 +498,7 @@ pub(crate) fn started_operation(
     }
 }
 
-trait WithOperationOpt {
+pub(super) trait WithOperationOpt {
     fn with_operation_opt(self, op: Option<OperationId>) -> Self;
 }
 

@@ -9,6 +9,7 @@ mod operation;
 mod output;
 mod project;
 mod vm;
+mod volume;
 mod wait;
 
 use crate::config;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Manage volumes (disks in storage pools).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Inspect hosts.
     #[command(subcommand)]
     Host(host::HostCommand),
@@ -130,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Vm(c) => vm::run(&client(&cli)?, cli.output, c).await,
         Command::Image(c) => image::run(&client(&cli)?, cli.output, c).await,
+        Command::Volume(c) => volume::run(&client(&cli)?, cli.output, c).await,
         Command::Host(c) => host::run(&client(&cli)?, cli.output, c).await,
         Command::Project(c) => project::run(&client(&cli)?, cli.output, c).await,
         Command::Operation(c) => operation::run(&client(&cli)?, cli.output, c).await,

@@ -483,6 +483,16 @@ fn show(format: Format, vm: &Vm) -> Result<()> {
         if let Some(op) = &vm.status.operation {
             fields.push(("Operation", op.to_string()));
         }
+        if !vm.spec.volumes.is_empty() {
+            // In the order the guest sees them after its boot disk.
+            let disks: Vec<String> = vm
+                .spec
+                .volumes
+                .iter()
+                .map(|d| format!("{} ({})", d.volume, format_size(d.size_bytes)))
+                .collect();
+            fields.push(("Volumes", disks.join(", ")));
+        }
         print_fields(&fields);
         if !vm.status.events.is_empty() {
             println!("Events:");

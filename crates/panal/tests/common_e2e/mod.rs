@@ -291,7 +291,16 @@ pub async fn wait_log(
 
 /// Waits for an accepted request's operation to end; panics unless it succeeded.
 pub async fn op_ok(client: &Client, accepted: &VmAccepted, timeout: Duration) {
-    let id = accepted.operation.id.to_string();
+    operation_ok(client, &accepted.operation, timeout).await;
+}
+
+/// Waits for an operation to end; panics unless it succeeded.
+pub async fn operation_ok(
+    client: &Client,
+    op: &panal_types::operation::Operation,
+    timeout: Duration,
+) {
+    let id = op.id.to_string();
     let deadline = Instant::now() + timeout;
     loop {
         let op = client
@@ -303,7 +312,7 @@ pub async fn op_ok(client: &Client, accepted: &VmAccepted, timeout: Duration) {
             OperationState::Succeeded => return,
             _ => panic!(
                 "operation {:?} on {} did not succeed within {timeout:?}: {op:#?}",
-                op.kind, accepted.vm.name
+                op.kind, op.target.name
             ),
         }
     }

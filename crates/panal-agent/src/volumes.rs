@@ -1,0 +1,410 @@
+//! Volume files in this host's pools: the host tasks the control plane queues (create, clone,
+//! grow, delete), done with `qemu-img`, and the paths VMs open.
+//!
+//! Every task is idempotent, because a task whose report was lost is sent again: a new file is
+//! written under a temporary name and renamed into place only when complete, growing to a size
+//! the file already has does nothing, and deleting a missing file succeeds.
+
+use crate::link::{DynLink, LinkError};
+use futures::StreamExt;
+use panal_types::volume::{CloneFrom, HostTaskReport, VolumeAction, VolumeFormat};
+use panal_types::{Name, OperationId};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// This host's pools by name.
+#[derive(Clone, Debug, Default)]
+pub struct Pools {
+    dirs: Arc<HashMap<String, PathBuf>>,
+}
+
+impl Pools {
+    /// Pools from the agent's configuration.
+    pub fn new(pools: &[crate::inventory::PoolDir]) -> Self {
+        Self {
+            dirs: Arc::new(
+                pools
+                    .iter()
+                    .map(|p| (p.name.clone(), p.path.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether this host has any pool.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    /// The path of `file` in `pool`. File names come from the control plane, which makes them
+    /// from ids; anything that could leave the pool directory is refused all the same.
+    pub fn path(&self, pool: &str, file: &str) -> Result<PathBuf, String> {
+        let dir = self
+            .dirs
+            .get(pool)
+            .ok_or_else(|| format!("this host has no pool \"{pool}\""))?;
+        let safe = !file.is_empty()
+            && !file.starts_with('.')
+            && file
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        if !safe {
+            return Err(format!("refusing volume file name {file:?}"));
+        }
+        Ok(dir.join(file))
+    }
+}
+
+/// Follows the host's task queue until the future is dropped, reconnecting with back-off.
+pub async fn run(host: Name, link: DynLink, pools: Pools) {
+    let running: Arc<Mutex<HashSet<OperationId>>> = Arc::default();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match follow(&host, &link, &pools, &running).await {
+            Ok(()) => delay = Duration::from_millis(100),
+            Err(e) => tracing::warn!(error = %e, "host task stream failed; reconnecting"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn follow(
+    host: &Name,
+    link: &DynLink,
+    pools: &Pools,
+    running: &Arc<Mutex<HashSet<OperationId>>>,
+) -> Result<(), LinkError> {
+    let mut stream = link.host_tasks(host).await?;
+    while let Some(task) = stream.next().await {
+        let task = task?;
+        // A task sent again after a reconnect while it still runs here is not started twice.
+        if !running.lock().insert(task.id) {
+            continue;
+        }
+        let (host, link, pools, running) =
+            (host.clone(), link.clone(), pools.clone(), running.clone());
+        tokio::spawn(async move {
+            let id = task.id;
+            let progress = Progress {
+                host: host.clone(),
+                link: link.clone(),
+                id,
+            };
+            let outcome = execute(&pools, &task.action, &progress).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(task = %id, volume = %task.volume, error = %e, "volume task failed");
+            }
+            let report = HostTaskReport {
+                id,
+                finished: true,
+                error: outcome.err(),
+                percent: Some(100),
+                message: String::new(),
+            };
+            // Retried a few times; if the control plane stays away the task comes again
+            // with the next stream and is redone (idempotently).
+            for attempt in 0..5u32 {
+                match link.report_task(&host, report.clone()).await {
+                    Ok(()) | Err(LinkError::Rejected(_)) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
+                }
+            }
+            running.lock().remove(&id);
+        });
+    }
+    Ok(())
+}
+
+/// Sends progress of one task (best effort).
+struct Progress {
+    host: Name,
+    link: DynLink,
+    id: OperationId,
+}
+
+impl Progress {
+    async fn send(&self, percent: u8, message: String) {
+        let r = HostTaskReport {
+            id: self.id,
+            finished: false,
+            error: None,
+            percent: Some(percent),
+            message,
+        };
+        if let Err(e) = self.link.report_task(&self.host, r).await {
+            tracing::debug!(error = %e, "progress report failed");
+        }
+    }
+}
+
+async fn execute(pools: &Pools, action: &VolumeAction, progress: &Progress) -> Result<(), String> {
+    match action {
+        VolumeAction::Create {
+            pool,
+            file,
+            format,
+            size_bytes,
+            from,
+        } => {
+            let path = pools.path(pool, file)?;
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                // Done before; the report was lost.
+                return Ok(());
+            }
+            let tmp = path.with_extension("part");
+            let _ = tokio::fs::remove_file(&tmp).await;
+            let made = match from {
+                None => create_empty(&tmp, *format, *size_bytes).await,
+                Some(CloneFrom {
+                    file: parent,
+                    format: pformat,
+                    linked: true,
+                }) => {
+                    let ppath = pools.path(pool, parent)?;
+                    create_linked(&tmp, &ppath, *pformat, *size_bytes).await
+                }
+                Some(CloneFrom {
+                    file: parent,
+                    format: pformat,
+                    linked: false,
+                }) => {
+                    let ppath = pools.path(pool, parent)?;
+                    full_copy(&ppath, *pformat, &tmp, *format, progress).await?;
+                    grow_file(&tmp, *format, *size_bytes).await
+                }
+            };
+            if let Err(e) = made {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| format!("cannot move the new volume into place: {e}"))
+        }
+        VolumeAction::Resize {
+            pool,
+            file,
+            size_bytes,
+        } => {
+            let path = pools.path(pool, file)?;
+            let format = format_of(file);
+            grow_file(&path, format, *size_bytes).await
+        }
+        VolumeAction::Delete { pool, file } => {
+            let path = pools.path(pool, file)?;
+            let _ = tokio::fs::remove_file(path.with_extension("part")).await;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+/// The format a volume file has, from the extension the control plane gave it.
+pub fn format_of(file: &str) -> VolumeFormat {
+    if file.ends_with(".raw") {
+        VolumeFormat::Raw
+    } else {
+        VolumeFormat::Qcow2
+    }
+}
+
+async fn create_empty(path: &Path, format: VolumeFormat, size: u64) -> Result<(), String> {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        format.as_str(),
+        &path.to_string_lossy(),
+        &size.to_string(),
+    ])
+    .await
+}
+
+/// A qcow2 child backed by `parent`, named relative to the pool so the pair stays valid
+/// wherever a shared pool is mounted.
+async fn create_linked(
+    path: &Path,
+    parent: &Path,
+    pformat: VolumeFormat,
+    size: u64,
+) -> Result<(), String> {
+    let parent_name = parent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or("the parent has no file name")?;
+    if !tokio::fs::try_exists(parent).await.unwrap_or(false) {
+        return Err(format!("the parent file {} is missing", parent.display()));
+    }
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &parent_name,
+        "-F",
+        pformat.as_str(),
+        &path.to_string_lossy(),
+        &size.to_string(),
+    ])
+    .await
+}
+
+/// Copies every allocated block of `src` into a new file, reporting progress.
+async fn full_copy(
+    src: &Path,
+    sformat: VolumeFormat,
+    dst: &Path,
+    dformat: VolumeFormat,
+    progress: &Progress,
+) -> Result<(), String> {
+    let mut child = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-p",
+            "-f",
+            sformat.as_str(),
+            "-O",
+            dformat.as_str(),
+        ])
+        .arg(src)
+        .arg(dst)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    // `-p` prints "    (12.34/100%)" with carriage returns as it goes.
+    let mut out = child.stdout.take().ok_or("no qemu-img output")?;
+    let mut buf = [0u8; 256];
+    let mut last = 0u8;
+    let mut line = String::new();
+    loop {
+        let n = out.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        line.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let Some(pct) = last_percent(&line)
+            && pct >= last.saturating_add(5)
+        {
+            last = pct;
+            progress.send(pct, format!("copied {pct}%")).await;
+        }
+        if line.len() > 4096 {
+            line.drain(..line.len() - 64);
+        }
+    }
+    let done = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if !done.status.success() {
+        return Err(format!(
+            "qemu-img convert failed: {}",
+            String::from_utf8_lossy(&done.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The last "(NN.NN/100%)" in qemu-img's progress output.
+fn last_percent(s: &str) -> Option<u8> {
+    let end = s.rfind("/100%)")?;
+    let start = s[..end].rfind('(')? + 1;
+    s[start..end]
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|p| p.clamp(0.0, 100.0) as u8)
+}
+
+/// Grows a file's virtual size to `size` (never shrinks).
+pub async fn grow_file(path: &Path, format: VolumeFormat, size: u64) -> Result<(), String> {
+    if virtual_size(path).await? >= size {
+        return Ok(());
+    }
+    qemu_img(&[
+        "resize",
+        "-q",
+        "-f",
+        format.as_str(),
+        &path.to_string_lossy(),
+        &size.to_string(),
+    ])
+    .await
+}
+
+async fn virtual_size(path: &Path) -> Result<u64, String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img info {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| "qemu-img info gave no virtual size".into())
+}
+
+async fn qemu_img(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_cannot_leave_the_pool() {
+        let pools = Pools::new(&[crate::inventory::PoolDir {
+            name: "default".into(),
+            path: "/pool".into(),
+            shared: false,
+        }]);
+        assert_eq!(
+            pools.path("default", "ab-1.qcow2").unwrap(),
+            PathBuf::from("/pool/ab-1.qcow2")
+        );
+        for bad in ["../x", "/etc/passwd", "a/b", "", ".hidden", "..", "a b"] {
+            assert!(pools.path("default", bad).is_err(), "{bad:?}");
+        }
+        assert!(pools.path("other", "a.qcow2").is_err());
+    }
+
+    #[test]
+    fn progress_is_read_from_qemu_img_output() {
+        assert_eq!(
+            last_percent("    (0.00/100%)\r    (12.50/100%)\r"),
+            Some(12)
+        );
+        assert_eq!(last_percent("nothing"), None);
+    }
+}

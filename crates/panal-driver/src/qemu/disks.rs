@@ -1,0 +1,113 @@
+//! Disk hot-plug on a running QEMU: add a block node and a virtio-blk device on a free PCIe
+//! root port, remove them again once the guest has let go, and grow a disk live.
+//!
+//! Which port is free is not remembered anywhere: `device_add` refuses an occupied port, so the
+//! ports are tried in order. That stays right after the agent restarts and re-attaches.
+
+use super::cmdline::{self, HOTPLUG_PORTS};
+use super::handle::QemuVm;
+use crate::{DataDisk, DriverError};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long the guest may take to release an unplugged disk (Linux waits five seconds after
+/// the attention button before it powers the slot off; under TCG everything is slower).
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl QemuVm {
+    pub(super) async fn hotplug_disk(&self, d: &DataDisk) -> Result<(), DriverError> {
+        let node = cmdline::disk_node(&d.id);
+        let device = cmdline::disk_device(&d.id);
+        if self.device_present(&device).await? {
+            return Ok(());
+        }
+        if !self.node_present(&node).await? {
+            self.qmp("blockdev-add", Some(cmdline::data_disk_node(d)))
+                .await?;
+        }
+        let mut last = None;
+        for i in 0..HOTPLUG_PORTS {
+            let r = self
+                .qmp(
+                    "device_add",
+                    Some(json!({
+                        "driver": "virtio-blk-pci",
+                        "drive": node,
+                        "id": device,
+                        "serial": cmdline::disk_serial(&d.id),
+                        "bus": cmdline::port(i),
+                    })),
+                )
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        // No port took it: leave nothing half-added behind.
+        let _ = self
+            .qmp("blockdev-del", Some(json!({ "node-name": node })))
+            .await;
+        Err(last.unwrap_or_else(|| DriverError::Hypervisor("no free hot-plug port".into())))
+    }
+
+    pub(super) async fn unplug_disk(&self, id: &str) -> Result<(), DriverError> {
+        let node = cmdline::disk_node(id);
+        let device = cmdline::disk_device(id);
+        if self.device_present(&device).await? {
+            self.qmp("device_del", Some(json!({ "id": device })))
+                .await?;
+            let deadline = tokio::time::Instant::now() + UNPLUG_TIMEOUT;
+            while self.device_present(&device).await? {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(DriverError::Hypervisor(format!(
+                        "the guest did not release the disk within {} s",
+                        UNPLUG_TIMEOUT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if self.node_present(&node).await? {
+            self.qmp("blockdev-del", Some(json!({ "node-name": node })))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn grow(&self, id: &str, size_bytes: u64) -> Result<(), DriverError> {
+        self.qmp(
+            "block_resize",
+            Some(json!({ "node-name": cmdline::disk_node(id), "size": size_bytes })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Whether a device with this id exists (found by its QOM path).
+    async fn device_present(&self, device: &str) -> Result<bool, DriverError> {
+        match self
+            .qmp(
+                "qom-get",
+                Some(
+                    json!({ "path": format!("/machine/peripheral/{device}"), "property": "type" }),
+                ),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(DriverError::Hypervisor(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a block node with this name exists.
+    async fn node_present(&self, node: &str) -> Result<bool, DriverError> {
+        let nodes = self
+            .qmp("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await?;
+        Ok(nodes
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["node-name"] == node)))
+    }
+}

@@ -1,0 +1,148 @@
+//! The control plane's side of host tasks: the stream of volume work queued for one host, and
+//! the agent's reports, which complete the task's volume change and operation in one
+//! transaction and dequeue the task.
+//!
+//! A task stays queued until its agent reports it finished, so an agent that restarts or
+//! reconnects receives it again: agents make every task idempotent.
+
+use super::App;
+use crate::codec::{decode, encode};
+use crate::keys;
+use futures::StreamExt;
+use panal_agent::link::{HostTaskStream, LinkError};
+use panal_store::{Compare, Op, Txn, WatchEvent};
+use panal_types::operation::{Operation, OperationState, Progress};
+use panal_types::volume::{HostTask, HostTaskReport, Volume, VolumeAction, VolumePhase};
+use panal_types::{ApiError, ErrorCode};
+
+impl App {
+    /// Every task queued for `host`, then each new one.
+    pub async fn host_tasks(&self, host: &str) -> Result<HostTaskStream, LinkError> {
+        let unavailable = |e: panal_store::StoreError| LinkError::Unavailable(e.to_string());
+        let prefix = keys::host_tasks_of(host);
+        let store = self.repo.store();
+        let snapshot = store.range(&prefix, None, 0).await.map_err(unavailable)?;
+        let watch = store
+            .watch(&prefix, snapshot.revision + 1)
+            .await
+            .map_err(unavailable)?;
+        let queued: Vec<Result<HostTask, LinkError>> = snapshot
+            .kvs
+            .into_iter()
+            .filter_map(|kv| decode::<HostTask>(&kv.key, &kv.value).ok())
+            .map(Ok)
+            .collect();
+        let new = watch.filter_map(|ev| async move {
+            match ev {
+                Ok(WatchEvent::Put(kv)) if kv.create_revision == kv.mod_revision => {
+                    decode::<HostTask>(&kv.key, &kv.value).ok().map(Ok)
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(LinkError::Unavailable(e.to_string()))),
+            }
+        });
+        Ok(futures::stream::iter(queued).chain(new).boxed())
+    }
+
+    /// Takes an agent's report on one of its host's tasks.
+    pub async fn report_host_task(&self, host: &str, r: HostTaskReport) -> Result<(), ApiError> {
+        let task_key = keys::host_task(host, &r.id);
+        let op_key = keys::op(&r.id);
+        if !r.finished {
+            let progress = Progress {
+                percent: r.percent.map(|p| p.min(99)),
+                message: r.message.clone(),
+            };
+            self.repo
+                .update::<Operation, _>(&op_key, |op| {
+                    if op.state.is_final() || op.progress == progress {
+                        return Ok(false);
+                    }
+                    op.progress = progress.clone();
+                    op.updated_at = chrono::Utc::now();
+                    Ok(true)
+                })
+                .await?;
+            return Ok(());
+        }
+        for _ in 0..64 {
+            let Some(task) = self.repo.get::<HostTask>(&task_key).await? else {
+                // Already taken: a repeated report after a reconnect.
+                return Ok(());
+            };
+            let task_rev = task.mod_revision;
+            let task = task.value;
+            let mut txn = Txn::new()
+                .when(Compare::unchanged(&task_key, task_rev))
+                .and_then(Op::delete(&task_key));
+            let vkey = keys::volume(task.project.as_str(), task.volume.as_str());
+            if let Some(cur) = self.repo.get::<Volume>(&vkey).await?
+                && cur.value.operation == Some(task.id)
+            {
+                txn = txn.when(Compare::unchanged(&vkey, cur.mod_revision));
+                let mut v = cur.value;
+                v.operation = None;
+                v.reason = r.error.clone();
+                match (&task.action, &r.error) {
+                    (VolumeAction::Delete { .. }, None) => {
+                        txn = txn.and_then(Op::delete(&vkey));
+                        if let Some(parent) = &v.parent {
+                            let pkey = keys::volume(task.project.as_str(), parent.as_str());
+                            if let Some(p) = self.repo.get::<Volume>(&pkey).await? {
+                                let mut pv = p.value;
+                                pv.children.retain(|c| *c != v.name);
+                                txn = txn
+                                    .when(Compare::unchanged(&pkey, p.mod_revision))
+                                    .and_then(Op::put(&pkey, encode(&pv)));
+                            }
+                        }
+                    }
+                    (action, error) => {
+                        v.phase = match (action, error) {
+                            (VolumeAction::Create { .. }, Some(_)) => VolumePhase::Failed,
+                            (VolumeAction::Delete { .. }, Some(_)) => VolumePhase::Failed,
+                            _ => VolumePhase::Ready,
+                        };
+                        if let (VolumeAction::Resize { size_bytes, .. }, None) = (action, error) {
+                            v.size_bytes = *size_bytes;
+                        }
+                        txn = txn.and_then(Op::put(&vkey, encode(&v)));
+                    }
+                }
+            }
+            if let Some(op) = self.repo.get::<Operation>(&op_key).await?
+                && !op.value.state.is_final()
+            {
+                let mut done = op.value;
+                done.updated_at = chrono::Utc::now();
+                match &r.error {
+                    None => {
+                        done.state = OperationState::Succeeded;
+                        done.progress = Progress {
+                            percent: Some(100),
+                            message: "done".into(),
+                        };
+                    }
+                    Some(why) => {
+                        done.state = OperationState::Failed;
+                        done.error = Some(ApiError::new(ErrorCode::Conflict, why.clone()));
+                        done.progress = Progress {
+                            percent: Some(100),
+                            message: why.clone(),
+                        };
+                    }
+                }
+                txn = txn
+                    .when(Compare::unchanged(&op_key, op.mod_revision))
+                    .and_then(Op::put(&op_key, encode(&done)));
+            }
+            if self.repo.txn(txn).await?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "the volume kept changing; report again",
+        ))
+    }
+}

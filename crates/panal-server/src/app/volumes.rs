@@ -1,0 +1,795 @@
+//! Volume use cases: create (empty or cloned), read, list, grow, delete, attach, detach.
+//!
+//! Work on a volume's file is a host task queued in the store for the volume's host, written in
+//! the same transaction as the volume record and its operation; the agent does it and reports
+//! back (see `host_tasks`). Attaching, detaching and growing an attached volume change the VM's
+//! spec instead: the VM's agent applies them (live on a running VM) and the operation completes
+//! when the VM reports that generation, as other VM changes do.
+
+use super::vms::WithOperationOpt;
+use super::{App, next_token, page_bounds};
+use crate::codec::encode;
+use crate::keys;
+use crate::repo::Versioned;
+use panal_store::{Compare, Op, Txn};
+use panal_types::error::check_name;
+use panal_types::host::Host;
+use panal_types::operation::{OperationKind, OperationTarget};
+use panal_types::page::Page;
+use panal_types::size::MIB;
+use panal_types::vm::{MachineProfile, PowerState, Vm, VmPhase};
+use panal_types::volume::{
+    CloneFrom, DiskAttachment, HostTask, Volume, VolumeAccepted, VolumeAction, VolumeCreate,
+    VolumeFormat, VolumePhase, VolumeSource,
+};
+use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId, VolumeId};
+
+/// The largest volume: 64 TiB.
+pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+/// Most volumes one VM can have attached (each hot-pluggable slot is a PCIe root port).
+pub const MAX_VOLUMES_PER_VM: usize = 8;
+/// The pool a volume goes to when the request names none.
+pub const DEFAULT_POOL: &str = "default";
+
+impl App {
+    /// Creates a volume: empty, or cloned from another volume (linked or full copy).
+    pub async fn create_volume(&self, req: VolumeCreate) -> Result<VolumeAccepted, ApiError> {
+        let name = check_name("name", &req.name)?;
+        let project_name = req.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        let project = self.project(project_name, "project").await?;
+        if project.value.deleting {
+            return Err(
+                ApiError::conflict(format!("project \"{project_name}\" is being deleted"))
+                    .with_field("project"),
+            );
+        }
+        if let Some(s) = req.size_bytes {
+            check_size(s, "size_bytes")?;
+        }
+        let source = req.source.clone().unwrap_or(VolumeSource::Empty);
+        let parent = match &source {
+            VolumeSource::Empty => None,
+            VolumeSource::Volume { volume, linked } => {
+                let p = self
+                    .volume_versioned(project_name, volume, "source.volume")
+                    .await?;
+                if p.value.phase != VolumePhase::Ready {
+                    return Err(ApiError::conflict(format!(
+                        "volume \"{volume}\" is {}, not ready",
+                        p.value.phase.as_str()
+                    ))
+                    .with_field("source.volume"));
+                }
+                if let Some(vm) = &p.value.attached_to {
+                    // A copy of a disk a guest is writing would be torn; a linked child would
+                    // see its parent change under it.
+                    return Err(ApiError::conflict(format!(
+                        "volume \"{volume}\" is attached to VM \"{vm}\"; detach it (or stop and \
+                         detach) before cloning"
+                    ))
+                    .with_field("source.volume"));
+                }
+                if *linked && req.format == Some(VolumeFormat::Raw) {
+                    return Err(ApiError::invalid(
+                        "format",
+                        "a linked clone is a qcow2 overlay; ask for a full copy to get raw",
+                    ));
+                }
+                Some((p, *linked))
+            }
+        };
+        let size_bytes = match (&parent, req.size_bytes) {
+            (None, Some(s)) => s,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "size_bytes",
+                    "an empty volume needs a size",
+                ));
+            }
+            (Some((p, _)), Some(s)) if s < p.value.size_bytes => {
+                return Err(ApiError::invalid(
+                    "size_bytes",
+                    format!(
+                        "a clone cannot be smaller than its parent ({} bytes)",
+                        p.value.size_bytes
+                    ),
+                ));
+            }
+            (Some(_), Some(s)) => s,
+            (Some((p, _)), None) => p.value.size_bytes,
+        };
+        let format = match (&parent, req.format) {
+            (Some((_, true)), _) => VolumeFormat::Qcow2,
+            (_, Some(f)) => f,
+            (Some((p, false)), None) => p.value.format,
+            (None, None) => VolumeFormat::Qcow2,
+        };
+        let (host, pool) = match &parent {
+            // A clone lives beside its parent: the copy is local and a linked child needs
+            // its backing file in reach.
+            Some((p, _)) => {
+                if req.pool.as_deref().is_some_and(|x| x != p.value.pool)
+                    || req
+                        .host
+                        .as_deref()
+                        .is_some_and(|x| x != p.value.host.as_str())
+                {
+                    return Err(ApiError::invalid(
+                        "pool",
+                        "a clone is made in its parent's pool and host; move it afterwards",
+                    ));
+                }
+                let hosts = self.all_hosts_cached().await?;
+                let host = hosts
+                    .iter()
+                    .find(|h| h.name == p.value.host)
+                    .cloned()
+                    .ok_or_else(|| ApiError::unavailable("the parent's host is gone"))?;
+                (host, p.value.pool.clone())
+            }
+            None => {
+                let pool = req.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
+                let host = self.host_for_volume(&pool, req.host.as_deref()).await?;
+                (host, pool)
+            }
+        };
+        let pool_info = host
+            .inventory
+            .storage
+            .iter()
+            .find(|p| p.name == pool)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found("pool", &pool).with_field(if req.pool.is_some() {
+                    "pool"
+                } else {
+                    "host"
+                })
+            })?;
+        // Thin volumes may promise more than is free, never more than the pool holds; a full
+        // copy or a raw file may need it all now.
+        let thin = format == VolumeFormat::Qcow2;
+        let room = if thin {
+            pool_info.total_bytes
+        } else {
+            pool_info.free_bytes
+        };
+        if size_bytes > room {
+            return Err(ApiError::new(
+                ErrorCode::InsufficientCapacity,
+                format!(
+                    "{size_bytes} bytes do not fit in pool \"{pool}\" on host \"{}\" ({} of {} bytes free)",
+                    host.name, pool_info.free_bytes, pool_info.total_bytes
+                ),
+            )
+            .with_field("size_bytes"));
+        }
+        let id = VolumeId::new();
+        let op_id = OperationId::new();
+        let file = format!("{id}.{}", format.as_str());
+        let volume = Volume {
+            id,
+            name: name.clone(),
+            project: project.value.name.clone(),
+            size_bytes,
+            format,
+            pool: pool.clone(),
+            host: host.name.clone(),
+            shared: pool_info.shared,
+            file: file.clone(),
+            parent: parent
+                .as_ref()
+                .filter(|(_, linked)| *linked)
+                .map(|(p, _)| p.value.name.clone()),
+            children: vec![],
+            phase: VolumePhase::Creating,
+            reason: None,
+            attached_to: None,
+            operation: Some(op_id),
+            created_at: chrono::Utc::now(),
+            revision: 0,
+        };
+        let task = HostTask {
+            id: op_id,
+            host: host.name.clone(),
+            project: volume.project.clone(),
+            volume: name.clone(),
+            action: VolumeAction::Create {
+                pool,
+                file,
+                format,
+                size_bytes,
+                from: parent.as_ref().map(|(p, linked)| CloneFrom {
+                    file: p.value.file.clone(),
+                    format: p.value.format,
+                    linked: *linked,
+                }),
+            },
+        };
+        let message = match &parent {
+            None => "creating".to_string(),
+            Some((p, true)) => format!("linking to {}", p.value.name),
+            Some((p, false)) => format!("copying {}", p.value.name),
+        };
+        let op = volume_operation(op_id, OperationKind::VolumeCreate, &volume, &message);
+        let key = keys::volume(project_name, name.as_str());
+        let mut txn = Txn::new()
+            .when(Compare::absent(&key))
+            .when(Compare::unchanged(
+                &keys::project(project_name),
+                project.mod_revision,
+            ))
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)))
+            .and_then(Op::put(
+                &keys::host_task(host.name.as_str(), &op_id),
+                encode(&task),
+            ));
+        if let Some((p, true)) = &parent {
+            // The parent learns of its child in the same step, so it cannot be deleted or
+            // attached under it.
+            let mut parent = p.value.clone();
+            parent.children.push(name.clone());
+            let pkey = keys::volume(project_name, parent.name.as_str());
+            txn = txn
+                .when(Compare::unchanged(&pkey, p.mod_revision))
+                .and_then(Op::put(&pkey, encode(&parent)));
+        }
+        let r = self.repo.txn(txn).await?;
+        if !r.succeeded {
+            if self.repo.get::<Volume>(&key).await?.is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "a volume named \"{name}\" already exists in project \"{project_name}\""
+                    ),
+                )
+                .with_field("name"));
+            }
+            return Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "the project or the parent volume changed meanwhile; retry",
+            ));
+        }
+        let mut volume = volume;
+        volume.revision = r.revision;
+        Ok(VolumeAccepted {
+            volume,
+            operation: op,
+        })
+    }
+
+    /// The ready host that keeps a new volume in `pool`: the one asked for, else the one with
+    /// the most free space there.
+    async fn host_for_volume(&self, pool: &str, host: Option<&str>) -> Result<Host, ApiError> {
+        if pool.is_empty()
+            || pool.len() > 63
+            || !pool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ApiError::invalid(
+                "pool",
+                "pool names are 1-63 letters, digits, '-' or '_'",
+            ));
+        }
+        let hosts = self.all_hosts_cached().await?;
+        if let Some(h) = host {
+            let name = check_name("host", h)?;
+            let found = hosts
+                .iter()
+                .find(|x| x.name == name)
+                .ok_or_else(|| ApiError::not_found("host", &name).with_field("host"))?;
+            if !found.inventory.storage.iter().any(|p| p.name == pool) {
+                return Err(
+                    ApiError::not_found("pool", format!("{pool} on host {name}"))
+                        .with_field("pool"),
+                );
+            }
+            return Ok(found.clone());
+        }
+        hosts
+            .iter()
+            .filter(|h| h.alive())
+            .filter_map(|h| {
+                h.inventory
+                    .storage
+                    .iter()
+                    .find(|p| p.name == pool)
+                    .map(|p| (p.free_bytes, h))
+            })
+            .max_by_key(|(free, _)| *free)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| {
+                ApiError::not_found("pool", format!("{pool} on any ready host")).with_field("pool")
+            })
+    }
+
+    /// Reads a volume.
+    pub async fn volume(&self, project: Option<&str>, name: &str) -> Result<Volume, ApiError> {
+        let v = self
+            .volume_versioned(project.unwrap_or(DEFAULT_PROJECT), name, "name")
+            .await?;
+        let mut vol = v.value;
+        vol.revision = v.mod_revision;
+        Ok(vol)
+    }
+
+    pub(super) async fn volume_versioned(
+        &self,
+        project: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<Versioned<Volume>, ApiError> {
+        let pname = check_name("project", project)?;
+        let vname = check_name(field, name)?;
+        match self
+            .repo
+            .get::<Volume>(&keys::volume(pname.as_str(), vname.as_str()))
+            .await?
+        {
+            Some(v) => Ok(v),
+            None => {
+                self.project(project, "project").await?;
+                Err(ApiError::not_found("volume", &vname).with_field(field))
+            }
+        }
+    }
+
+    /// Lists a project's volumes (in name order).
+    pub async fn list_volumes(
+        &self,
+        project: Option<&str>,
+        limit: Option<usize>,
+        token: Option<&str>,
+    ) -> Result<Page<Volume>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        self.project(project, "project").await?;
+        let prefix = keys::volumes_of(project);
+        let (limit, start) = page_bounds(limit, token, &prefix)?;
+        let (items, more, _) = self
+            .repo
+            .list::<Volume>(&prefix, start.as_deref(), limit)
+            .await?;
+        let items: Vec<Volume> = items
+            .into_iter()
+            .map(|v| {
+                let mut vol = v.value;
+                vol.revision = v.mod_revision;
+                vol
+            })
+            .collect();
+        let last = items.last().map(|v| v.name.to_string());
+        Ok(Page {
+            items,
+            next_page_token: next_token(more, last),
+        })
+    }
+
+    /// Grows a volume: by its host when detached, by the VM's host (live when it runs) when
+    /// attached.
+    pub async fn resize_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<VolumeAccepted, ApiError> {
+        for _ in 0..MAX_RETRIES {
+            if let Some(done) = self.try_resize_volume(project, name, size_bytes).await? {
+                return Ok(done);
+            }
+        }
+        Err(contended())
+    }
+
+    /// One attempt; `None` when a concurrent change won the race.
+    async fn try_resize_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let cur = self.volume_versioned(project, name, "name").await?;
+        check_size(size_bytes, "size_bytes")?;
+        let mut volume = cur.value.clone();
+        if size_bytes < volume.size_bytes {
+            return Err(ApiError::invalid(
+                "size_bytes",
+                format!(
+                    "volumes only grow: {size_bytes} is below the current {} bytes",
+                    volume.size_bytes
+                ),
+            ));
+        }
+        if size_bytes == volume.size_bytes {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is already {size_bytes} bytes"
+            ))
+            .with_field("size_bytes"));
+        }
+        ready_and_alone(&volume)?;
+        let key = keys::volume(project, volume.name.as_str());
+        let op_id = OperationId::new();
+        let op;
+        let mut txn = Txn::new().when(Compare::unchanged(&key, cur.mod_revision));
+        if let Some(vm_name) = volume.attached_to.clone() {
+            let vm = self.attached_vm(project, vm_name.as_str()).await?;
+            let mut next = vm.value.clone();
+            busy(&next)?;
+            for d in next.spec.volumes.iter_mut().filter(|d| d.id == volume.id) {
+                d.size_bytes = size_bytes;
+            }
+            next.generation += 1;
+            next.status.operation = Some(op_id);
+            volume.size_bytes = size_bytes;
+            let mut o = volume_operation(op_id, OperationKind::VolumeResize, &volume, "growing");
+            o.target_generation = next.generation;
+            op = o;
+            let vkey = keys::vm(project, next.name.as_str());
+            txn = txn
+                .when(Compare::unchanged(&vkey, vm.mod_revision))
+                .and_then(Op::put(&vkey, encode(&next)));
+        } else {
+            volume.phase = VolumePhase::Resizing;
+            volume.operation = Some(op_id);
+            volume.reason = None;
+            op = volume_operation(op_id, OperationKind::VolumeResize, &volume, "growing");
+            let task = HostTask {
+                id: op_id,
+                host: volume.host.clone(),
+                project: volume.project.clone(),
+                volume: volume.name.clone(),
+                action: VolumeAction::Resize {
+                    pool: volume.pool.clone(),
+                    file: volume.file.clone(),
+                    size_bytes,
+                },
+            };
+            txn = txn.and_then(Op::put(
+                &keys::host_task(volume.host.as_str(), &op_id),
+                encode(&task),
+            ));
+        }
+        txn = txn
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+        self.commit_volume_change(txn, volume, op).await
+    }
+
+    /// Deletes a detached volume without children.
+    pub async fn delete_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VolumeAccepted, ApiError> {
+        for _ in 0..MAX_RETRIES {
+            if let Some(done) = self.try_delete_volume(project, name).await? {
+                return Ok(done);
+            }
+        }
+        Err(contended())
+    }
+
+    /// One attempt; `None` when a concurrent change won the race.
+    async fn try_delete_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let cur = self.volume_versioned(project, name, "name").await?;
+        let mut volume = cur.value.clone();
+        if let Some(vm) = &volume.attached_to {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is attached to VM \"{vm}\"; detach it first"
+            )));
+        }
+        if !volume.children.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" has linked clones ({}); delete them first",
+                join_names(&volume.children)
+            )));
+        }
+        if !matches!(volume.phase, VolumePhase::Ready | VolumePhase::Failed) {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is {}; wait for that to finish",
+                volume.phase.as_str()
+            ))
+            .with_operation_opt(volume.operation));
+        }
+        let op_id = OperationId::new();
+        volume.phase = VolumePhase::Deleting;
+        volume.operation = Some(op_id);
+        let op = volume_operation(op_id, OperationKind::VolumeDelete, &volume, "deleting");
+        let task = HostTask {
+            id: op_id,
+            host: volume.host.clone(),
+            project: volume.project.clone(),
+            volume: volume.name.clone(),
+            action: VolumeAction::Delete {
+                pool: volume.pool.clone(),
+                file: volume.file.clone(),
+            },
+        };
+        let key = keys::volume(project, volume.name.as_str());
+        let txn = Txn::new()
+            .when(Compare::unchanged(&key, cur.mod_revision))
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)))
+            .and_then(Op::put(
+                &keys::host_task(volume.host.as_str(), &op_id),
+                encode(&task),
+            ));
+        self.commit_volume_change(txn, volume, op).await
+    }
+
+    /// Attaches a volume to a VM of its project: at once when the VM is stopped, hot-plugged
+    /// when it runs (q35 only).
+    pub async fn attach_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        vm_name: &str,
+    ) -> Result<VolumeAccepted, ApiError> {
+        for _ in 0..MAX_RETRIES {
+            if let Some(done) = self.try_attach_volume(project, name, vm_name).await? {
+                return Ok(done);
+            }
+        }
+        Err(contended())
+    }
+
+    /// One attempt; `None` when a concurrent change won the race.
+    async fn try_attach_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        vm_name: &str,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let cur = self.volume_versioned(project, name, "name").await?;
+        let mut volume = cur.value.clone();
+        let vm = self.attached_vm(project, vm_name).await.map_err(|e| {
+            if e.code == ErrorCode::NotFound {
+                e.with_field("vm")
+            } else {
+                e
+            }
+        })?;
+        if let Some(other) = &volume.attached_to {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is already attached to VM \"{other}\""
+            ))
+            .with_field("vm"));
+        }
+        ready_and_alone(&volume)?;
+        let mut next = vm.value.clone();
+        busy(&next)?;
+        let running = next.spec.power_state != PowerState::Stopped
+            || !matches!(next.status.phase, VmPhase::Stopped | VmPhase::Failed);
+        if running && next.spec.machine == MachineProfile::Microvm {
+            return Err(
+                ApiError::conflict("microvm VMs cannot hot-plug disks; stop the VM first")
+                    .with_field("vm"),
+            );
+        }
+        match &next.status.host {
+            Some(h) if *h != volume.host && !volume.shared => {
+                return Err(ApiError::conflict(format!(
+                    "volume \"{name}\" is in a local pool of host \"{}\" but VM \"{vm_name}\" is \
+                     on host \"{h}\"; move one of them first",
+                    volume.host
+                ))
+                .with_field("vm"));
+            }
+            Some(_) => {}
+            None => {
+                return Err(ApiError::conflict(format!(
+                    "VM \"{vm_name}\" has no host yet; attach once it is placed"
+                ))
+                .with_field("vm"));
+            }
+        }
+        if next.spec.volumes.len() >= MAX_VOLUMES_PER_VM {
+            return Err(ApiError::conflict(format!(
+                "VM \"{vm_name}\" already has {MAX_VOLUMES_PER_VM} volumes, the most it can take"
+            ))
+            .with_field("vm"));
+        }
+        let op_id = OperationId::new();
+        next.spec.volumes.push(DiskAttachment {
+            volume: volume.name.clone(),
+            id: volume.id,
+            pool: volume.pool.clone(),
+            file: volume.file.clone(),
+            format: volume.format,
+            size_bytes: volume.size_bytes,
+        });
+        next.generation += 1;
+        next.status.operation = Some(op_id);
+        volume.attached_to = Some(next.name.clone());
+        let mut op = volume_operation(
+            op_id,
+            OperationKind::VolumeAttach,
+            &volume,
+            &format!("attaching to {vm_name}"),
+        );
+        op.target_generation = next.generation;
+        let key = keys::volume(project, volume.name.as_str());
+        let vkey = keys::vm(project, next.name.as_str());
+        let txn = Txn::new()
+            .when(Compare::unchanged(&key, cur.mod_revision))
+            .when(Compare::unchanged(&vkey, vm.mod_revision))
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&vkey, encode(&next)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+        self.commit_volume_change(txn, volume, op).await
+    }
+
+    /// Detaches a volume from its VM (hot-unplugged when the VM runs).
+    pub async fn detach_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<VolumeAccepted, ApiError> {
+        for _ in 0..MAX_RETRIES {
+            if let Some(done) = self.try_detach_volume(project, name).await? {
+                return Ok(done);
+            }
+        }
+        Err(contended())
+    }
+
+    /// One attempt; `None` when a concurrent change won the race.
+    async fn try_detach_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let cur = self.volume_versioned(project, name, "name").await?;
+        let mut volume = cur.value.clone();
+        let Some(vm_name) = volume.attached_to.clone() else {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is not attached"
+            )));
+        };
+        let vm = self.attached_vm(project, vm_name.as_str()).await?;
+        let mut next = vm.value.clone();
+        busy(&next)?;
+        let op_id = OperationId::new();
+        next.spec.volumes.retain(|d| d.id != volume.id);
+        next.generation += 1;
+        next.status.operation = Some(op_id);
+        volume.attached_to = None;
+        let mut op = volume_operation(
+            op_id,
+            OperationKind::VolumeDetach,
+            &volume,
+            &format!("detaching from {vm_name}"),
+        );
+        op.target_generation = next.generation;
+        let key = keys::volume(project, volume.name.as_str());
+        let vkey = keys::vm(project, next.name.as_str());
+        let txn = Txn::new()
+            .when(Compare::unchanged(&key, cur.mod_revision))
+            .when(Compare::unchanged(&vkey, vm.mod_revision))
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&vkey, encode(&next)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+        self.commit_volume_change(txn, volume, op).await
+    }
+
+    /// The VM a volume is (or is to be) attached to.
+    async fn attached_vm(&self, project: &str, vm: &str) -> Result<Versioned<Vm>, ApiError> {
+        let name = check_name("vm", vm)?;
+        self.repo
+            .get::<Vm>(&keys::vm(project, name.as_str()))
+            .await?
+            .ok_or_else(|| ApiError::not_found("VM", &name))
+    }
+
+    async fn commit_volume_change(
+        &self,
+        txn: Txn,
+        mut volume: Volume,
+        op: panal_types::operation::Operation,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let r = self.repo.txn(txn).await?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        volume.revision = r.revision;
+        Ok(Some(VolumeAccepted {
+            volume,
+            operation: op,
+        }))
+    }
+}
+
+/// Attempts at a change whose compare-and-swap lost to a concurrent one (an agent's status
+/// report on the VM, most often) before giving up.
+const MAX_RETRIES: usize = 16;
+
+fn contended() -> ApiError {
+    ApiError::new(
+        ErrorCode::PreconditionFailed,
+        "the volume or its VM kept changing; retry",
+    )
+}
+
+/// A size must be a positive whole number of MiB, at most [`MAX_VOLUME_BYTES`].
+fn check_size(size: u64, field: &str) -> Result<(), ApiError> {
+    if size == 0 || !size.is_multiple_of(MIB) || size > MAX_VOLUME_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!("a volume size is a whole number of MiB from 1 MiB to 64 TiB, not {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses work on a volume that is busy or that linked clones read from.
+fn ready_and_alone(v: &Volume) -> Result<(), ApiError> {
+    if v.phase != VolumePhase::Ready {
+        return Err(ApiError::conflict(format!(
+            "volume \"{}\" is {}, not ready",
+            v.name,
+            v.phase.as_str()
+        )));
+    }
+    if !v.children.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "volume \"{}\" is the base of linked clones ({}) and stays read-only",
+            v.name,
+            join_names(&v.children)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to change a VM's disks while another of its operations is going or it is deleted.
+fn busy(vm: &Vm) -> Result<(), ApiError> {
+    if vm.spec.deleted {
+        return Err(
+            ApiError::conflict(format!("VM \"{}\" is being deleted", vm.name)).with_field("vm"),
+        );
+    }
+    if let Some(op) = vm.status.operation {
+        return Err(ApiError::conflict(format!(
+            "VM \"{}\" has an operation in progress; retry when it ends",
+            vm.name
+        ))
+        .with_field("vm")
+        .with_operation(op));
+    }
+    Ok(())
+}
+
+fn join_names(names: &[Name]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn volume_operation(
+    id: OperationId,
+    kind: OperationKind,
+    v: &Volume,
+    message: &str,
+) -> panal_types::operation::Operation {
+    super::vms::started_operation(
+        id,
+        kind,
+        OperationTarget {
+            kind: "volume".into(),
+            project: v.project.clone(),
+            name: v.name.clone(),
+        },
+        0,
+        message,
+    )
+}

@@ -1,0 +1,278 @@
+//! Volumes: block devices kept in a host's storage pool (a qcow2 or raw file), attached to VMs as
+//! extra disks. A volume lives in one pool; in a local pool it belongs to one host, in a shared
+//! pool (the same directory mounted on several hosts) any host of the pool can open it.
+
+use crate::{Name, OperationId, VolumeId};
+use serde::{Deserialize, Serialize};
+
+/// How a volume's bytes are kept.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeFormat {
+    /// Thin, with copy-on-write clones and snapshots.
+    #[default]
+    Qcow2,
+    /// Plain bytes (sparse where the file system allows).
+    Raw,
+}
+
+impl VolumeFormat {
+    /// The wire name, also QEMU's driver name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeFormat::Qcow2 => "qcow2",
+            VolumeFormat::Raw => "raw",
+        }
+    }
+}
+
+/// Where a volume is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumePhase {
+    /// Its host is creating the file.
+    Creating,
+    /// Usable.
+    Ready,
+    /// Its host is growing the file.
+    Resizing,
+    /// Its host is removing the file.
+    Deleting,
+    /// The last host task failed; see `reason`. A failed create can only be deleted.
+    Failed,
+}
+
+impl VolumePhase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumePhase::Creating => "creating",
+            VolumePhase::Ready => "ready",
+            VolumePhase::Resizing => "resizing",
+            VolumePhase::Deleting => "deleting",
+            VolumePhase::Failed => "failed",
+        }
+    }
+}
+
+/// What a new volume starts as.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
+pub enum VolumeSource {
+    /// All zeroes.
+    Empty,
+    /// A clone of another volume of the same project (which must not be attached while a
+    /// full copy is taken). `linked` makes a copy-on-write child whose parent then cannot be
+    /// deleted or written while it has children.
+    Volume {
+        /// The parent volume.
+        volume: String,
+        /// Copy-on-write child (default) or full copy.
+        #[serde(default = "yes")]
+        linked: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A request to create a volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreate {
+    /// Name, unique among the project's volumes.
+    pub name: String,
+    /// Project (default `default`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Virtual size in bytes (a whole number of MiB). Required for empty volumes; a clone
+    /// takes its parent's size unless a larger one is given.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// File format (default qcow2; clones keep their parent's).
+    #[serde(default)]
+    pub format: Option<VolumeFormat>,
+    /// Storage pool (default `default`).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Host whose pool keeps it (default: the host of `vm` when given, else the host with the
+    /// most free space in the pool).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// What it starts as (default empty).
+    #[serde(default)]
+    pub source: Option<VolumeSource>,
+}
+
+/// A volume as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Volume {
+    /// Stable identifier (names its file).
+    pub id: VolumeId,
+    /// Name.
+    pub name: Name,
+    /// Project.
+    pub project: Name,
+    /// Virtual size in bytes.
+    pub size_bytes: u64,
+    /// File format.
+    pub format: VolumeFormat,
+    /// Storage pool.
+    pub pool: String,
+    /// Host whose pool keeps the file; any host of a shared pool can open it.
+    pub host: Name,
+    /// The pool is shared between hosts.
+    #[serde(default)]
+    pub shared: bool,
+    /// The file's name inside the pool directory.
+    pub file: String,
+    /// The volume this one is a copy-on-write child of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Name>,
+    /// Copy-on-write children of this volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<Name>,
+    /// Lifecycle phase.
+    pub phase: VolumePhase,
+    /// Why the last host task failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The VM it is attached to (at most one: volumes are writable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<Name>,
+    /// The operation working on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationId>,
+    /// When it was created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Store revision of this record.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// A request to grow a volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeResize {
+    /// The new virtual size in bytes: larger than now, a whole number of MiB.
+    pub size_bytes: u64,
+}
+
+/// A request to attach a volume to a VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAttach {
+    /// The VM, in the volume's project.
+    pub vm: String,
+}
+
+/// A request that started work on a volume: the volume as it is now, and the operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeAccepted {
+    /// The volume.
+    pub volume: Volume,
+    /// The operation to follow.
+    pub operation: crate::operation::Operation,
+}
+
+/// A volume as a VM's spec carries it: everything the VM's host needs to open the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DiskAttachment {
+    /// The volume's name.
+    pub volume: Name,
+    /// The volume's id.
+    pub id: VolumeId,
+    /// Its pool.
+    pub pool: String,
+    /// Its file inside the pool.
+    pub file: String,
+    /// Its format.
+    pub format: VolumeFormat,
+    /// Its virtual size: the host grows the disk (live when running) to match.
+    pub size_bytes: u64,
+}
+
+/// The host-side work a volume change needs, carried to the volume's host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum VolumeAction {
+    /// Create the file.
+    Create {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+        /// Its format.
+        format: VolumeFormat,
+        /// Virtual size.
+        size_bytes: u64,
+        /// Copy from, or back onto, this file of the same pool.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<CloneFrom>,
+    },
+    /// Grow the file (of a detached volume).
+    Resize {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+        /// New virtual size.
+        size_bytes: u64,
+    },
+    /// Remove the file.
+    Delete {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+    },
+}
+
+/// The parent of a clone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CloneFrom {
+    /// The parent's file in the same pool.
+    pub file: String,
+    /// The parent's format.
+    pub format: VolumeFormat,
+    /// Copy-on-write child (a qcow2 backed by the parent) or a full copy.
+    pub linked: bool,
+}
+
+/// One piece of host-side work, queued for a host in the store until its agent reports it done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostTask {
+    /// Identifies the task (the operation it completes).
+    pub id: OperationId,
+    /// The host that does it.
+    pub host: Name,
+    /// The volume's project.
+    pub project: Name,
+    /// The volume's name.
+    pub volume: Name,
+    /// What to do.
+    pub action: VolumeAction,
+}
+
+/// What an agent says about a host task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostTaskReport {
+    /// The task.
+    pub id: OperationId,
+    /// The task has ended (successfully unless `error` says why not).
+    #[serde(default)]
+    pub finished: bool,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Progress in percent, while it goes.
+    #[serde(default)]
+    pub percent: Option<u8>,
+    /// What it is doing, for people.
+    #[serde(default)]
+    pub message: String,
+}

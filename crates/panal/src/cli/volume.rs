@@ -1,0 +1,300 @@
+//! `panal volume ...`: create (empty or cloned), list, show, resize, delete, attach, detach.
+
+use super::output::{Format, print, print_fields};
+use super::{api_err, wait};
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use panal_client::Client;
+use panal_types::size::{format_size, parse_size};
+use panal_types::volume::{Volume, VolumeAccepted, VolumeCreate, VolumeFormat, VolumeSource};
+use std::time::Duration;
+
+/// Volume commands.
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume: empty, or a clone of another (linked copy-on-write, or --full).
+    #[command(
+        after_help = "Examples:\n  panal volume create data --size 10G\n  panal volume create data-copy --from data --full\n  panal volume create scratch --size 1G --format raw --pool fast --host node-2"
+    )]
+    Create(CreateArgs),
+    /// List volumes.
+    List(ProjectArg),
+    /// Show a volume.
+    Show(Target),
+    /// Grow a volume (live when its VM runs).
+    Resize(ResizeArgs),
+    /// Delete a detached volume.
+    Delete(WaitTarget),
+    /// Attach a volume to a VM (hot-plugged when it runs).
+    Attach(AttachArgs),
+    /// Detach a volume from its VM.
+    Detach(WaitTarget),
+}
+
+/// Selects a project.
+#[derive(Args, Debug)]
+pub struct ProjectArg {
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+}
+
+/// Names a volume.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Volume name.
+    pub name: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+}
+
+/// Names a volume, for a change that may be waited for.
+#[derive(Args, Debug)]
+pub struct WaitTarget {
+    #[command(flatten)]
+    target: Target,
+    /// Return at once instead of waiting for the change.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Arguments of `volume create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Virtual size (e.g. 10G); a clone defaults to its parent's.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// File format: qcow2 (thin, default) or raw.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<VolumeFormat>,
+    /// Storage pool (default `default`).
+    #[arg(long)]
+    pool: Option<String>,
+    /// Host whose pool keeps it (default: the one with most free space).
+    #[arg(long)]
+    host: Option<String>,
+    /// Clone this volume.
+    #[arg(long, value_name = "VOLUME")]
+    from: Option<String>,
+    /// With --from: copy every block instead of a linked copy-on-write child.
+    #[arg(long, requires = "from")]
+    full: bool,
+    /// Return at once instead of waiting for the file.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Arguments of `volume resize`.
+#[derive(Args, Debug)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// New size (only larger), e.g. 20G.
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// Return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Arguments of `volume attach`.
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The VM (in the volume's project).
+    #[arg(long)]
+    vm: String,
+    /// Return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+fn parse_format(s: &str) -> Result<VolumeFormat, String> {
+    match s {
+        "qcow2" => Ok(VolumeFormat::Qcow2),
+        "raw" => Ok(VolumeFormat::Raw),
+        _ => Err(format!("unknown format {s:?} (expected qcow2 or raw)")),
+    }
+}
+
+/// Runs a volume command.
+pub async fn run(client: &Client, format: Format, cmd: &VolumeCommand) -> Result<()> {
+    match cmd {
+        VolumeCommand::Create(a) => {
+            if a.from.is_none() && a.size.is_none() {
+                bail!("an empty volume needs --size (or clone one with --from)");
+            }
+            let req = VolumeCreate {
+                name: a.target.name.clone(),
+                project: a.target.project.clone(),
+                size_bytes: a.size,
+                format: a.format,
+                pool: a.pool.clone(),
+                host: a.host.clone(),
+                source: a.from.as_ref().map(|v| VolumeSource::Volume {
+                    volume: v.clone(),
+                    linked: !a.full,
+                }),
+            };
+            let accepted = client.create_volume(&req).await.map_err(api_err)?;
+            finish(client, format, &a.target, accepted, a.no_wait).await
+        }
+        VolumeCommand::List(p) => {
+            let all = panal_client::all_pages(|t| async move {
+                client
+                    .list_volumes(p.project.as_deref(), t.as_deref())
+                    .await
+            })
+            .await
+            .map_err(api_err)?;
+            print(format, &all, || {
+                let mut rows = vec![
+                    [
+                        "NAME",
+                        "SIZE",
+                        "FORMAT",
+                        "POOL",
+                        "HOST",
+                        "PHASE",
+                        "ATTACHED TO",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ];
+                rows.extend(all.iter().map(|v| {
+                    vec![
+                        v.name.to_string(),
+                        format_size(v.size_bytes),
+                        v.format.as_str().into(),
+                        v.pool.clone(),
+                        v.host.to_string(),
+                        v.phase.as_str().into(),
+                        v.attached_to
+                            .as_ref()
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                }));
+                rows
+            })
+        }
+        VolumeCommand::Show(t) => show(
+            format,
+            &client
+                .volume(t.project.as_deref(), &t.name)
+                .await
+                .map_err(api_err)?,
+        ),
+        VolumeCommand::Resize(a) => {
+            let accepted = client
+                .resize_volume(a.target.project.as_deref(), &a.target.name, a.size)
+                .await
+                .map_err(api_err)?;
+            finish(client, format, &a.target, accepted, a.no_wait).await
+        }
+        VolumeCommand::Delete(w) => {
+            let accepted = client
+                .delete_volume(w.target.project.as_deref(), &w.target.name)
+                .await
+                .map_err(api_err)?;
+            if !w.no_wait {
+                wait::follow(client, &accepted.operation, Duration::from_secs(600)).await?;
+            }
+            eprintln!("deleted volume {}", w.target.name);
+            Ok(())
+        }
+        VolumeCommand::Attach(a) => {
+            let accepted = client
+                .attach_volume(a.target.project.as_deref(), &a.target.name, &a.vm)
+                .await
+                .map_err(api_err)?;
+            finish(client, format, &a.target, accepted, a.no_wait).await
+        }
+        VolumeCommand::Detach(w) => {
+            let accepted = client
+                .detach_volume(w.target.project.as_deref(), &w.target.name)
+                .await
+                .map_err(api_err)?;
+            finish(client, format, &w.target, accepted, w.no_wait).await
+        }
+    }
+}
+
+/// Follows the operation (unless told not to), then shows the volume.
+async fn finish(
+    client: &Client,
+    format: Format,
+    t: &Target,
+    accepted: VolumeAccepted,
+    no_wait: bool,
+) -> Result<()> {
+    if no_wait {
+        eprintln!(
+            "{} {} (operation {})",
+            accepted.operation.kind.as_str(),
+            t.name,
+            accepted.operation.id
+        );
+        return show(format, &accepted.volume);
+    }
+    wait::follow(client, &accepted.operation, Duration::from_secs(3600)).await?;
+    show(
+        format,
+        &client
+            .volume(t.project.as_deref(), &t.name)
+            .await
+            .map_err(api_err)?,
+    )
+}
+
+fn show(format: Format, v: &Volume) -> Result<()> {
+    print(format, v, Vec::new)?;
+    if format == Format::Table {
+        let mut f = vec![
+            ("Name", v.name.to_string()),
+            ("Project", v.project.to_string()),
+            ("ID", v.id.to_string()),
+            ("Size", format_size(v.size_bytes)),
+            ("Format", v.format.as_str().into()),
+            (
+                "Pool",
+                format!(
+                    "{}{} on {}",
+                    v.pool,
+                    if v.shared { " (shared)" } else { "" },
+                    v.host
+                ),
+            ),
+            ("Phase", v.phase.as_str().into()),
+            (
+                "Attached to",
+                v.attached_to
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ];
+        if let Some(p) = &v.parent {
+            f.push(("Linked clone of", p.to_string()));
+        }
+        if !v.children.is_empty() {
+            f.push((
+                "Linked clones",
+                v.children
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        if let Some(r) = &v.reason {
+            f.push(("Reason", r.clone()));
+        }
+        print_fields(&f);
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Volumes through the REST API on the fake driver (files are real, made by `qemu-img` in the
+//! platform's default pool): create, attach, grow attached and detached, detach, linked and
+//! full clones, delete; and every refusal of the storage issue's bad-input list that concerns
+//! volumes, each with its status, error code and field.
+
+mod common;
+
+use common::{TestPlatform, raw, start, wait_op};
+use panal_types::operation::OperationState;
+use panal_types::vm::{HypervisorKind, VmCreate};
+use panal_types::volume::{VolumeCreate, VolumeFormat, VolumePhase, VolumeSource};
+use reqwest::Method;
+use std::path::PathBuf;
+
+fn empty(name: &str, mib: u64) -> VolumeCreate {
+    VolumeCreate {
+        name: name.into(),
+        project: None,
+        size_bytes: Some(mib << 20),
+        format: None,
+        pool: None,
+        host: None,
+        source: None,
+    }
+}
+
+fn clone_of(name: &str, parent: &str, linked: bool) -> VolumeCreate {
+    VolumeCreate {
+        source: Some(VolumeSource::Volume {
+            volume: parent.into(),
+            linked,
+        }),
+        size_bytes: None,
+        ..empty(name, 1)
+    }
+}
+
+fn pool_file(tp: &TestPlatform, file: &str) -> PathBuf {
+    tp.dir.path().join("pools/default").join(file)
+}
+
+fn info(path: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn fake_vm(tp: &TestPlatform, name: &str) {
+    let a = tp
+        .client
+        .create_vm(&VmCreate {
+            name: name.into(),
+            hypervisor: Some(HypervisorKind::Fake),
+            ..VmCreate::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(&tp.client, &a.operation).await.state,
+        OperationState::Succeeded
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_lifecycle_with_attach_growth_and_clones() {
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("data", 64)).await.unwrap();
+    assert_eq!(a.volume.phase, VolumePhase::Creating);
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "data").await.unwrap();
+    assert_eq!(v.phase, VolumePhase::Ready);
+    assert_eq!(v.format, VolumeFormat::Qcow2);
+    let file = pool_file(&tp, &v.file);
+    assert_eq!(info(&file)["virtual-size"], 64u64 << 20);
+    assert_eq!(info(&file)["format"], "qcow2");
+
+    // Attached to a running VM: in its spec, and exclusive.
+    fake_vm(&tp, "vm-a").await;
+    fake_vm(&tp, "vm-b").await;
+    let at = c.attach_volume(None, "data", "vm-a").await.unwrap();
+    assert_eq!(
+        wait_op(c, &at.operation).await.state,
+        OperationState::Succeeded
+    );
+    let vm = c.vm(None, "vm-a").await.unwrap();
+    assert_eq!(vm.spec.volumes.len(), 1);
+    assert_eq!(vm.spec.volumes[0].id, v.id);
+    assert!(vm.status.events.iter().any(|e| e.reason == "DiskAttached"));
+    let e = c.attach_volume(None, "data", "vm-b").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("conflict")), "{e}");
+    let e = c.delete_volume(None, "data").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+
+    // Growth while attached goes through the VM (live on its host).
+    let g = c.resize_volume(None, "data", 96 << 20).await.unwrap();
+    assert_eq!(
+        wait_op(c, &g.operation).await.state,
+        OperationState::Succeeded
+    );
+    let vm = c.vm(None, "vm-a").await.unwrap();
+    assert_eq!(vm.spec.volumes[0].size_bytes, 96 << 20);
+    assert!(vm.status.events.iter().any(|e| e.reason == "DiskResized"));
+
+    let d = c.detach_volume(None, "data").await.unwrap();
+    assert_eq!(
+        wait_op(c, &d.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert!(c.vm(None, "vm-a").await.unwrap().spec.volumes.is_empty());
+    assert_eq!(c.volume(None, "data").await.unwrap().attached_to, None);
+
+    // Growth while detached: the host grows the file.
+    let g = c.resize_volume(None, "data", 128 << 20).await.unwrap();
+    assert_eq!(
+        wait_op(c, &g.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert_eq!(info(&file)["virtual-size"], 128u64 << 20);
+    assert_eq!(c.volume(None, "data").await.unwrap().size_bytes, 128 << 20);
+
+    // A linked clone is a qcow2 child of the parent's file; the parent is then read-only.
+    let l = c
+        .create_volume(&clone_of("linked", "data", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &l.operation).await.state,
+        OperationState::Succeeded
+    );
+    let linked = c.volume(None, "linked").await.unwrap();
+    assert_eq!(linked.parent.as_ref().map(|p| p.as_str()), Some("data"));
+    assert_eq!(linked.size_bytes, 128 << 20);
+    let li = info(&pool_file(&tp, &linked.file));
+    assert_eq!(li["backing-filename"], v.file.as_str());
+    let parent = c.volume(None, "data").await.unwrap();
+    assert_eq!(parent.children.len(), 1);
+    for e in [
+        c.delete_volume(None, "data").await.unwrap_err(),
+        c.attach_volume(None, "data", "vm-a").await.unwrap_err(),
+        c.resize_volume(None, "data", 256 << 20).await.unwrap_err(),
+    ] {
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(e.to_string().contains("linked"), "{e}");
+    }
+
+    // A full copy (to raw) is independent of its parent.
+    let mut full = clone_of("copy", "data", false);
+    full.format = Some(VolumeFormat::Raw);
+    let f = c.create_volume(&full).await.unwrap();
+    assert_eq!(
+        wait_op(c, &f.operation).await.state,
+        OperationState::Succeeded
+    );
+    let copy = c.volume(None, "copy").await.unwrap();
+    let ci = info(&pool_file(&tp, &copy.file));
+    assert_eq!(ci["format"], "raw");
+    assert!(ci.get("backing-filename").is_none());
+    assert_eq!(copy.parent, None);
+
+    // Deleting the child frees the parent; deletes remove the files.
+    for name in ["linked", "copy", "data"] {
+        let file = pool_file(&tp, &c.volume(None, name).await.unwrap().file);
+        let del = c.delete_volume(None, name).await.unwrap();
+        assert_eq!(
+            wait_op(c, &del.operation).await.state,
+            OperationState::Succeeded,
+            "{name}"
+        );
+        assert!(!file.exists(), "{name}: {}", file.display());
+        assert_eq!(c.volume(None, name).await.unwrap_err().status(), Some(404));
+    }
+    assert!(c.list_volumes(None, None).await.unwrap().items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_volume_requests_are_refused_with_the_field() {
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("data", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+
+    let check = |body: &str, status: u16, code: &str, field: &str| {
+        let (tp, body) = (&tp, body.to_owned());
+        let (code, field) = (code.to_owned(), field.to_owned());
+        async move {
+            let (s, v) = raw(
+                tp,
+                Method::POST,
+                "/api/v1/volumes",
+                Some(&tp.platform.token),
+                Some(&body),
+            )
+            .await;
+            assert_eq!(s, status, "{body}: {v}");
+            assert_eq!(v["code"], code.as_str(), "{body}: {v}");
+            if !field.is_empty() {
+                assert_eq!(v["field"], field.as_str(), "{body}: {v}");
+            }
+        }
+    };
+    check(r#"{"name":"x"}"#, 400, "invalid_value", "size_bytes").await;
+    check(
+        r#"{"name":"x","size_bytes":1000}"#,
+        400,
+        "invalid_value",
+        "size_bytes",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":0}"#,
+        400,
+        "invalid_value",
+        "size_bytes",
+    )
+    .await;
+    // Over the pool's file system (thin volumes may not promise more than it holds).
+    check(
+        r#"{"name":"x","size_bytes":70368744177664}"#,
+        507,
+        "insufficient_capacity",
+        "size_bytes",
+    )
+    .await;
+    check(
+        r#"{"name":"Bad Name","size_bytes":1048576}"#,
+        400,
+        "invalid_name",
+        "name",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":1048576,"pool":"nope"}"#,
+        404,
+        "not_found",
+        "pool",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":1048576,"pool":"../etc"}"#,
+        400,
+        "invalid_value",
+        "pool",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":1048576,"host":"nohost"}"#,
+        404,
+        "not_found",
+        "host",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":1048576,"colour":"red"}"#,
+        400,
+        "unknown_field",
+        "",
+    )
+    .await;
+    check(
+        r#"{"name":"data","size_bytes":1048576}"#,
+        409,
+        "already_exists",
+        "name",
+    )
+    .await;
+    check(
+        r#"{"name":"x","source":{"type":"volume","volume":"nope"}}"#,
+        404,
+        "not_found",
+        "source.volume",
+    )
+    .await;
+    check(
+        r#"{"name":"x","format":"raw","source":{"type":"volume","volume":"data"}}"#,
+        400,
+        "invalid_value",
+        "format",
+    )
+    .await;
+    check(
+        r#"{"name":"x","size_bytes":1048576,"source":{"type":"volume","volume":"data"}}"#,
+        400,
+        "invalid_value",
+        "size_bytes",
+    )
+    .await;
+
+    // Shrinking is refused; so is a resize to the same size.
+    let e = c.resize_volume(None, "data", 8 << 20).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(400), Some("size_bytes")),
+        "{e}"
+    );
+    let e = c.resize_volume(None, "data", 16 << 20).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    // Detaching a detached volume, attaching to an unknown VM.
+    assert_eq!(
+        c.detach_volume(None, "data").await.unwrap_err().status(),
+        Some(409)
+    );
+    let e = c.attach_volume(None, "data", "ghost").await.unwrap_err();
+    assert_eq!((e.status(), e.field()), (Some(404), Some("vm")), "{e}");
+
+    // Another project sees none of it, and cannot attach its VMs to it.
+    c.create_project(&panal_types::project::ProjectCreate {
+        name: "other".into(),
+        description: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        c.volume(Some("other"), "data").await.unwrap_err().status(),
+        Some(404)
+    );
+    assert_eq!(
+        c.delete_volume(Some("other"), "data")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        c.attach_volume(Some("other"), "data", "x")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    let other_vm = c
+        .create_vm(&VmCreate {
+            name: "theirs".into(),
+            project: Some("other".into()),
+            hypervisor: Some(HypervisorKind::Fake),
+            ..VmCreate::default()
+        })
+        .await
+        .unwrap();
+    wait_op(c, &other_vm.operation).await;
+    let e = c.attach_volume(None, "data", "theirs").await.unwrap_err();
+    assert_eq!((e.status(), e.field()), (Some(404), Some("vm")), "{e}");
+    assert!(
+        c.list_volumes(Some("other"), None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -1,0 +1,188 @@
+//! Volumes in a real guest, through the API: a volume hot-plugged into a running q35 VM appears
+//! in the guest as a virtio disk with the volume's serial, keeps what the guest wrote, grows
+//! live (the guest sees the new size), and is hot-unplugged (the guest sees it go); the host's
+//! file has the data and the new size afterwards, and a linked clone of it starts with the same
+//! bytes without changing its parent.
+
+mod common_e2e;
+
+use common_e2e::console::Console;
+use common_e2e::{BOOT, E2e, READY_LINE, operation_ok, tiny, wait_log, wait_vm};
+use panal_types::vm::MachineProfile;
+use panal_types::volume::{Volume, VolumeCreate, VolumeSource};
+use std::path::Path;
+use std::time::Duration;
+
+const CMD: Duration = Duration::from_secs(30);
+const MARK: &str = "panal-volume-mark-7d1f";
+
+/// The guest's disks as "name serial size-in-sectors" lines.
+const LIST_DISKS: &str = "for d in /sys/block/vd*; do [ -e $d ] && echo DISK $(basename $d) $(cat $d/serial) $(cat $d/size); done";
+
+/// The guest's disk whose serial starts the volume's id, with its size in 512-byte sectors.
+fn find_disk(listing: &str, v: &Volume) -> Option<(String, u64)> {
+    let serial: String =
+        v.id.to_string()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(20)
+            .collect();
+    listing.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next()? == "DISK").then_some(())?;
+        let (name, ser, size) = (f.next()?, f.next()?, f.next()?);
+        (ser == serial).then(|| (name.to_owned(), size.parse().unwrap_or(0)))
+    })
+}
+
+async fn poll_guest(con: &mut Console, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..60 {
+        last = con.run(LIST_DISKS, CMD).await;
+        if ok(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{what} not seen in the guest; its disks:\n{last}");
+}
+
+fn qemu_img_info(path: &Path) -> serde_json::Value {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img info");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// The first sector of a volume file, through qemu-img (whatever its format).
+fn first_sector(path: &Path, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("sector.raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["dd", "-U", "bs=512", "count=1", "-O", "raw"])
+        .arg(format!("if={}", path.display()))
+        .arg(format!("of={}", raw.display()))
+        .output()
+        .expect("qemu-img dd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(raw).expect("read sector")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_hot_plugged_grown_and_unplugged_in_a_running_guest() {
+    let e = E2e::start().await;
+    let c = &e.client;
+    let mut req = tiny("vol", 256);
+    req.machine = Some(MachineProfile::Q35);
+    c.create_vm(&req).await.expect("create VM");
+    let created = c
+        .create_volume(&VolumeCreate {
+            name: "data".into(),
+            project: None,
+            size_bytes: Some(64 << 20),
+            format: None,
+            pool: None,
+            host: None,
+            source: None,
+        })
+        .await
+        .expect("create volume");
+    operation_ok(c, &created.operation, CMD).await;
+    let vol = c.volume(None, "data").await.unwrap();
+    let file = e.data.join("pools/default").join(&vol.file);
+    assert_eq!(qemu_img_info(&file)["virtual-size"], 64u64 << 20);
+
+    wait_log(c, "vol", READY_LINE, 1, BOOT).await;
+    wait_vm(c, "vol", "its create operation done", BOOT, |v| {
+        v.status.operation.is_none()
+    })
+    .await;
+    let mut con = Console::open(c, "vol").await;
+
+    // Hot attach: the disk appears with the volume's serial; the guest writes to it.
+    let a = c.attach_volume(None, "data", "vol").await.expect("attach");
+    operation_ok(c, &a.operation, BOOT).await;
+    let listing = poll_guest(&mut con, "the attached disk", |l| {
+        find_disk(l, &vol).is_some()
+    })
+    .await;
+    let (dev, sectors) = find_disk(&listing, &vol).unwrap();
+    assert_eq!(sectors, (64 << 20) / 512, "{listing}");
+    let out = con
+        .run(
+            &format!(
+                "echo {MARK} | dd of=/dev/{dev} bs=512 count=1 conv=sync,fsync 2>/dev/null; \
+                 dd if=/dev/{dev} bs=512 count=1 2>/dev/null | head -c {}",
+                MARK.len()
+            ),
+            CMD,
+        )
+        .await;
+    assert!(out.contains(MARK), "written and read back: {out}");
+
+    // Live growth: the guest sees 128 MiB without a reboot.
+    let g = c
+        .resize_volume(None, "data", 128 << 20)
+        .await
+        .expect("resize");
+    operation_ok(c, &g.operation, BOOT).await;
+    poll_guest(&mut con, "the grown disk", |l| {
+        find_disk(l, &vol).is_some_and(|(_, s)| s == (128 << 20) / 512)
+    })
+    .await;
+
+    // Hot detach: the disk goes away in the guest; the volume is free again.
+    let d = c.detach_volume(None, "data").await.expect("detach");
+    operation_ok(c, &d.operation, Duration::from_secs(120)).await;
+    poll_guest(&mut con, "the disk gone", |l| find_disk(l, &vol).is_none()).await;
+    let vol = c.volume(None, "data").await.unwrap();
+    assert_eq!(vol.attached_to, None);
+    assert_eq!(vol.size_bytes, 128 << 20);
+    assert!(
+        wait_vm(c, "vol", "no volumes", CMD, |v| v.spec.volumes.is_empty())
+            .await
+            .status
+            .events
+            .iter()
+            .any(|ev| ev.reason == "DiskDetached")
+    );
+    drop(con);
+
+    // On the host: the data the guest synced and the new size are in the file.
+    let info = qemu_img_info(&file);
+    assert_eq!(info["virtual-size"], 128u64 << 20);
+    let scratch = tempfile::tempdir().unwrap();
+    let sector = first_sector(&file, scratch.path());
+    assert!(sector.starts_with(MARK.as_bytes()), "{:?}", &sector[..32]);
+
+    // A linked clone starts with the parent's bytes and is a child of its file.
+    let clone = c
+        .create_volume(&VolumeCreate {
+            name: "data-clone".into(),
+            project: None,
+            size_bytes: None,
+            format: None,
+            pool: None,
+            host: None,
+            source: Some(VolumeSource::Volume {
+                volume: "data".into(),
+                linked: true,
+            }),
+        })
+        .await
+        .expect("clone");
+    operation_ok(c, &clone.operation, CMD).await;
+    let cfile = e.data.join("pools/default").join(&clone.volume.file);
+    assert_eq!(qemu_img_info(&cfile)["backing-filename"], vol.file.as_str());
+    assert!(first_sector(&cfile, scratch.path()).starts_with(MARK.as_bytes()));
+}
