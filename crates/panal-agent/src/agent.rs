@@ -55,6 +55,7 @@ pub struct Agent {
     link: DynLink,
     boot: Arc<dyn BootResolver>,
     pools: crate::volumes::Pools,
+    open_disks: crate::volumes::OpenDisks,
 }
 
 struct TaskEntry {
@@ -72,6 +73,7 @@ impl Agent {
         let drivers = drivers.into_iter().map(|d| (d.kind(), d)).collect();
         Self {
             pools: crate::volumes::Pools::new(&config.pools),
+            open_disks: Default::default(),
             config,
             drivers,
             link,
@@ -144,6 +146,7 @@ impl Agent {
                 self.config.host.clone(),
                 self.link.clone(),
                 self.pools.clone(),
+                self.open_disks.clone(),
             )))
         });
         // VMs whose hypervisor processes outlived a previous agent: handed to their tasks.
@@ -205,6 +208,7 @@ impl Agent {
                         link: self.link.clone(),
                         boot: self.boot.clone(),
                         pools: self.pools.clone(),
+                        open_disks: self.open_disks.clone(),
                     };
                     let handle = survivors.remove(&vm.id);
                     let (tx, rx) = mpsc::unbounded_channel();

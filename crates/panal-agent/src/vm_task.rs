@@ -40,6 +40,8 @@ pub struct VmTaskContext {
     pub boot: Arc<dyn BootResolver>,
     /// This host's storage pools (where attached volumes live).
     pub pools: crate::volumes::Pools,
+    /// Which VM has which volume open, for snapshot work.
+    pub open_disks: crate::volumes::OpenDisks,
 }
 
 /// The longest restart back-off.
@@ -54,6 +56,9 @@ pub struct VmTask {
     applied: Option<(u32, u64)>,
     /// Volumes the running hypervisor has (to notice attach, detach and growth).
     disks: Vec<DiskAttachment>,
+    /// The hypervisor last ended uncleanly, or this agent never saw it end: check the volumes
+    /// (`qemu-img check`) before they are opened again.
+    check_disks: bool,
     restarts: u32,
     restart_at: Option<Instant>,
     /// Restart nonce acted on.
@@ -67,12 +72,14 @@ pub struct VmTask {
 impl VmTask {
     /// A task, possibly re-attached to a running hypervisor.
     pub fn new(ctx: VmTaskContext, handle: Option<DynVmHandle>) -> Self {
+        // With a running hypervisor the flag is cleared at the next clean launch anyway.
         Self {
             ctx,
             vm: None,
             handle,
             applied: None,
             disks: Vec::new(),
+            check_disks: true,
             restarts: 0,
             restart_at: None,
             restart_nonce: 0,
@@ -105,6 +112,8 @@ impl VmTask {
                     }
                     Some(VmCommand::Release) => {
                         self.release().await;
+                        self.disks.clear();
+                        self.publish_disks();
                         return;
                     }
                     // The agent itself is going away: leave the VM running for the next agent.
@@ -113,9 +122,23 @@ impl VmTask {
                 exit = wait_exit(exit_watch) => self.on_exit(exit).await,
                 _ = sleep_until(restart_at) => self.restart_at = None,
             }
-            if self.converge().await {
+            let finished = self.converge().await;
+            self.publish_disks();
+            if finished {
                 return;
             }
+        }
+    }
+
+    /// Tells the volume worker which volumes this VM's hypervisor has open now.
+    fn publish_disks(&self) {
+        if let Some(vm) = &self.vm {
+            let handle = if self.disks.is_empty() {
+                None
+            } else {
+                self.handle.as_ref()
+            };
+            self.ctx.open_disks.publish(vm.id, handle, &self.disks);
         }
     }
 
@@ -133,6 +156,9 @@ impl VmTask {
         self.handle = None;
         self.applied = None;
         self.disks.clear();
+        if exit.is_failure() {
+            self.check_disks = true;
+        }
         let Some(vm) = self.vm.clone() else { return };
         // No driver cleanup here: the run directory holds the VM's disk overlay and console
         // history, which outlive a stop; only delete and release remove them.
@@ -214,6 +240,7 @@ impl VmTask {
                     self.handle = Some(h);
                     self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
                     self.disks = vm.spec.volumes.clone();
+                    self.check_disks = false;
                     self.restart_nonce = vm.spec.restart_nonce;
                     self.failure = None;
                     self.failed_generation = None;
@@ -358,7 +385,16 @@ impl VmTask {
             .map_err(DriverError::Launch)?;
         let mut disks = Vec::with_capacity(vm.spec.volumes.len());
         for d in &vm.spec.volumes {
-            disks.push(self.prepare_disk(d).await.map_err(DriverError::Launch)?);
+            let disk = self.prepare_disk(d).await.map_err(DriverError::Launch)?;
+            if self.check_disks {
+                let repaired = crate::volumes::check_and_repair(&disk.path, d.format)
+                    .await
+                    .map_err(|e| DriverError::Launch(format!("volume {}: {e}", d.volume)))?;
+                if let Some(what) = repaired {
+                    tracing::warn!(vm = %vm.id, volume = %d.volume, "{what}");
+                }
+            }
+            disks.push(disk);
         }
         let spec = VmLaunch {
             id: vm.id,
@@ -488,6 +524,9 @@ impl VmTask {
         event: Option<(&str, String)>,
         stopped_by_guest: bool,
     ) {
+        // The volume worker must know which disks are open before the control plane hears
+        // of the change (and lets the next volume operation through).
+        self.publish_disks();
         let mut r = self.base_report(vm, phase);
         r.stopped_by_guest = stopped_by_guest;
         r.event = event.map(|(a, b)| (a.to_owned(), b));

@@ -1,5 +1,6 @@
 //! Volume files in this host's pools: the host tasks the control plane queues (create, clone,
-//! grow, delete), done with `qemu-img`, and the paths VMs open.
+//! grow, delete, snapshot), done with `qemu-img` (or through the hypervisor of the VM that has
+//! the volume open), and the paths VMs open.
 //!
 //! Every task is idempotent, because a task whose report was lost is sent again: a new file is
 //! written under a temporary name and renamed into place only when complete, growing to a size
@@ -7,8 +8,13 @@
 
 use crate::link::{DynLink, LinkError};
 use futures::StreamExt;
-use panal_types::volume::{CloneFrom, HostTaskReport, VolumeAction, VolumeFormat};
+use panal_driver::DynVmHandle;
+use panal_types::volume::{
+    CloneFrom, DiskAttachment, HostTaskReport, SnapshotDisk, SnapshotStep, VolumeAction,
+    VolumeFormat,
+};
 use panal_types::{Name, OperationId};
+use panal_types::{VmId, VolumeId};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -60,12 +66,34 @@ impl Pools {
     }
 }
 
+/// Which running VM has each volume open, kept up to date by the VM tasks: snapshot work on a
+/// volume in use goes through its VM's hypervisor instead of the file.
+#[derive(Clone, Default)]
+pub struct OpenDisks(Arc<Mutex<HashMap<VolumeId, (VmId, DynVmHandle)>>>);
+
+impl OpenDisks {
+    /// Records the disks a VM's hypervisor has open now (none when it has no hypervisor).
+    pub fn publish(&self, vm: VmId, handle: Option<&DynVmHandle>, disks: &[DiskAttachment]) {
+        let mut m = self.0.lock();
+        m.retain(|_, (owner, _)| *owner != vm);
+        if let Some(h) = handle {
+            for d in disks {
+                m.insert(d.id, (vm, h.clone()));
+            }
+        }
+    }
+
+    fn get(&self, id: VolumeId) -> Option<(VmId, DynVmHandle)> {
+        self.0.lock().get(&id).cloned()
+    }
+}
+
 /// Follows the host's task queue until the future is dropped, reconnecting with back-off.
-pub async fn run(host: Name, link: DynLink, pools: Pools) {
+pub async fn run(host: Name, link: DynLink, pools: Pools, open: OpenDisks) {
     let running: Arc<Mutex<HashSet<OperationId>>> = Arc::default();
     let mut delay = Duration::from_millis(100);
     loop {
-        match follow(&host, &link, &pools, &running).await {
+        match follow(&host, &link, &pools, &open, &running).await {
             Ok(()) => delay = Duration::from_millis(100),
             Err(e) => tracing::warn!(error = %e, "host task stream failed; reconnecting"),
         }
@@ -78,6 +106,7 @@ async fn follow(
     host: &Name,
     link: &DynLink,
     pools: &Pools,
+    open: &OpenDisks,
     running: &Arc<Mutex<HashSet<OperationId>>>,
 ) -> Result<(), LinkError> {
     let mut stream = link.host_tasks(host).await?;
@@ -87,8 +116,13 @@ async fn follow(
         if !running.lock().insert(task.id) {
             continue;
         }
-        let (host, link, pools, running) =
-            (host.clone(), link.clone(), pools.clone(), running.clone());
+        let (host, link, pools, open, running) = (
+            host.clone(),
+            link.clone(),
+            pools.clone(),
+            open.clone(),
+            running.clone(),
+        );
         tokio::spawn(async move {
             let id = task.id;
             let progress = Progress {
@@ -96,16 +130,20 @@ async fn follow(
                 link: link.clone(),
                 id,
             };
-            let outcome = execute(&pools, &task.action, &progress).await;
+            let outcome = execute(&pools, &open, &task.action, &progress).await;
             if let Err(e) = &outcome {
-                tracing::warn!(task = %id, volume = %task.volume, error = %e, "volume task failed");
+                tracing::warn!(task = %id, volumes = ?task.volumes, error = %e, "volume task failed");
             }
+            let (message, error) = match outcome {
+                Ok(m) => (m, None),
+                Err(e) => (String::new(), Some(e)),
+            };
             let report = HostTaskReport {
                 id,
                 finished: true,
-                error: outcome.err(),
+                error,
                 percent: Some(100),
-                message: String::new(),
+                message,
             };
             // Retried a few times; if the control plane stays away the task comes again
             // with the next stream and is redone (idempotently).
@@ -143,8 +181,30 @@ impl Progress {
     }
 }
 
-async fn execute(pools: &Pools, action: &VolumeAction, progress: &Progress) -> Result<(), String> {
+/// Does one task; the text says how it went where that matters (how long a guest was paused).
+async fn execute(
+    pools: &Pools,
+    open: &OpenDisks,
+    action: &VolumeAction,
+    progress: &Progress,
+) -> Result<String, String> {
     match action {
+        VolumeAction::Snapshot { step, name, disks } => {
+            snapshot(pools, open, *step, name, disks).await
+        }
+        other => file_task(pools, other, progress)
+            .await
+            .map(|()| String::new()),
+    }
+}
+
+async fn file_task(
+    pools: &Pools,
+    action: &VolumeAction,
+    progress: &Progress,
+) -> Result<(), String> {
+    match action {
+        VolumeAction::Snapshot { .. } => Err("not a file task".into()),
         VolumeAction::Create {
             pool,
             file,
@@ -205,6 +265,114 @@ async fn execute(pools: &Pools, action: &VolumeAction, progress: &Progress) -> R
                 Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
             }
         }
+    }
+}
+
+/// A snapshot step: through the hypervisor of the one VM that has every disk open, else on the
+/// files with `qemu-img` (each idempotent).
+async fn snapshot(
+    pools: &Pools,
+    open: &OpenDisks,
+    step: SnapshotStep,
+    name: &str,
+    disks: &[SnapshotDisk],
+) -> Result<String, String> {
+    let users: Vec<Option<(VmId, DynVmHandle)>> = disks.iter().map(|d| open.get(d.id)).collect();
+    if let Some(Some((vm, handle))) = users.first() {
+        if users
+            .iter()
+            .any(|u| u.as_ref().is_none_or(|(other, _)| other != vm))
+        {
+            return Err("the volumes are not all open in the same VM".into());
+        }
+        let ids: Vec<String> = disks.iter().map(|d| d.id.to_string()).collect();
+        let paused = handle
+            .snapshot_disks(&ids, name, step)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(match step {
+            SnapshotStep::Create => format!("taken; guest paused {} ms", paused.as_millis()),
+            _ => "done".into(),
+        });
+    }
+    if users.iter().any(Option::is_some) {
+        return Err("some of the volumes are in use by a VM and some are not".into());
+    }
+    for d in disks {
+        let path = pools.path(&d.pool, &d.file)?;
+        let file = path.to_string_lossy();
+        let has = snapshot_names(&path).await?.iter().any(|n| n == name);
+        match step {
+            SnapshotStep::Create if !has => {
+                qemu_img(&["snapshot", "-c", name, &file]).await?;
+            }
+            SnapshotStep::Revert if has => {
+                qemu_img(&["snapshot", "-a", name, &file]).await?;
+            }
+            SnapshotStep::Revert => return Err(format!("{file} has no snapshot {name:?}")),
+            SnapshotStep::Delete if has => {
+                qemu_img(&["snapshot", "-d", name, &file]).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok("done".into())
+}
+
+/// The internal snapshots of a qcow2 file.
+async fn snapshot_names(path: &Path) -> Result<Vec<String>, String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img info {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(v["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Checks a qcow2 volume after its VM ended uncleanly (or the agent does not know how it
+/// ended) and frees leaked clusters, which an interrupted write may leave and which are
+/// harmless. Returns what was repaired; refuses a corrupt file.
+pub async fn check_and_repair(path: &Path, format: VolumeFormat) -> Result<Option<String>, String> {
+    if format != VolumeFormat::Qcow2 {
+        return Ok(None);
+    }
+    let out = Command::new("qemu-img")
+        .args(["check", "-q", "-r", "leaks", "-f", "qcow2", "--output=json"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let fixed = report["leaks-fixed"].as_u64().unwrap_or(0);
+    match out.status.code() {
+        // 0: clean (or its leaks repaired); 3: leaks left (harmless).
+        Some(0) | Some(3) => Ok((fixed > 0).then(|| format!("{fixed} leaked clusters freed"))),
+        Some(2) => Err(format!(
+            "{} is corrupt ({} errors); repair it (qemu-img check -r all) or revert a snapshot",
+            path.display(),
+            report["corruptions"].as_u64().unwrap_or(0)
+        )),
+        _ => Err(format!(
+            "qemu-img check {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
     }
 }
 

@@ -5,6 +5,7 @@
 mod console;
 mod events;
 mod join_tokens;
+mod snapshots;
 mod volumes;
 
 pub use console::ConsoleConnection;

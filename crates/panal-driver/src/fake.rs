@@ -367,6 +367,15 @@ impl VmHandle for FakeVm {
     async fn grow_disk(&self, _id: &str, _size_bytes: u64) -> Result<(), DriverError> {
         self.alive()
     }
+
+    async fn snapshot_disks(
+        &self,
+        _ids: &[String],
+        _name: &str,
+        _step: panal_types::volume::SnapshotStep,
+    ) -> Result<Duration, DriverError> {
+        self.alive().map(|()| Duration::ZERO)
+    }
 }
 
 impl FakeVm {

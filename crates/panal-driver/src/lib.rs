@@ -219,6 +219,18 @@ pub trait VmHandle: Send + Sync + 'static {
         Err(DriverError::Unsupported("live disk resize".into()))
     }
 
+    /// Takes (or deletes) an internal snapshot of these disks of the running VM at one instant,
+    /// pausing the guest for the moment it takes. Returns how long the guest was paused.
+    async fn snapshot_disks(
+        &self,
+        ids: &[String],
+        name: &str,
+        step: panal_types::volume::SnapshotStep,
+    ) -> Result<Duration, DriverError> {
+        let _ = (ids, name, step);
+        Err(DriverError::Unsupported("live disk snapshots".into()))
+    }
+
     /// Path of the serial console's history file, where the driver keeps one.
     fn console_log(&self) -> Option<PathBuf> {
         None

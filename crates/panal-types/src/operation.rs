@@ -36,6 +36,12 @@ pub enum OperationKind {
     VolumeAttach,
     /// Detach a volume from a VM.
     VolumeDetach,
+    /// Take a snapshot of a volume or of a VM's volumes.
+    SnapshotCreate,
+    /// Revert volumes to a snapshot.
+    SnapshotRevert,
+    /// Delete a snapshot.
+    SnapshotDelete,
 }
 
 impl OperationKind {
@@ -56,6 +62,9 @@ impl OperationKind {
             OperationKind::VolumeDelete => "volume_delete",
             OperationKind::VolumeAttach => "volume_attach",
             OperationKind::VolumeDetach => "volume_detach",
+            OperationKind::SnapshotCreate => "snapshot_create",
+            OperationKind::SnapshotRevert => "snapshot_revert",
+            OperationKind::SnapshotDelete => "snapshot_delete",
         }
     }
 }

@@ -146,11 +146,56 @@ pub struct Volume {
     /// The operation working on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<OperationId>,
+    /// Its snapshots, oldest first (qcow2 only: kept inside the file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<VolumeSnapshot>,
     /// When it was created.
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Store revision of this record.
     #[serde(default)]
     pub revision: u64,
+}
+
+/// A point-in-time state of a volume, kept inside its qcow2 file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeSnapshot {
+    /// Name, unique among the volume's snapshots.
+    pub name: Name,
+    /// When it was taken.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The volume's virtual size then (a revert restores it).
+    pub size_bytes: u64,
+}
+
+/// A request to take a snapshot (of a volume, or of every volume of a VM at one instant).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// The snapshot's name.
+    pub name: String,
+}
+
+/// What a snapshot task does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotStep {
+    /// Take it (pausing the guest for the instant it takes when the disks are in use).
+    Create,
+    /// Bring the disks back to it (never while a VM uses them).
+    Revert,
+    /// Drop it.
+    Delete,
+}
+
+/// One disk of a snapshot task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SnapshotDisk {
+    /// The volume.
+    pub id: VolumeId,
+    /// Its pool.
+    pub pool: String,
+    /// Its file in the pool.
+    pub file: String,
 }
 
 /// A request to grow a volume.
@@ -222,6 +267,15 @@ pub enum VolumeAction {
         /// New virtual size.
         size_bytes: u64,
     },
+    /// Take, revert to or drop a snapshot of one or more volumes, all at one instant.
+    Snapshot {
+        /// What to do.
+        step: SnapshotStep,
+        /// The snapshot's name.
+        name: String,
+        /// The volumes.
+        disks: Vec<SnapshotDisk>,
+    },
     /// Remove the file.
     Delete {
         /// The file's pool.
@@ -249,10 +303,10 @@ pub struct HostTask {
     pub id: OperationId,
     /// The host that does it.
     pub host: Name,
-    /// The volume's project.
+    /// The volumes' project.
     pub project: Name,
-    /// The volume's name.
-    pub volume: Name,
+    /// The volumes it changes (several for a snapshot of a whole VM).
+    pub volumes: Vec<Name>,
     /// What to do.
     pub action: VolumeAction,
 }

@@ -359,3 +359,135 @@ async fn bad_volume_requests_are_refused_with_the_field() {
             .is_empty()
     );
 }
+
+/// Writes one byte pattern over the first sector of a detached volume file.
+fn write_sector(path: &std::path::Path, byte: u8) {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", &format!("write -P {byte} 0 512")])
+        .arg(path)
+        .output()
+        .expect("qemu-io");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the first sector is all `byte`.
+fn sector_is(path: &std::path::Path, byte: u8) -> bool {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-r", "-c", &format!("read -P {byte} 0 512")])
+        .arg(path)
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_of_a_detached_volume_take_revert_and_delete() {
+    let tp = start().await;
+    let c = &tp.client;
+    use panal_types::volume::SnapshotStep::{Create, Delete, Revert};
+    let a = c.create_volume(&empty("data", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+    let file = pool_file(&tp, &a.volume.file);
+    write_sector(&file, 0xab);
+
+    let s = c
+        .volume_snapshot(None, "data", "before", Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &s.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "data").await.unwrap();
+    assert_eq!(v.snapshots.len(), 1);
+    assert_eq!(v.snapshots[0].name.as_str(), "before");
+    assert_eq!(info(&file)["snapshots"][0]["name"], "before");
+
+    write_sector(&file, 0xcd);
+    assert!(sector_is(&file, 0xcd));
+    let r = c
+        .volume_snapshot(None, "data", "before", Revert)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &r.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert!(
+        sector_is(&file, 0xab),
+        "the revert brought the old bytes back"
+    );
+
+    // Refusals: a taken name, an unknown snapshot, a bad name, a raw volume, a VM without
+    // volumes, a revert under a running VM.
+    let e = c
+        .volume_snapshot(None, "data", "before", Create)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code(), e.field()),
+        (Some(409), Some("already_exists"), Some("name")),
+        "{e}"
+    );
+    let e = c
+        .volume_snapshot(None, "data", "nope", Revert)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(404), Some("snapshot")),
+        "{e}"
+    );
+    let e = c
+        .volume_snapshot(None, "data", "Bad Name", Create)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(400), Some("snapshot")),
+        "{e}"
+    );
+    let mut rawv = empty("rawvol", 16);
+    rawv.format = Some(VolumeFormat::Raw);
+    let ra = c.create_volume(&rawv).await.unwrap();
+    wait_op(c, &ra.operation).await;
+    let e = c
+        .volume_snapshot(None, "rawvol", "s", Create)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    fake_vm(&tp, "vm-a").await;
+    let e = c.vm_snapshot(None, "vm-a", "s", Create).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    let at = c.attach_volume(None, "data", "vm-a").await.unwrap();
+    wait_op(c, &at.operation).await;
+    let e = c
+        .volume_snapshot(None, "data", "before", Revert)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("stop"), "{e}");
+
+    // Detached again: the snapshot is dropped from the file and the record.
+    let d = c.detach_volume(None, "data").await.unwrap();
+    wait_op(c, &d.operation).await;
+    let del = c
+        .volume_snapshot(None, "data", "before", Delete)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &del.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert!(c.volume(None, "data").await.unwrap().snapshots.is_empty());
+    assert!(
+        info(&file)
+            .get("snapshots")
+            .is_none_or(|s| s.as_array().is_none_or(|a| a.is_empty()))
+    );
+}

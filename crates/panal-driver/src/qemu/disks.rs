@@ -7,6 +7,7 @@
 use super::cmdline::{self, HOTPLUG_PORTS};
 use super::handle::QemuVm;
 use crate::{DataDisk, DriverError};
+use panal_types::volume::SnapshotStep;
 use serde_json::json;
 use std::time::Duration;
 
@@ -82,6 +83,72 @@ impl QemuVm {
         )
         .await
         .map(drop)
+    }
+
+    pub(super) async fn snapshot(
+        &self,
+        ids: &[String],
+        name: &str,
+        step: SnapshotStep,
+    ) -> Result<Duration, DriverError> {
+        match step {
+            SnapshotStep::Create => {
+                let actions: Vec<serde_json::Value> = ids
+                    .iter()
+                    .map(|id| {
+                        json!({
+                            "type": "blockdev-snapshot-internal-sync",
+                            "data": { "device": cmdline::disk_node(id), "name": name },
+                        })
+                    })
+                    .collect();
+                let status = self.qmp("query-status", None).await?;
+                let running = status["running"].as_bool().unwrap_or(false);
+                // One transaction takes every disk at the same instant; the vCPUs stop for
+                // it so the guest sees no time pass between its last write and the snapshot.
+                let paused = std::time::Instant::now();
+                if running {
+                    self.qmp("stop", None).await?;
+                }
+                let taken = self
+                    .qmp("transaction", Some(json!({ "actions": actions })))
+                    .await;
+                let resumed = if running {
+                    self.qmp("cont", None).await.map(drop)
+                } else {
+                    Ok(())
+                };
+                let paused = paused.elapsed();
+                match taken {
+                    Ok(_) => {}
+                    // Taken before; the report of it was lost.
+                    Err(DriverError::Hypervisor(m)) if m.contains("already exists") => {}
+                    Err(e) => return Err(e),
+                }
+                resumed?;
+                Ok(paused)
+            }
+            SnapshotStep::Delete => {
+                for id in ids {
+                    let r = self
+                        .qmp(
+                            "blockdev-snapshot-delete-internal-sync",
+                            Some(json!({ "device": cmdline::disk_node(id), "name": name })),
+                        )
+                        .await;
+                    match r {
+                        Ok(_) => {}
+                        Err(DriverError::Hypervisor(m))
+                            if m.contains("not found") || m.contains("Can't find") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Duration::ZERO)
+            }
+            SnapshotStep::Revert => Err(DriverError::Invalid(
+                "a running VM's disks cannot be reverted; stop it first".into(),
+            )),
+        }
     }
 
     /// Whether a device with this id exists (found by its QOM path).

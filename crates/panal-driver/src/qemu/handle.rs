@@ -316,6 +316,16 @@ impl VmHandle for QemuVm {
         self.grow(id, size_bytes).await
     }
 
+    async fn snapshot_disks(
+        &self,
+        ids: &[String],
+        name: &str,
+        step: panal_types::volume::SnapshotStep,
+    ) -> Result<Duration, DriverError> {
+        self.live()?;
+        self.snapshot(ids, name, step).await
+    }
+
     fn console_log(&self) -> Option<PathBuf> {
         Some(self.paths.console_log())
     }

@@ -13,6 +13,7 @@ mod images;
 mod join_tokens;
 mod operations;
 mod projects;
+mod snapshots;
 mod vms;
 mod volumes;
 
@@ -64,6 +65,12 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(volumes::resize_volume))
         .routes(routes!(volumes::attach_volume))
         .routes(routes!(volumes::detach_volume))
+        .routes(routes!(snapshots::create_volume_snapshot))
+        .routes(routes!(snapshots::revert_volume_snapshot))
+        .routes(routes!(snapshots::delete_volume_snapshot))
+        .routes(routes!(snapshots::create_vm_snapshot))
+        .routes(routes!(snapshots::revert_vm_snapshot))
+        .routes(routes!(snapshots::delete_vm_snapshot))
         .routes(routes!(hosts::list_hosts))
         .routes(routes!(hosts::get_host))
         .routes(routes!(

@@ -12,8 +12,10 @@ use futures::StreamExt;
 use panal_agent::link::{HostTaskStream, LinkError};
 use panal_store::{Compare, Op, Txn, WatchEvent};
 use panal_types::operation::{Operation, OperationState, Progress};
-use panal_types::volume::{HostTask, HostTaskReport, Volume, VolumeAction, VolumePhase};
-use panal_types::{ApiError, ErrorCode};
+use panal_types::volume::{
+    HostTask, HostTaskReport, SnapshotStep, Volume, VolumeAction, VolumePhase, VolumeSnapshot,
+};
+use panal_types::{ApiError, ErrorCode, Name};
 
 impl App {
     /// Every task queued for `host`, then each new one.
@@ -75,10 +77,14 @@ impl App {
             let mut txn = Txn::new()
                 .when(Compare::unchanged(&task_key, task_rev))
                 .and_then(Op::delete(&task_key));
-            let vkey = keys::volume(task.project.as_str(), task.volume.as_str());
-            if let Some(cur) = self.repo.get::<Volume>(&vkey).await?
-                && cur.value.operation == Some(task.id)
-            {
+            for name in &task.volumes {
+                let vkey = keys::volume(task.project.as_str(), name.as_str());
+                let Some(cur) = self.repo.get::<Volume>(&vkey).await? else {
+                    continue;
+                };
+                if cur.value.operation != Some(task.id) {
+                    continue;
+                }
                 txn = txn.when(Compare::unchanged(&vkey, cur.mod_revision));
                 let mut v = cur.value;
                 v.operation = None;
@@ -96,19 +102,21 @@ impl App {
                                     .and_then(Op::put(&pkey, encode(&pv)));
                             }
                         }
+                        continue;
                     }
-                    (action, error) => {
-                        v.phase = match (action, error) {
-                            (VolumeAction::Create { .. }, Some(_)) => VolumePhase::Failed,
-                            (VolumeAction::Delete { .. }, Some(_)) => VolumePhase::Failed,
-                            _ => VolumePhase::Ready,
-                        };
-                        if let (VolumeAction::Resize { size_bytes, .. }, None) = (action, error) {
-                            v.size_bytes = *size_bytes;
-                        }
-                        txn = txn.and_then(Op::put(&vkey, encode(&v)));
+                    (VolumeAction::Create { .. } | VolumeAction::Delete { .. }, Some(_)) => {
+                        v.phase = VolumePhase::Failed;
                     }
+                    (VolumeAction::Resize { size_bytes, .. }, None) => {
+                        v.phase = VolumePhase::Ready;
+                        v.size_bytes = *size_bytes;
+                    }
+                    (VolumeAction::Snapshot { step, name, .. }, None) => {
+                        apply_snapshot(&mut v, *step, name);
+                    }
+                    _ => v.phase = VolumePhase::Ready,
                 }
+                txn = txn.and_then(Op::put(&vkey, encode(&v)));
             }
             if let Some(op) = self.repo.get::<Operation>(&op_key).await?
                 && !op.value.state.is_final()
@@ -120,7 +128,11 @@ impl App {
                         done.state = OperationState::Succeeded;
                         done.progress = Progress {
                             percent: Some(100),
-                            message: "done".into(),
+                            message: if r.message.is_empty() {
+                                "done".into()
+                            } else {
+                                r.message.clone()
+                            },
                         };
                     }
                     Some(why) => {
@@ -144,5 +156,24 @@ impl App {
             ErrorCode::PreconditionFailed,
             "the volume kept changing; report again",
         ))
+    }
+}
+
+/// Records a finished snapshot step on a volume.
+fn apply_snapshot(v: &mut Volume, step: SnapshotStep, name: &str) {
+    v.phase = VolumePhase::Ready;
+    let Ok(name) = Name::parse(name) else { return };
+    match step {
+        SnapshotStep::Create => {
+            if !v.snapshots.iter().any(|s| s.name == name) {
+                v.snapshots.push(VolumeSnapshot {
+                    name,
+                    created_at: chrono::Utc::now(),
+                    size_bytes: v.size_bytes,
+                });
+            }
+        }
+        SnapshotStep::Revert => {}
+        SnapshotStep::Delete => v.snapshots.retain(|s| s.name != name),
     }
 }

@@ -12,6 +12,7 @@ mod images;
 mod join;
 mod operations;
 mod projects;
+mod snapshots;
 mod validate;
 mod vms;
 mod volumes;

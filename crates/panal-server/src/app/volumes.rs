@@ -53,13 +53,7 @@ impl App {
                 let p = self
                     .volume_versioned(project_name, volume, "source.volume")
                     .await?;
-                if p.value.phase != VolumePhase::Ready {
-                    return Err(ApiError::conflict(format!(
-                        "volume \"{volume}\" is {}, not ready",
-                        p.value.phase.as_str()
-                    ))
-                    .with_field("source.volume"));
-                }
+                idle(&p.value).map_err(|e| e.with_field("source.volume"))?;
                 if let Some(vm) = &p.value.attached_to {
                     // A copy of a disk a guest is writing would be torn; a linked child would
                     // see its parent change under it.
@@ -186,6 +180,7 @@ impl App {
             reason: None,
             attached_to: None,
             operation: Some(op_id),
+            snapshots: vec![],
             created_at: chrono::Utc::now(),
             revision: 0,
         };
@@ -193,7 +188,7 @@ impl App {
             id: op_id,
             host: host.name.clone(),
             project: volume.project.clone(),
-            volume: name.clone(),
+            volumes: vec![name.clone()],
             action: VolumeAction::Create {
                 pool,
                 file,
@@ -439,7 +434,7 @@ impl App {
                 id: op_id,
                 host: volume.host.clone(),
                 project: volume.project.clone(),
-                volume: volume.name.clone(),
+                volumes: vec![volume.name.clone()],
                 action: VolumeAction::Resize {
                     pool: volume.pool.clone(),
                     file: volume.file.clone(),
@@ -491,7 +486,9 @@ impl App {
                 join_names(&volume.children)
             )));
         }
-        if !matches!(volume.phase, VolumePhase::Ready | VolumePhase::Failed) {
+        if !matches!(volume.phase, VolumePhase::Ready | VolumePhase::Failed)
+            || volume.operation.is_some()
+        {
             return Err(ApiError::conflict(format!(
                 "volume \"{name}\" is {}; wait for that to finish",
                 volume.phase.as_str()
@@ -506,7 +503,7 @@ impl App {
             id: op_id,
             host: volume.host.clone(),
             project: volume.project.clone(),
-            volume: volume.name.clone(),
+            volumes: vec![volume.name.clone()],
             action: VolumeAction::Delete {
                 pool: volume.pool.clone(),
                 file: volume.file.clone(),
@@ -731,14 +728,8 @@ fn check_size(size: u64, field: &str) -> Result<(), ApiError> {
 }
 
 /// Refuses work on a volume that is busy or that linked clones read from.
-fn ready_and_alone(v: &Volume) -> Result<(), ApiError> {
-    if v.phase != VolumePhase::Ready {
-        return Err(ApiError::conflict(format!(
-            "volume \"{}\" is {}, not ready",
-            v.name,
-            v.phase.as_str()
-        )));
-    }
+pub(super) fn ready_and_alone(v: &Volume) -> Result<(), ApiError> {
+    idle(v)?;
     if !v.children.is_empty() {
         return Err(ApiError::conflict(format!(
             "volume \"{}\" is the base of linked clones ({}) and stays read-only",
@@ -749,8 +740,28 @@ fn ready_and_alone(v: &Volume) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses work on a volume that is not ready or that an operation is working on.
+pub(super) fn idle(v: &Volume) -> Result<(), ApiError> {
+    if v.phase != VolumePhase::Ready {
+        return Err(ApiError::conflict(format!(
+            "volume \"{}\" is {}, not ready",
+            v.name,
+            v.phase.as_str()
+        ))
+        .with_operation_opt(v.operation));
+    }
+    if let Some(op) = v.operation {
+        return Err(ApiError::conflict(format!(
+            "volume \"{}\" has an operation in progress; retry when it ends",
+            v.name
+        ))
+        .with_operation(op));
+    }
+    Ok(())
+}
+
 /// Refuses to change a VM's disks while another of its operations is going or it is deleted.
-fn busy(vm: &Vm) -> Result<(), ApiError> {
+pub(super) fn busy(vm: &Vm) -> Result<(), ApiError> {
     if vm.spec.deleted {
         return Err(
             ApiError::conflict(format!("VM \"{}\" is being deleted", vm.name)).with_field("vm"),
@@ -775,7 +786,7 @@ fn join_names(names: &[Name]) -> String {
         .join(", ")
 }
 
-fn volume_operation(
+pub(super) fn volume_operation(
     id: OperationId,
     kind: OperationKind,
     v: &Volume,

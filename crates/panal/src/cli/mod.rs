@@ -9,7 +9,7 @@ mod operation;
 mod output;
 mod project;
 mod vm;
-mod volume;
+pub(crate) mod volume;
 mod wait;
 
 use crate::config;

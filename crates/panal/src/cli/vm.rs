@@ -43,6 +43,9 @@ pub enum VmCommand {
     Console(Target),
     /// Show the console history.
     Logs(LogsArgs),
+    /// Take, revert to or delete a snapshot of all the VM's volumes at one instant.
+    #[command(subcommand)]
+    Snapshot(super::volume::SnapshotCommand),
 }
 
 /// Arguments of `vm logs`.
@@ -382,6 +385,21 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
         }
         VmCommand::Console(t) => {
             super::console::attach(client, t.project.as_deref(), &t.name).await
+        }
+        VmCommand::Snapshot(cmd) => {
+            let (step, a) = cmd.parts();
+            let op = client
+                .vm_snapshot(a.project.as_deref(), &a.target, &a.snapshot, step)
+                .await
+                .map_err(api_err)?;
+            if a.no_wait {
+                eprintln!("{} {} (operation {})", op.kind.as_str(), a.target, op.id);
+                return Ok(());
+            }
+            let done =
+                super::wait::follow(client, &op, std::time::Duration::from_secs(600)).await?;
+            eprintln!("{}: {}", op.kind.as_str(), done.progress.message);
+            Ok(())
         }
         VmCommand::Logs(l) => {
             super::console::logs(

@@ -1,4 +1,5 @@
-//! `panal volume ...`: create (empty or cloned), list, show, resize, delete, attach, detach.
+//! `panal volume ...`: create (empty or cloned), list, show, resize, delete, attach, detach,
+//! snapshot.
 
 use super::output::{Format, print, print_fields};
 use super::{api_err, wait};
@@ -6,7 +7,9 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use panal_client::Client;
 use panal_types::size::{format_size, parse_size};
-use panal_types::volume::{Volume, VolumeAccepted, VolumeCreate, VolumeFormat, VolumeSource};
+use panal_types::volume::{
+    SnapshotStep, Volume, VolumeAccepted, VolumeCreate, VolumeFormat, VolumeSource,
+};
 use std::time::Duration;
 
 /// Volume commands.
@@ -29,6 +32,46 @@ pub enum VolumeCommand {
     Attach(AttachArgs),
     /// Detach a volume from its VM.
     Detach(WaitTarget),
+    /// Take, revert to or delete a snapshot of a volume.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// Snapshot commands (of a volume, or with `panal vm snapshot` of all of a VM's volumes).
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (a running guest is paused for the instant it takes).
+    Create(SnapshotArgs),
+    /// Revert to a snapshot (no VM may be running on the disks).
+    Revert(SnapshotArgs),
+    /// Delete a snapshot.
+    Delete(SnapshotArgs),
+}
+
+/// Arguments of a snapshot command.
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// The volume (or VM).
+    pub target: String,
+    /// The snapshot.
+    pub snapshot: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Return at once instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+impl SnapshotCommand {
+    /// The step and its arguments.
+    pub fn parts(&self) -> (SnapshotStep, &SnapshotArgs) {
+        match self {
+            SnapshotCommand::Create(a) => (SnapshotStep::Create, a),
+            SnapshotCommand::Revert(a) => (SnapshotStep::Revert, a),
+            SnapshotCommand::Delete(a) => (SnapshotStep::Delete, a),
+        }
+    }
 }
 
 /// Selects a project.
@@ -214,6 +257,18 @@ pub async fn run(client: &Client, format: Format, cmd: &VolumeCommand) -> Result
                 .map_err(api_err)?;
             finish(client, format, &a.target, accepted, a.no_wait).await
         }
+        VolumeCommand::Snapshot(cmd) => {
+            let (step, a) = cmd.parts();
+            let accepted = client
+                .volume_snapshot(a.project.as_deref(), &a.target, &a.snapshot, step)
+                .await
+                .map_err(api_err)?;
+            let t = Target {
+                name: a.target.clone(),
+                project: a.project.clone(),
+            };
+            finish(client, format, &t, accepted, a.no_wait).await
+        }
         VolumeCommand::Detach(w) => {
             let accepted = client
                 .detach_volume(w.target.project.as_deref(), &w.target.name)
@@ -287,6 +342,16 @@ fn show(format: Format, v: &Volume) -> Result<()> {
                 v.children
                     .iter()
                     .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        if !v.snapshots.is_empty() {
+            f.push((
+                "Snapshots",
+                v.snapshots
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.created_at.format("%Y-%m-%d %H:%M:%S")))
                     .collect::<Vec<_>>()
                     .join(", "),
             ));
