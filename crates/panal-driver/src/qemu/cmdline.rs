@@ -4,9 +4,11 @@
 //! `key=value,...` options have their commas doubled ([`opt_escape`]); disks are `-blockdev`
 //! JSON (serde escapes them); the kernel command line is its own argv entry (`-append`), which
 //! QEMU passes through untouched; the VM's display name never reaches QEMU. Every disk names
-//! its `format`, and persistent disks keep the default writeback cache (never `unsafe`).
+//! its `format` and the cache mode `disk_safety.rs` chose (`cache=none` or `writeback`, flushes
+//! always honoured, never `unsafe`).
 
 use super::Accel;
+use super::disk_safety::DiskCache;
 use panal_types::vm::MachineProfile;
 use serde_json::json;
 use std::ffi::OsString;
@@ -36,6 +38,14 @@ impl RunPaths {
     pub fn pid(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
+    /// Present while QEMU may have the disk open; left behind by an unclean end.
+    pub fn disk_in_use(&self) -> PathBuf {
+        self.dir.join("disk.in-use")
+    }
+    /// What the checks after unclean ends found.
+    pub fn disk_check_log(&self) -> PathBuf {
+        self.dir.join("disk-check.log")
+    }
     /// The per-VM copy-on-write disk overlay.
     pub fn overlay(&self) -> PathBuf {
         self.dir.join("disk0.qcow2")
@@ -53,6 +63,8 @@ pub struct Disk {
     pub path: PathBuf,
     /// `qcow2` or `raw`.
     pub format: String,
+    /// How the host caches it.
+    pub cache: DiskCache,
 }
 
 /// Everything the argument vector depends on.
@@ -151,10 +163,16 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         }
     };
     if let Some(d) = &plan.disk {
+        // The cache object is inherited by the file node and the backing chain.
         let node = json!({
             "driver": d.format,
             "node-name": "disk0",
-            "file": { "driver": "file", "filename": d.path.to_string_lossy() },
+            "cache": d.cache.cache_json(),
+            "file": {
+                "driver": "file",
+                "filename": d.path.to_string_lossy(),
+                "aio": d.cache.aio(),
+            },
         });
         push("-blockdev");
         push(&node.to_string());
@@ -224,6 +242,7 @@ mod tests {
             disk: Some(Disk {
                 path: "/run/a,b/d\"x.qcow2".into(),
                 format: "qcow2".into(),
+                cache: DiskCache::Direct,
             }),
             paths: RunPaths {
                 dir: "/run/a,b".into(),
@@ -253,6 +272,23 @@ mod tests {
         assert_eq!(v["driver"], "qcow2");
         assert_eq!(v["file"]["filename"], "/run/a,b/d\"x.qcow2");
         assert!(!a.iter().any(|s| s.contains("cache=unsafe")));
+        assert_eq!(v["cache"]["direct"], true);
+        assert_eq!(v["cache"]["no-flush"], false);
+        assert_eq!(v["file"]["aio"], "native");
+    }
+
+    #[test]
+    fn without_direct_io_the_disk_is_writeback_with_flushes() {
+        let mut p = plan(MachineProfile::Q35);
+        if let Some(d) = &mut p.disk {
+            d.cache = DiskCache::Writeback;
+        }
+        let a = joined(&p);
+        let bd = a.iter().position(|s| s == "-blockdev").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&a[bd + 1]).unwrap();
+        assert_eq!(v["cache"]["direct"], false);
+        assert_eq!(v["cache"]["no-flush"], false);
+        assert_eq!(v["file"]["aio"], "threads");
     }
 
     #[test]
