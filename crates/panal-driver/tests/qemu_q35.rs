@@ -289,13 +289,8 @@ async fn kill_9_gets_the_disk_checked_before_restart() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("refusing to start"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(run.join("disk-check.log"))
-            .unwrap()
-            .lines()
-            .count(),
-        2
-    );
+    let log = std::fs::read_to_string(run.join("disk-check.log")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}\n{err}");
     assert!(!run.join("qemu.pid").exists(), "QEMU started anyway");
     d.cleanup(spec.id).await.unwrap();
 }

@@ -165,7 +165,9 @@ async fn append(log: &Path, line: &str) {
         .open(log)
         .await
     {
+        // tokio finishes a write in the background unless flushed: readers must see it now.
         let _ = f.write_all(line.as_bytes()).await;
+        let _ = f.flush().await;
     }
 }
 
