@@ -18,7 +18,7 @@ pub enum ImageCommand {
     #[command(
         after_help = "Examples:\n  panal image import tiny --kernel vmlinux --initrd initramfs.cpio.gz\n  panal image import debian --disk debian.qcow2 --format qcow2\n  panal image import debian --disk-url https://example.org/debian.qcow2 --format qcow2 --disk-sha256 HEX\n\nURLs whose host is (or resolves to) a loopback, link-local, private or control-plane address\nare refused unless the server was started with --image-fetch-allow CIDR."
     )]
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// List images.
     List(ProjectArg),
     /// Show an image.
