@@ -251,6 +251,7 @@ async fn image_urls_are_fetched_safely() {
         },
     );
     r.insert("/big.raw".into(), body(vec![1u8; 3 << 20]));
+    r.insert("/empty".into(), body(Vec::new()));
     r.insert("/real.qcow2".into(), body(qcow));
     r.insert("/evil.qcow2".into(), body(backing));
     r.insert("/ext.qcow2".into(), body(data_file));
@@ -399,6 +400,14 @@ async fn image_urls_are_fetched_safely() {
     )
     .await;
     failed(&op, "too_large", "disk_url");
+
+    // An empty kernel is no kernel.
+    let op = import(
+        &tp,
+        json!({"name": "empty", "kernel_url": format!("http://{srv}/empty")}),
+    )
+    .await;
+    failed(&op, "invalid_value", "kernel_url");
 
     // Refused destinations, at request time.
     let own = tp.platform.addr;

@@ -319,6 +319,12 @@ impl App {
                     (d.bytes, d.sha256)
                 }
             };
+            if bytes == 0 {
+                return Err(ApiError::invalid(
+                    part.field,
+                    format!("the {which} is empty"),
+                ));
+            }
             if let Some(want) = &part.sha256
                 && *want != sum
             {
