@@ -6,7 +6,7 @@ mod common;
 
 use common::{BOOT, Env};
 use panal_driver::qemu::{AccelMode, QemuDriver, READY_LINE};
-use panal_driver::{BootSource, Driver, ResizeRequest, VmExit, VmLaunch, caps};
+use panal_driver::{BootSource, Driver, ResizeRequest, VmExit, VmHandle, VmLaunch, caps};
 use panal_types::VmId;
 use panal_types::host::Accelerator;
 use panal_types::vm::MachineProfile;
@@ -203,4 +203,95 @@ async fn qemu_can_drop_to_an_unprivileged_user() {
             .await
             .is_err()
     );
+}
+
+/// Data safety: the disk is opened with O_DIRECT (`cache=none`) where the filesystem allows,
+/// flushes are honoured; after `kill -9` of QEMU the overlay is checked (`qemu-img check`)
+/// before the next start, which then boots with the data written before the crash; after a clean
+/// shutdown no check is needed; a corrupt overlay after an unclean end refuses the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_gets_the_disk_checked_before_restart() {
+    let env = Env::new();
+    let d = env.driver();
+    let spec = q35_disk(&env);
+    let run = env.run_dir(spec.id);
+    let (vm, _) = d.launch_qemu(&spec).await.expect("launch");
+    let mut con = env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    let blocks = vm.qmp("query-block", None).await.expect("query-block");
+    let cache = &blocks[0]["inserted"]["cache"];
+    assert_eq!(cache["no-flush"], false, "flushes ignored: {blocks}");
+    assert_eq!(cache["writeback"], true, "{blocks}");
+    assert_eq!(
+        cache["direct"], true,
+        "the test directory is on ext4: O_DIRECT expected ({blocks})"
+    );
+    let out = con
+        .run(
+            "echo survived > /root/crash; sync; cat /root/crash",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.contains("survived"), "{out}");
+    assert!(run.join("disk.in-use").exists(), "no in-use marker");
+
+    // A crash from outside: SIGKILL, not a stop we asked for.
+    let pid = nix::unistd::Pid::from_raw(vm.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mut rx = vm.exit_watch();
+    let exit = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
+        .await
+        .expect("exit seen")
+        .expect("watch")
+        .clone();
+    assert!(matches!(exit, Some(VmExit::Crashed(_))), "{exit:?}");
+    assert!(
+        run.join("disk.in-use").exists(),
+        "the marker must survive a crash"
+    );
+    assert!(!run.join("disk-check.log").exists());
+    drop(vm);
+
+    // The next start checks the overlay first, then boots with the data.
+    let (vm, _) = d
+        .launch_qemu(&spec)
+        .await
+        .expect("relaunch after the crash");
+    let log = std::fs::read_to_string(run.join("disk-check.log")).expect("a disk check ran");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(
+        log.contains("unclean end: qemu-img check") && !log.contains("refused"),
+        "{log}"
+    );
+    con.reset();
+    con.wait_for(READY_LINE, BOOT).await;
+    let out = con.run("cat /root/crash", Duration::from_secs(30)).await;
+    assert!(out.contains("survived"), "{out}");
+
+    // A clean shutdown clears the marker: no check at the next start.
+    vm.shutdown(Duration::from_secs(60))
+        .await
+        .expect("shutdown");
+    assert_eq!(vm.exit_watch().borrow().clone(), Some(VmExit::Shutdown));
+    assert!(
+        !run.join("disk.in-use").exists(),
+        "marker left after a clean end"
+    );
+    drop(vm);
+
+    // An unclean end with a corrupt overlay: the start is refused, QEMU never runs.
+    std::fs::write(run.join("disk.in-use"), b"").unwrap();
+    let overlay = run.join("disk0.qcow2");
+    let mut bytes = std::fs::read(&overlay).unwrap();
+    bytes[48..56].copy_from_slice(&0x0123_4567_89ab_0000u64.to_be_bytes());
+    std::fs::write(&overlay, &bytes).unwrap();
+    let err = match d.launch(&spec).await {
+        Ok(_) => panic!("a corrupt disk was started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("refusing to start"), "{err}");
+    let log = std::fs::read_to_string(run.join("disk-check.log")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}\n{err}");
+    assert!(!run.join("qemu.pid").exists(), "QEMU started anyway");
+    d.cleanup(spec.id).await.unwrap();
 }

@@ -39,6 +39,13 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected condition on the server; details are in its log.
     Internal,
+    /// A URL's destination (or a redirect's) is not allowed: loopback, link-local, private,
+    /// the control plane itself, or a name resolving to one of these.
+    UrlRefused,
+    /// A download or upload is larger than the configured cap.
+    TooLarge,
+    /// A file's SHA-256 is not the one the request declared.
+    ChecksumMismatch,
 }
 
 impl ErrorCode {
@@ -59,6 +66,9 @@ impl ErrorCode {
             ErrorCode::InsufficientCapacity => 507,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::UrlRefused => 403,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::ChecksumMismatch => 422,
         }
     }
 
@@ -80,6 +90,9 @@ impl ErrorCode {
             ErrorCode::InsufficientCapacity => "insufficient_capacity",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::UrlRefused => "url_refused",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
         }
     }
 }

@@ -61,8 +61,12 @@ pub struct Image {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Body of `POST /api/v1/images`: import an image from files on the control plane's machine.
-/// Give either `kernel_path` (with an optional `initrd_path`) or `disk_path` with its `format`.
+/// Body of `POST /api/v1/images`: import an image from files on the control plane's machine or
+/// from `http`/`https` URLs. Give either a kernel (`kernel_path` or `kernel_url`, with an optional
+/// initramfs `initrd_path` or `initrd_url`) or a disk (`disk_path` or `disk_url`) with its
+/// `format`: one source per part. Each part may carry its expected SHA-256 (`*_sha256`, hex).
+/// URLs whose destination is loopback, link-local, private or the control plane itself are
+/// refused (`url_refused`) unless an administrator allowed the range.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageImport {
@@ -75,21 +79,39 @@ pub struct ImageImport {
     /// machine profiles).
     #[serde(default)]
     pub kernel_path: Option<String>,
+    /// `http` or `https` URL of the kernel (instead of `kernel_path`).
+    #[serde(default)]
+    pub kernel_url: Option<String>,
+    /// Expected SHA-256 of the kernel, hex.
+    #[serde(default)]
+    pub kernel_sha256: Option<String>,
     /// Absolute path of an initramfs to go with the kernel.
     #[serde(default)]
     pub initrd_path: Option<String>,
+    /// `http` or `https` URL of the initramfs (instead of `initrd_path`).
+    #[serde(default)]
+    pub initrd_url: Option<String>,
+    /// Expected SHA-256 of the initramfs, hex.
+    #[serde(default)]
+    pub initrd_sha256: Option<String>,
     /// Kernel arguments added for this image.
     #[serde(default)]
     pub cmdline: Option<String>,
     /// Absolute path of a disk image.
     #[serde(default)]
     pub disk_path: Option<String>,
+    /// `http` or `https` URL of a disk image (instead of `disk_path`).
+    #[serde(default)]
+    pub disk_url: Option<String>,
+    /// Expected SHA-256 of the disk image file, hex.
+    #[serde(default)]
+    pub disk_sha256: Option<String>,
     /// The disk image's declared format; the file's header must agree.
     #[serde(default)]
     pub format: Option<DiskFormat>,
 }
 
-/// The answer to an import: the operation that tracks the copy.
+/// The answer to an import: the operation that tracks the copy or download.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageAccepted {
     /// The operation tracking the import; its target names the image.

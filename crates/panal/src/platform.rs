@@ -13,6 +13,8 @@ use panal_driver::qemu::{GuestImage, QemuConfig, QemuDriver};
 use panal_server::auth::{Role, create_token, verify};
 use panal_server::controllers::Controllers;
 use panal_server::images::ImageStore;
+use panal_server::images::fetch::FetchPolicy;
+use panal_server::images::guard::UrlPolicy;
 use panal_server::link::InProcessLink;
 use panal_server::scheduler::Policy;
 use panal_server::{App, AppConfig};
@@ -48,6 +50,9 @@ pub struct PlatformConfig {
     /// Labels of the local host (e.g. `panal.io/cpu-overcommit` to fit more VMs on a small
     /// machine).
     pub host_labels: std::collections::BTreeMap<String, String>,
+    /// How images are downloaded from URLs (allowed ranges, size cap, deadline); the API's own
+    /// endpoint and this machine's addresses are added at start.
+    pub image_fetch: FetchPolicy,
 }
 
 impl PlatformConfig {
@@ -62,6 +67,7 @@ impl PlatformConfig {
             guest_dir: Some(GuestImage::default_dir()),
             qemu: true,
             host_labels: Default::default(),
+            image_fetch: FetchPolicy::default(),
         }
     }
 }
@@ -139,6 +145,13 @@ impl Platform {
                     cfg.data_dir.display()
                 )
             })?;
+        // Bound first: the image download guard must know the API's own address.
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let mut fetch = cfg.image_fetch.clone();
+        fetch.urls = UrlPolicy::new(fetch.urls.allow.clone(), vec![addr]);
         let qemu_dir = cfg.data_dir.join("qemu");
         let mut app = App::new(
             store.clone(),
@@ -146,7 +159,7 @@ impl Platform {
                 host_lease_ttl: cfg.host_lease_ttl,
             },
         )
-        .with_images(ImageStore::new(cfg.data_dir.join("images")));
+        .with_images(ImageStore::new(cfg.data_dir.join("images")).with_fetch(fetch));
         if cfg.qemu {
             app = app.with_consoles(Arc::new(QemuConsoles {
                 state_dir: qemu_dir.clone(),
@@ -186,10 +199,6 @@ impl Platform {
         );
         let agent = tokio::spawn(agent.run());
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
         let router = panal_server::api::router(app.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {

@@ -61,6 +61,8 @@ pub struct ServerArgs {
     /// Where the built-in guest was built: imported as images `tiny` and `tiny-disk` once.
     #[arg(long, value_name = "DIR")]
     pub guest_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub image_fetch: crate::up::ImageFetchArgs,
 }
 
 /// The scheduler's strategy, as a flag.
@@ -117,22 +119,26 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         etcd_client_cert: None,
     };
     let store = store_url::open(&store_args, Duration::from_secs(args.store_wait)).await?;
+    // Bound first: the image download guard must know this replica's own endpoints.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut fetch = args.image_fetch.policy();
+    let own: Vec<SocketAddr> = std::iter::once(addr).chain(args.agent_listen).collect();
+    fetch.urls = panal_server::images::guard::UrlPolicy::new(fetch.urls.allow.clone(), own);
     let app = App::new(
         store.clone(),
         AppConfig {
             host_lease_ttl: Duration::from_secs(args.host_lease_ttl),
         },
     )
-    .with_images(panal_server::images::ImageStore::new(
-        args.data_dir.join("images"),
-    ));
+    .with_images(
+        panal_server::images::ImageStore::new(args.data_dir.join("images")).with_fetch(fetch),
+    );
     app.bootstrap().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = panal::platform::admin_token(&app, &args.data_dir).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let name = args
         .name

@@ -25,6 +25,42 @@ pub struct UpArgs {
     /// `panal.io/cpu-overcommit=16` to promise more vCPUs than the host's cores allow by default.
     #[arg(long = "host-label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub host_labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub image_fetch: ImageFetchArgs,
+}
+
+/// How the control plane downloads images from URLs (shared by `panal up` and `panal server`).
+#[derive(Args, Debug, Clone)]
+pub struct ImageFetchArgs {
+    /// Allow image URLs into this address range although it is loopback, link-local, private or
+    /// this machine's (repeatable), e.g. `10.20.0.0/16` for an internal mirror. The control
+    /// plane's own endpoints stay refused.
+    #[arg(long = "image-fetch-allow", value_name = "CIDR")]
+    pub allow: Vec<panal_server::images::guard::Cidr>,
+    /// Largest file an image URL may bring, e.g. `20G`.
+    #[arg(long = "image-fetch-max-size", value_name = "SIZE", default_value = "64G", value_parser = panal_types::size::parse_size)]
+    pub max_size: u64,
+    /// Seconds a whole image download may take.
+    #[arg(
+        long = "image-fetch-timeout",
+        value_name = "SECS",
+        default_value_t = 3600
+    )]
+    pub timeout_secs: u64,
+}
+
+impl ImageFetchArgs {
+    /// The download policy (own endpoints and local addresses are added where the listeners are
+    /// known).
+    pub fn policy(&self) -> panal_server::images::fetch::FetchPolicy {
+        let mut p = panal_server::images::fetch::FetchPolicy {
+            max_bytes: self.max_size,
+            deadline: std::time::Duration::from_secs(self.timeout_secs.max(1)),
+            ..Default::default()
+        };
+        p.urls.allow = self.allow.clone();
+        p
+    }
 }
 
 pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -57,6 +93,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mut cfg = PlatformConfig::new(args.data_dir.clone());
     cfg.listen = args.listen;
     cfg.host_labels = args.host_labels.iter().cloned().collect();
+    cfg.image_fetch = args.image_fetch.policy();
     let platform = Platform::start(cfg).await?;
     let client_cfg = ClientConfig {
         api_url: platform.url(),

@@ -1,6 +1,7 @@
 //! The `panal` binary as a user runs it: `panal up` in the foreground, the CLI driving the VM
 //! lifecycle with `--wait`, JSON/YAML output, readable errors with non-zero exits, a clean stop
-//! on SIGINT, and recovery of everything after `kill -9` of the platform.
+//! on SIGINT, recovery of everything after `kill -9` of the platform, and image import by URL
+//! with progress, a checksum and the `--image-fetch-allow` range.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,14 +31,19 @@ fn free_port() -> u16 {
 }
 
 fn up(dir: &Path, port: u16) -> Up {
+    up_with(dir, port, &[])
+}
+
+fn up_with(dir: &Path, port: u16, extra: &[&str]) -> Up {
     let mut child = Command::new(BIN)
         .args([
             "up",
             "--no-default-config",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--data-dir",
         ])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir)
         .env("PANAL_LOG", "warn")
         .stdout(Stdio::piped())
@@ -314,5 +320,125 @@ fn host_maintenance_from_the_cli() {
     assert!(
         err.contains("panal.io/memory-overcommit") && err.contains("from 1 to 8"),
         "{err}"
+    );
+}
+
+/// Serves `body` at `/d.raw` on 127.0.0.2 in `pieces` pieces `pause` apart (404 elsewhere).
+fn slow_http_server(body: Vec<u8>, pieces: usize, pause: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !String::from_utf8_lossy(&req).starts_with("GET /d.raw ") {
+                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                for piece in body.chunks(body.len().div_ceil(pieces)) {
+                    if s.write_all(piece).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn image_import_by_url_from_the_cli() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
+    let sum = hex::encode(sha2::Sha256::digest(&body));
+    let srv = slow_http_server(body, 8, Duration::from_millis(500));
+    let _platform = up_with(&data, free_port(), &["--image-fetch-allow", "127.0.0.2/32"]);
+    let cfg = data.join("client.toml");
+    let url = format!("http://{srv}/d.raw");
+
+    let out = panal(
+        &cfg,
+        &[
+            "image",
+            "import",
+            "web",
+            "--disk-url",
+            &url,
+            "--format",
+            "raw",
+            "--disk-sha256",
+            &sum,
+            "-o",
+            "json",
+        ],
+    );
+    let shown: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(shown["sha256"], sum.as_str());
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("image_import: disk: downloaded ") && progress.contains(" of 1.0 MiB"),
+        "no download progress on stderr: {progress}"
+    );
+
+    // Refused at once: loopback outside the allowed range, with the field and the code.
+    let out = panal(
+        &cfg,
+        &[
+            "image",
+            "import",
+            "nope",
+            "--disk-url",
+            &url.replace("127.0.0.2", "127.0.0.1"),
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[url_refused]") && err.contains("disk_url"),
+        "{err}"
+    );
+
+    // A wrong checksum fails the operation, and the command with it.
+    let out = panal(
+        &cfg,
+        &[
+            "image",
+            "import",
+            "wrong",
+            "--disk-url",
+            &url,
+            "--format",
+            "raw",
+            "--disk-sha256",
+            &"0".repeat(64),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[checksum_mismatch]"), "{err}");
+    let list = ok(&panal(&cfg, &["image", "list", "-o", "json"]));
+    assert!(
+        list.contains("\"web\"") && !list.contains("\"wrong\""),
+        "{list}"
     );
 }

@@ -4,9 +4,11 @@
 //! `key=value,...` options have their commas doubled ([`opt_escape`]); disks are `-blockdev`
 //! JSON (serde escapes them); the kernel command line is its own argv entry (`-append`), which
 //! QEMU passes through untouched; the VM's display name never reaches QEMU. Every disk names
-//! its `format`, and persistent disks keep the default writeback cache (never `unsafe`).
+//! its `format` and the cache mode `disk_safety.rs` chose (`cache=none` or `writeback`, flushes
+//! always honoured, never `unsafe`).
 
 use super::Accel;
+use super::disk_safety::DiskCache;
 use panal_types::vm::MachineProfile;
 use serde_json::json;
 use std::ffi::OsString;
@@ -36,6 +38,14 @@ impl RunPaths {
     pub fn pid(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
+    /// Present while QEMU may have the disk open; left behind by an unclean end.
+    pub fn disk_in_use(&self) -> PathBuf {
+        self.dir.join("disk.in-use")
+    }
+    /// What the checks after unclean ends found.
+    pub fn disk_check_log(&self) -> PathBuf {
+        self.dir.join("disk-check.log")
+    }
     /// The per-VM copy-on-write disk overlay.
     pub fn overlay(&self) -> PathBuf {
         self.dir.join("disk0.qcow2")
@@ -53,6 +63,8 @@ pub struct Disk {
     pub path: PathBuf,
     /// `qcow2` or `raw`.
     pub format: String,
+    /// How the host caches it.
+    pub cache: DiskCache,
 }
 
 /// Everything the argument vector depends on.
@@ -75,7 +87,7 @@ pub struct Plan {
     /// The root disk, if any.
     pub disk: Option<Disk>,
     /// Volumes attached at boot, each on its own hot-plug port (q35) so it can be unplugged.
-    pub data_disks: Vec<crate::DataDisk>,
+    pub data_disks: Vec<(crate::DataDisk, DiskCache)>,
     /// Run directory files.
     pub paths: RunPaths,
     /// Enable QEMU's seccomp sandbox.
@@ -117,12 +129,18 @@ fn short(id: &str, n: usize) -> String {
         .collect()
 }
 
-/// The `-blockdev` / `blockdev-add` description of a data disk.
-pub fn data_disk_node(d: &crate::DataDisk) -> serde_json::Value {
+/// The `-blockdev` / `blockdev-add` description of a data disk, with the same cache policy as
+/// the boot disk.
+pub fn data_disk_node(d: &crate::DataDisk, cache: DiskCache) -> serde_json::Value {
     json!({
         "driver": d.format,
         "node-name": disk_node(&d.id),
-        "file": { "driver": "file", "filename": d.path.to_string_lossy() },
+        "cache": cache.cache_json(),
+        "file": {
+            "driver": "file",
+            "filename": d.path.to_string_lossy(),
+            "aio": cache.aio(),
+        },
     })
 }
 
@@ -193,10 +211,16 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         }
     };
     if let Some(d) = &plan.disk {
+        // The cache object is inherited by the file node and the backing chain.
         let node = json!({
             "driver": d.format,
             "node-name": "disk0",
-            "file": { "driver": "file", "filename": d.path.to_string_lossy() },
+            "cache": d.cache.cache_json(),
+            "file": {
+                "driver": "file",
+                "filename": d.path.to_string_lossy(),
+                "aio": d.cache.aio(),
+            },
         });
         push("-blockdev");
         push(&node.to_string());
@@ -210,9 +234,9 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
             push(&format!("pcie-root-port,id={},chassis={}", port(i), i + 1));
         }
     }
-    for (i, d) in plan.data_disks.iter().enumerate() {
+    for (i, (d, cache)) in plan.data_disks.iter().enumerate() {
         push("-blockdev");
-        push(&data_disk_node(d).to_string());
+        push(&data_disk_node(d, *cache).to_string());
         push("-device");
         if micro {
             push(&format!(
@@ -294,12 +318,16 @@ mod tests {
             disk: Some(Disk {
                 path: "/run/a,b/d\"x.qcow2".into(),
                 format: "qcow2".into(),
+                cache: DiskCache::Direct,
             }),
-            data_disks: vec![crate::DataDisk {
-                id: "0b5e7c1e-2f4a-4c1b-9d6e-000000000001".into(),
-                path: "/pool/v,1.qcow2".into(),
-                format: "qcow2".into(),
-            }],
+            data_disks: vec![(
+                crate::DataDisk {
+                    id: "0b5e7c1e-2f4a-4c1b-9d6e-000000000001".into(),
+                    path: "/pool/v,1.qcow2".into(),
+                    format: "qcow2".into(),
+                },
+                DiskCache::Direct,
+            )],
             paths: RunPaths {
                 dir: "/run/a,b".into(),
             },
@@ -328,6 +356,23 @@ mod tests {
         assert_eq!(v["driver"], "qcow2");
         assert_eq!(v["file"]["filename"], "/run/a,b/d\"x.qcow2");
         assert!(!a.iter().any(|s| s.contains("cache=unsafe")));
+        assert_eq!(v["cache"]["direct"], true);
+        assert_eq!(v["cache"]["no-flush"], false);
+        assert_eq!(v["file"]["aio"], "native");
+    }
+
+    #[test]
+    fn without_direct_io_the_disk_is_writeback_with_flushes() {
+        let mut p = plan(MachineProfile::Q35);
+        if let Some(d) = &mut p.disk {
+            d.cache = DiskCache::Writeback;
+        }
+        let a = joined(&p);
+        let bd = a.iter().position(|s| s == "-blockdev").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&a[bd + 1]).unwrap();
+        assert_eq!(v["cache"]["direct"], false);
+        assert_eq!(v["cache"]["no-flush"], false);
+        assert_eq!(v["file"]["aio"], "threads");
     }
 
     #[test]

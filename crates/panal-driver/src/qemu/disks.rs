@@ -23,7 +23,8 @@ impl QemuVm {
             return Ok(());
         }
         if !self.node_present(&node).await? {
-            self.qmp("blockdev-add", Some(cmdline::data_disk_node(d)))
+            let cache = super::disk_safety::choose_cache(&[&d.path]);
+            self.qmp("blockdev-add", Some(cmdline::data_disk_node(d, cache)))
                 .await?;
         }
         let mut last = None;

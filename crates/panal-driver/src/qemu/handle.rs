@@ -4,7 +4,8 @@
 //! stream and the process liveness check. It records `SHUTDOWN` reasons and `GUEST_PANICKED`,
 //! and once the process is dead (QMP closed and `/proc` says gone or zombie, or the periodic
 //! liveness check fails) it classifies the exit once into the exit watch: panic > a stop we
-//! asked for > the guest's own power-off > anything else is a crash. Dropping the handle closes
+//! asked for > the guest's own power-off > anything else is a crash. A QEMU that shut down by
+//! itself (not killed) also clears the run directory's `disk.in-use` marker. Dropping the handle closes
 //! QMP and ends the watcher without publishing an exit: the VM keeps running for a later attach.
 
 use super::VmMeta;
@@ -29,6 +30,8 @@ struct Shared {
     exit_tx: watch::Sender<Option<VmExit>>,
     /// Set before we stop the VM ourselves, so its end is a `Shutdown`, not a crash.
     requested_stop: AtomicBool,
+    /// Set before we SIGKILL QEMU: its disk was not closed cleanly, whatever the exit says.
+    killed: AtomicBool,
 }
 
 /// A running QEMU VM.
@@ -57,6 +60,7 @@ impl QemuVm {
         let shared = Arc::new(Shared {
             exit_tx,
             requested_stop: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
         });
         let qmp = Arc::new(qmp);
         tokio::spawn(watch_exit(
@@ -65,6 +69,7 @@ impl QemuVm {
             pid,
             shared.clone(),
             cgroup.clone(),
+            paths.disk_in_use(),
         ));
         Arc::new(QemuVm {
             id,
@@ -239,6 +244,7 @@ impl VmHandle for QemuVm {
             return Ok(());
         }
         self.shared.requested_stop.store(true, Ordering::SeqCst);
+        self.shared.killed.store(true, Ordering::SeqCst);
         process::signal(self.pid, nix::sys::signal::Signal::SIGKILL)?;
         if self.wait_exit(Duration::from_secs(10)).await {
             Ok(())
@@ -342,6 +348,7 @@ async fn watch_exit(
     pid: u32,
     shared: Arc<Shared>,
     cgroup: Option<VmCgroup>,
+    disk_in_use: PathBuf,
 ) {
     let mut panicked = false;
     let mut shutdown_reason: Option<String> = None;
@@ -391,6 +398,11 @@ async fn watch_exit(
             }
         }
     };
+    // QEMU closed its disks only if it shut down by itself; otherwise the marker stays and the
+    // next launch checks the disk (disk_safety.rs).
+    if shutdown_reason.is_some() && !shared.killed.load(Ordering::SeqCst) {
+        let _ = std::fs::remove_file(&disk_in_use);
+    }
     shared.exit_tx.send_replace(Some(exit));
     if let Some(cg) = cgroup {
         // Best effort; `cleanup` removes it too.

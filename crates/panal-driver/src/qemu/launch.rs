@@ -7,6 +7,7 @@
 
 use super::cgroup::VmCgroup;
 use super::cmdline::{self, Disk, Plan, RunPaths};
+use super::disk_safety;
 use super::handle::QemuVm;
 use super::process::{self, Spawn};
 use super::qmp::Qmp;
@@ -165,7 +166,11 @@ impl QemuDriver {
             memory_mib: spec.memory_bytes.div_ceil(1 << 20),
             kernel,
             disk,
-            data_disks: spec.disks.clone(),
+            data_disks: spec
+                .disks
+                .iter()
+                .map(|d| (d.clone(), disk_safety::choose_cache(&[&d.path])))
+                .collect(),
             paths: paths.clone(),
             sandbox: cfg.sandbox,
             run_as: cfg.run_as_user.clone(),
@@ -208,6 +213,10 @@ impl QemuDriver {
                 .unwrap_or_default(),
             timeout: cfg.launch_timeout,
         };
+        if plan.disk.is_some() {
+            // Removed by the exit watcher when QEMU shuts down by itself (disk_safety.rs).
+            tokio::fs::write(paths.disk_in_use(), b"").await?;
+        }
         let to_spawn = t0.elapsed();
         let started = process::spawn_daemonized(&spawn).await;
         let qemu_setup = t0.elapsed() - to_spawn;
@@ -215,6 +224,7 @@ impl QemuDriver {
             if let Some(cg) = &cgroup {
                 let _ = cg.remove();
             }
+            let _ = tokio::fs::remove_file(paths.disk_in_use()).await;
             return Err(e);
         }
         let pid = process::read_pid_file(&paths.pid())
@@ -248,11 +258,23 @@ impl QemuDriver {
         format: &str,
     ) -> Result<Disk, DriverError> {
         let overlay = paths.overlay();
-        if !tokio::fs::try_exists(&overlay).await.unwrap_or(false) {
-            // An absolute base: qemu-img resolves relative backing paths against the overlay.
-            let base = tokio::fs::canonicalize(base)
+        // An absolute base: qemu-img resolves relative backing paths against the overlay.
+        let base = tokio::fs::canonicalize(base)
+            .await
+            .map_err(|e| DriverError::Launch(format!("disk image {}: {e}", base.display())))?;
+        if tokio::fs::try_exists(&overlay).await.unwrap_or(false) {
+            if tokio::fs::try_exists(paths.disk_in_use())
                 .await
-                .map_err(|e| DriverError::Launch(format!("disk image {}: {e}", base.display())))?;
+                .unwrap_or(false)
+            {
+                disk_safety::check_after_unclean_end(
+                    &self.config.qemu_img_binary,
+                    &overlay,
+                    &paths.disk_check_log(),
+                )
+                .await?;
+            }
+        } else {
             let out = tokio::process::Command::new(&self.config.qemu_img_binary)
                 .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
                 .arg(&base)
@@ -267,9 +289,11 @@ impl QemuDriver {
                 )));
             }
         }
+        let cache = disk_safety::choose_cache(&[&overlay, &base]);
         Ok(Disk {
             path: overlay,
             format: "qcow2".into(),
+            cache,
         })
     }
 

@@ -5,10 +5,11 @@
 //! needs to re-attach). QEMU runs in its own session and outlives the agent; [`Driver::attach`]
 //! finds it again from the pid file and QMP socket. See `process.rs` for liveness, `handle.rs`
 //! for the per-VM protocol, `cmdline.rs` for argument safety rules, `probe.rs` for how the
-//! accelerator is chosen.
+//! accelerator is chosen, `disk_safety.rs` for the disk cache mode and the check after a crash.
 
 mod cgroup;
 mod cmdline;
+mod disk_safety;
 mod disks;
 mod guest;
 mod handle;
@@ -18,6 +19,7 @@ mod process;
 mod qmp;
 
 pub use cgroup::CgroupMode;
+pub use disk_safety::{DiskCache, Verdict};
 pub use guest::{GuestImage, READY_LINE};
 pub use handle::QemuVm;
 pub use launch::LaunchTimings;

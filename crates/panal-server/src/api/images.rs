@@ -24,9 +24,11 @@ pub async fn list_images(
     ))
 }
 
-/// Import an image from files on the control plane's machine (an operation with progress).
+/// Import an image from files on the control plane's machine or from http/https URLs (an
+/// operation with progress). A URL whose destination is refused answers `403 url_refused`; a
+/// download that is too large, fails its checksum or is refused on a redirect fails the operation.
 #[utoipa::path(post, path = "/api/v1/images", tag = "images", request_body = ImageImport,
-    responses((status = 202, body = ImageAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = ImageAccepted), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn import_image(
     State(app): State<App>,
     ApiJson(req): ApiJson<ImageImport>,

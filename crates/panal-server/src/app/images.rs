@@ -1,9 +1,11 @@
-//! Image use cases: import (an operation that copies and hashes the files with progress), list,
-//! show, delete (refused while a VM boots from it).
+//! Image use cases: import (an operation that copies or downloads and hashes the files with
+//! progress, verifies declared checksums and inspects disk images), list, show, delete (refused
+//! while a VM boots from it).
 
 use super::{App, next_token, page_bounds};
 use crate::codec::encode;
-use crate::images::{ImageStore, check_disk, check_source, copy_hashed, inspect};
+use crate::images::guard::{self, Target};
+use crate::images::{ImageStore, check_disk, check_source, copy_hashed, fetch, inspect};
 use crate::keys;
 use panal_store::{Op, Txn};
 use panal_types::error::check_name;
@@ -12,8 +14,10 @@ use panal_types::operation::{Operation, OperationKind, OperationState, Operation
 use panal_types::page::Page;
 use panal_types::vm::Vm;
 use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, ImageId, OperationId};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 impl App {
     fn image_store(&self) -> Result<&Arc<ImageStore>, ApiError> {
@@ -22,7 +26,9 @@ impl App {
             .ok_or_else(|| ApiError::unavailable("this control plane has no image store"))
     }
 
-    /// Starts importing an image; answers with the operation at once.
+    /// Starts importing an image; answers with the operation at once. Everything that can be
+    /// judged before copying (names, sources, URL destinations, local disk headers) is judged
+    /// here, so a refused request changes nothing.
     pub async fn import_image(&self, req: ImageImport) -> Result<ImageAccepted, ApiError> {
         let store = self.image_store()?.clone();
         let name = check_name("name", &req.name)?;
@@ -51,12 +57,40 @@ impl App {
             )
             .with_field("name"));
         }
-        let mut sources: Vec<(&'static str, PathBuf)> = Vec::new();
-        let (kind, format, virtual_size) = match (&req.kernel_path, &req.disk_path) {
+        let boot_cap = store.max_boot_file.min(store.fetch.max_bytes);
+        let kernel = part(
+            &store,
+            "kernel",
+            &req.kernel_path,
+            &req.kernel_url,
+            &req.kernel_sha256,
+            boot_cap,
+        )
+        .await?;
+        let initrd = part(
+            &store,
+            "initrd",
+            &req.initrd_path,
+            &req.initrd_url,
+            &req.initrd_sha256,
+            boot_cap,
+        )
+        .await?;
+        let disk = part(
+            &store,
+            "disk",
+            &req.disk_path,
+            &req.disk_url,
+            &req.disk_sha256,
+            store.fetch.max_bytes,
+        )
+        .await?;
+        let mut parts = Vec::new();
+        let (kind, format, virtual_size) = match (kernel, disk) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(ApiError::invalid(
                     "kernel_path",
-                    "give either kernel_path (and initrd_path) or disk_path",
+                    "give either a kernel (kernel_path or kernel_url, and an optional initrd) or a disk (disk_path or disk_url)",
                 ));
             }
             (Some(k), None) => {
@@ -66,14 +100,13 @@ impl App {
                         "format applies to disk images only",
                     ));
                 }
-                let k = check_source("kernel_path", k)?;
-                check_boot_file_size("kernel_path", &k, store.max_boot_file)?;
-                sources.push(("kernel", k));
-                if let Some(i) = &req.initrd_path {
-                    let i = check_source("initrd_path", i)?;
-                    check_boot_file_size("initrd_path", &i, store.max_boot_file)?;
-                    sources.push(("initrd", i));
+                for p in [&k].into_iter().chain(initrd.as_ref()) {
+                    if let Source::File(path) = &p.source {
+                        check_boot_file_size(p.field, path, store.max_boot_file)?;
+                    }
                 }
+                parts.push(k);
+                parts.extend(initrd);
                 (ImageKind::KernelInitrd, None, None)
             }
             (None, Some(d)) => {
@@ -83,17 +116,23 @@ impl App {
                         "disk images need a declared format (qcow2 or raw)",
                     )
                 })?;
-                if req.initrd_path.is_some() {
+                if let Some(i) = initrd {
                     return Err(ApiError::invalid(
-                        "initrd_path",
-                        "initrd_path goes with kernel_path",
+                        i.field,
+                        format!("{} goes with a kernel", i.field),
                     ));
                 }
-                let d = check_source("disk_path", d)?;
-                let info = inspect(&store.qemu_img, &d).await?;
-                check_disk(&info, format, store.max_virtual_size)?;
-                sources.push(("disk", d));
-                (ImageKind::Disk, Some(format), Some(info.virtual_size))
+                // A local file is judged now; a download once it is here.
+                let virtual_size = match &d.source {
+                    Source::File(path) => {
+                        let info = inspect(&store.qemu_img, path, d.field).await?;
+                        check_disk(&info, format, store.max_virtual_size, d.field)?;
+                        Some(info.virtual_size)
+                    }
+                    Source::Url(_) => None,
+                };
+                parts.push(d);
+                (ImageKind::Disk, Some(format), virtual_size)
             }
         };
         if let Some(c) = &req.cmdline
@@ -105,6 +144,7 @@ impl App {
             ));
         }
         let now = chrono::Utc::now();
+        let downloading = parts.iter().any(|p| matches!(p.source, Source::Url(_)));
         let op = Operation {
             id: OperationId::new(),
             kind: OperationKind::ImageImport,
@@ -116,7 +156,12 @@ impl App {
             state: OperationState::Running,
             progress: Progress {
                 percent: Some(0),
-                message: "copying".into(),
+                message: if downloading {
+                    "downloading"
+                } else {
+                    "copying"
+                }
+                .into(),
             },
             error: None,
             created_at: now,
@@ -141,7 +186,10 @@ impl App {
         let app = self.clone();
         let op_for_task = op.clone();
         tokio::spawn(async move {
-            let result = app.copy_image(&store, image, sources, &op_for_task).await;
+            let (progress, reporter) = app.progress_reporter(&op_for_task);
+            let result = app.copy_image(&store, image, parts, &progress).await;
+            drop(progress);
+            let _ = reporter.await;
             let mut done = op_for_task;
             done.updated_at = chrono::Utc::now();
             match result {
@@ -169,62 +217,146 @@ impl App {
         Ok(ImageAccepted { operation: op })
     }
 
-    async fn copy_image(
+    /// A task that writes the latest progress into the operation, at most five times a
+    /// second; it ends (after its last write) when the sender is dropped.
+    fn progress_reporter(
         &self,
-        store: &ImageStore,
-        mut image: Image,
-        sources: Vec<(&'static str, PathBuf)>,
         op: &Operation,
-    ) -> Result<(), ApiError> {
-        let total: u64 = sources
-            .iter()
-            .filter_map(|(_, p)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum::<u64>()
-            .max(1);
-        let dir = store.image_dir(image.id);
-        let partial = dir.with_extension("partial");
-        tokio::fs::create_dir_all(&partial)
-            .await
-            .map_err(|e| io_error("cannot create the image directory", e))?;
-        let mut hasher_input = String::new();
-        let mut copied = 0u64;
-        let mut last_percent = 0u8;
-        for (which, src) in &sources {
-            let base = copied;
-            let mut updates = Vec::new();
-            let (n, sum) = copy_hashed(src, &partial.join(which), |done| {
-                let pct = (((base + done) * 99) / total) as u8;
-                if pct >= last_percent + 10 {
-                    last_percent = pct;
-                    updates.push(pct);
-                }
-            })
-            .await
-            .map_err(|e| io_error("copy failed", e))?;
-            for pct in updates {
+    ) -> (watch::Sender<Progress>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = watch::channel(op.progress.clone());
+        let app = self.clone();
+        let op = op.clone();
+        let task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
                 let mut cur = op.clone();
-                cur.progress = Progress {
-                    percent: Some(pct),
-                    message: format!("copying {which}"),
-                };
+                cur.progress = rx.borrow_and_update().clone();
                 cur.updated_at = chrono::Utc::now();
-                let _ = self
+                let _ = app
                     .repo
                     .txn(Txn::new().and_then(Op::put(&keys::op(&op.id), encode(&cur))))
                     .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            copied += n;
-            hasher_input.push_str(&sum);
+        });
+        (tx, task)
+    }
+
+    async fn copy_image(
+        &self,
+        store: &ImageStore,
+        image: Image,
+        parts: Vec<Part>,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), ApiError> {
+        let dir = store.image_dir(image.id);
+        let partial = dir.with_extension("partial");
+        let result = self
+            .fill_image(store, image, parts, &partial, progress)
+            .await;
+        if result.is_err() {
+            // Nothing of a failed import stays behind.
+            let _ = tokio::fs::remove_dir_all(&partial).await;
+        }
+        result
+    }
+
+    async fn fill_image(
+        &self,
+        store: &ImageStore,
+        mut image: Image,
+        parts: Vec<Part>,
+        partial: &Path,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), ApiError> {
+        tokio::fs::create_dir_all(partial)
+            .await
+            .map_err(|e| io_error("cannot create the image directory", e))?;
+        let n = parts.len() as u64;
+        let mut sums = Vec::new();
+        let mut copied = 0u64;
+        for (i, part) in parts.iter().enumerate() {
+            let dst = partial.join(part.which);
+            let which = part.which;
+            let i = i as u64;
+            // The percentage of the whole import, parts weighing the same.
+            let percent = move |done: u64, total: u64| {
+                (((i * total.max(1) + done.min(total)) * 99) / (n * total.max(1))) as u8
+            };
+            let (bytes, sum) = match &part.source {
+                Source::File(src) => {
+                    let total = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+                    copy_hashed(src, &dst, |done| {
+                        progress.send_replace(Progress {
+                            percent: Some(percent(done, total)),
+                            message: format!("copying {which}"),
+                        });
+                    })
+                    .await
+                    .map_err(|e| io_error("copy failed", e))?
+                }
+                Source::Url(target) => {
+                    let mut report = |done: u64, total: Option<u64>| {
+                        let message = match total {
+                            Some(t) => {
+                                format!("{which}: downloaded {} of {}", human(done), human(t))
+                            }
+                            None => format!("{which}: downloaded {}", human(done)),
+                        };
+                        progress.send_replace(Progress {
+                            percent: Some(percent(done, total.unwrap_or(0))),
+                            message,
+                        });
+                    };
+                    let d = fetch::download(
+                        &store.fetch,
+                        part.field,
+                        target.clone(),
+                        &dst,
+                        part.max_bytes,
+                        &mut report,
+                    )
+                    .await?;
+                    (d.bytes, d.sha256)
+                }
+            };
+            if bytes == 0 {
+                return Err(ApiError::invalid(
+                    part.field,
+                    format!("the {which} is empty"),
+                ));
+            }
+            if let Some(want) = &part.sha256
+                && *want != sum
+            {
+                return Err(ApiError::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!("the {which}'s SHA-256 is {sum}, not the declared {want}"),
+                )
+                .with_field(part.sha_field));
+            }
+            if part.which == "disk"
+                && let (Source::Url(_), Some(format)) = (&part.source, image.format)
+            {
+                progress.send_replace(Progress {
+                    percent: Some(99),
+                    message: "inspecting the disk image".into(),
+                });
+                let info = inspect(&store.qemu_img, &dst, part.field).await?;
+                check_disk(&info, format, store.max_virtual_size, part.field)?;
+                image.virtual_size_bytes = Some(info.virtual_size);
+            }
+            copied += bytes;
+            sums.push(sum);
         }
         image.size_bytes = copied;
-        image.sha256 = if sources.len() == 1 {
-            hasher_input
+        image.sha256 = if sums.len() == 1 {
+            sums.remove(0)
         } else {
             use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(hasher_input.as_bytes()))
+            hex::encode(sha2::Sha256::digest(sums.concat().as_bytes()))
         };
-        tokio::fs::rename(&partial, &dir)
+        let dir = store.image_dir(image.id);
+        tokio::fs::rename(partial, &dir)
             .await
             .map_err(|e| io_error("cannot place the image", e))?;
         match self
@@ -357,6 +489,100 @@ pub struct ImageFiles {
     pub initrd: Option<PathBuf>,
     /// Disk.
     pub disk: Option<PathBuf>,
+}
+
+/// Where one file of an image comes from.
+enum Source {
+    /// A file on the control plane's machine.
+    File(PathBuf),
+    /// A URL whose destination passed the guard.
+    Url(Target),
+}
+
+/// One file of an image being imported.
+struct Part {
+    /// `kernel`, `initrd` or `disk`: the file's name in the image directory.
+    which: &'static str,
+    /// The request field the source came from (`disk_url`, `kernel_path`, ...).
+    field: &'static str,
+    /// The field of its expected checksum.
+    sha_field: &'static str,
+    source: Source,
+    /// The expected SHA-256, lowercase hex.
+    sha256: Option<String>,
+    /// The largest download.
+    max_bytes: u64,
+}
+
+/// The source of one part from its `*_path`, `*_url` and `*_sha256` fields: at most one of path
+/// and URL; a URL is resolved and its destination checked now.
+async fn part(
+    store: &ImageStore,
+    which: &'static str,
+    path: &Option<String>,
+    url: &Option<String>,
+    sha256: &Option<String>,
+    max_bytes: u64,
+) -> Result<Option<Part>, ApiError> {
+    let (path_field, url_field, sha_field) = match which {
+        "kernel" => ("kernel_path", "kernel_url", "kernel_sha256"),
+        "initrd" => ("initrd_path", "initrd_url", "initrd_sha256"),
+        _ => ("disk_path", "disk_url", "disk_sha256"),
+    };
+    let sha256 = match sha256 {
+        None => None,
+        Some(h) if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some(h.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                sha_field,
+                "a SHA-256 is 64 hexadecimal digits",
+            ));
+        }
+    };
+    let (field, source) = match (path, url) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                url_field,
+                format!("give {path_field} or {url_field}, not both"),
+            ));
+        }
+        (None, None) => {
+            if sha256.is_some() {
+                return Err(ApiError::invalid(
+                    sha_field,
+                    format!("{sha_field} goes with {path_field} or {url_field}"),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(p), None) => (path_field, Source::File(check_source(path_field, p)?)),
+        (None, Some(u)) => {
+            let url = guard::parse_url(url_field, u)?;
+            let target = guard::resolve(&store.fetch.urls, url_field, &url).await?;
+            (url_field, Source::Url(target))
+        }
+    };
+    Ok(Some(Part {
+        which,
+        field,
+        sha_field,
+        source,
+        sha256,
+        max_bytes,
+    }))
+}
+
+/// Bytes with one decimal in a binary unit: `12.3 MiB`.
+fn human(bytes: u64) -> String {
+    let (unit, div) = match bytes {
+        b if b >= 1 << 30 => ("GiB", (1u64 << 30) as f64),
+        b if b >= 1 << 20 => ("MiB", (1u64 << 20) as f64),
+        b if b >= 1 << 10 => ("KiB", 1024.0),
+        _ => return format!("{bytes} B"),
+    };
+    format!("{:.1} {unit}", bytes as f64 / div)
 }
 
 fn check_boot_file_size(field: &str, p: &std::path::Path, max: u64) -> Result<(), ApiError> {

@@ -13,11 +13,12 @@ use std::time::Duration;
 /// Image commands.
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Import a kernel (+ initramfs) or a disk image from files on the control plane's machine.
+    /// Import a kernel (+ initramfs) or a disk image from files on the control plane's machine
+    /// or from http/https URLs the control plane downloads.
     #[command(
-        after_help = "Examples:\n  panal image import tiny --kernel vmlinux --initrd initramfs.cpio.gz\n  panal image import debian --disk debian.qcow2 --format qcow2"
+        after_help = "Examples:\n  panal image import tiny --kernel vmlinux --initrd initramfs.cpio.gz\n  panal image import debian --disk debian.qcow2 --format qcow2\n  panal image import debian --disk-url https://example.org/debian.qcow2 --format qcow2 --disk-sha256 HEX\n\nURLs whose host is (or resolves to) a loopback, link-local, private or control-plane address\nare refused unless the server was started with --image-fetch-allow CIDR."
     )]
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// List images.
     List(ProjectArg),
     /// Show an image.
@@ -53,17 +54,35 @@ pub struct ImportArgs {
     #[arg(long, short = 'p')]
     pub project: Option<String>,
     /// Kernel file.
-    #[arg(long, conflicts_with = "disk")]
+    #[arg(long, conflicts_with_all = ["disk", "disk_url", "kernel_url"])]
     pub kernel: Option<PathBuf>,
-    /// Initramfs file (with --kernel).
-    #[arg(long, requires = "kernel")]
+    /// Kernel URL (http or https), downloaded by the control plane.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["disk", "disk_url"])]
+    pub kernel_url: Option<String>,
+    /// Expected SHA-256 of the kernel (hex).
+    #[arg(long, value_name = "HEX")]
+    pub kernel_sha256: Option<String>,
+    /// Initramfs file (with a kernel).
+    #[arg(long, conflicts_with = "initrd_url")]
     pub initrd: Option<PathBuf>,
+    /// Initramfs URL (with a kernel).
+    #[arg(long, value_name = "URL")]
+    pub initrd_url: Option<String>,
+    /// Expected SHA-256 of the initramfs (hex).
+    #[arg(long, value_name = "HEX")]
+    pub initrd_sha256: Option<String>,
     /// Kernel arguments for this image.
-    #[arg(long, requires = "kernel")]
+    #[arg(long)]
     pub cmdline: Option<String>,
     /// Disk image file.
-    #[arg(long, requires = "format")]
+    #[arg(long, requires = "format", conflicts_with = "disk_url")]
     pub disk: Option<PathBuf>,
+    /// Disk image URL (http or https), downloaded by the control plane.
+    #[arg(long, value_name = "URL", requires = "format")]
+    pub disk_url: Option<String>,
+    /// Expected SHA-256 of the disk image file (hex).
+    #[arg(long, value_name = "HEX")]
+    pub disk_sha256: Option<String>,
     /// Declared disk format: qcow2 or raw.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<DiskFormat>,
@@ -99,9 +118,15 @@ pub async fn run(client: &Client, format: Format, cmd: &ImageCommand) -> Result<
                 name: a.name.clone(),
                 project: a.project.clone(),
                 kernel_path: absolute(&a.kernel)?,
+                kernel_url: a.kernel_url.clone(),
+                kernel_sha256: a.kernel_sha256.clone(),
                 initrd_path: absolute(&a.initrd)?,
+                initrd_url: a.initrd_url.clone(),
+                initrd_sha256: a.initrd_sha256.clone(),
                 cmdline: a.cmdline.clone(),
                 disk_path: absolute(&a.disk)?,
+                disk_url: a.disk_url.clone(),
+                disk_sha256: a.disk_sha256.clone(),
                 format: a.format,
             };
             let accepted = client.import_image(&req).await.map_err(api_err)?;

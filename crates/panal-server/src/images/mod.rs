@@ -2,7 +2,11 @@
 //! `initrd` or `disk`. Files are copied in (never referenced where they lie), disk images are
 //! inspected with `qemu-img` and refused when their header contradicts the declared format, when
 //! they reference any file outside themselves (backing file, external data file), or when their
-//! virtual size is over the limit.
+//! virtual size is over the limit. Files may also come from `http`/`https` URLs: `guard.rs`
+//! decides which destinations are allowed, `fetch.rs` downloads.
+
+pub mod fetch;
+pub mod guard;
 
 use panal_types::image::DiskFormat;
 use panal_types::{ApiError, ErrorCode, ImageId};
@@ -21,6 +25,8 @@ pub struct ImageStore {
     pub max_boot_file: u64,
     /// `qemu-img` binary.
     pub qemu_img: String,
+    /// How files are downloaded from URLs.
+    pub fetch: fetch::FetchPolicy,
 }
 
 impl ImageStore {
@@ -31,7 +37,14 @@ impl ImageStore {
             max_virtual_size: 256 << 30,
             max_boot_file: 512 << 20,
             qemu_img: "qemu-img".into(),
+            fetch: fetch::FetchPolicy::default(),
         }
+    }
+
+    /// The same store with this download policy.
+    pub fn with_fetch(mut self, fetch: fetch::FetchPolicy) -> Self {
+        self.fetch = fetch;
+        self
     }
 
     /// The directory of one image.
@@ -94,8 +107,8 @@ pub fn check_source(field: &str, path: &str) -> Result<PathBuf, ApiError> {
 }
 
 /// Runs `qemu-img info` on a file, letting it detect the format (so a lie about the format is
-/// caught), in JSON.
-pub async fn inspect(qemu_img: &str, path: &Path) -> Result<DiskInfo, ApiError> {
+/// caught), in JSON. Errors name `field` (where the file came from).
+pub async fn inspect(qemu_img: &str, path: &Path, field: &str) -> Result<DiskInfo, ApiError> {
     let out = tokio::process::Command::new(qemu_img)
         .args(["info", "--output=json", "--force-share"])
         .arg(path)
@@ -111,12 +124,12 @@ pub async fn inspect(qemu_img: &str, path: &Path) -> Result<DiskInfo, ApiError> 
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         return Err(ApiError::invalid(
-            "disk_path",
+            field,
             format!("not a readable disk image: {why}"),
         ));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|_| ApiError::invalid("disk_path", "qemu-img gave unreadable output"))?;
+        .map_err(|_| ApiError::invalid(field, "qemu-img gave unreadable output"))?;
     Ok(DiskInfo {
         format: v["format"].as_str().unwrap_or("").to_owned(),
         virtual_size: v["virtual-size"].as_u64().unwrap_or(0),
@@ -130,11 +143,13 @@ pub async fn inspect(qemu_img: &str, path: &Path) -> Result<DiskInfo, ApiError> 
     })
 }
 
-/// Refuses a disk image that is not safe to take in.
+/// Refuses a disk image that is not safe to take in; errors name `field` (where the file came
+/// from) or `format`.
 pub fn check_disk(
     info: &DiskInfo,
     declared: DiskFormat,
     max_virtual_size: u64,
+    field: &str,
 ) -> Result<(), ApiError> {
     if info.format != declared.as_str() {
         return Err(ApiError::invalid(
@@ -148,13 +163,13 @@ pub fn check_disk(
     }
     if let Some(b) = &info.backing_file {
         return Err(ApiError::invalid(
-            "disk_path",
+            field,
             format!("the image references a backing file ({b}); images must be self-contained"),
         ));
     }
     if let Some(d) = &info.data_file {
         return Err(ApiError::invalid(
-            "disk_path",
+            field,
             format!(
                 "the image references an external data file ({d}); images must be self-contained"
             ),
@@ -162,7 +177,7 @@ pub fn check_disk(
     }
     if info.virtual_size > max_virtual_size {
         return Err(ApiError::invalid(
-            "disk_path",
+            field,
             format!(
                 "virtual size {} exceeds the limit of {}",
                 info.virtual_size, max_virtual_size
@@ -213,20 +228,20 @@ mod tests {
 
     #[test]
     fn refuses_unsafe_disks() {
-        assert!(check_disk(&info("qcow2"), DiskFormat::Qcow2, 2 << 30).is_ok());
-        let e = check_disk(&info("qcow2"), DiskFormat::Raw, 2 << 30).unwrap_err();
+        assert!(check_disk(&info("qcow2"), DiskFormat::Qcow2, 2 << 30, "disk_path").is_ok());
+        let e = check_disk(&info("qcow2"), DiskFormat::Raw, 2 << 30, "disk_path").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("format"));
         let mut i = info("qcow2");
         i.backing_file = Some("/etc/shadow".into());
         assert!(
-            check_disk(&i, DiskFormat::Qcow2, 2 << 30)
+            check_disk(&i, DiskFormat::Qcow2, 2 << 30, "disk_url")
                 .unwrap_err()
                 .message
                 .contains("/etc/shadow")
         );
         let mut i = info("qcow2");
         i.data_file = Some("/dev/sda".into());
-        assert!(check_disk(&i, DiskFormat::Qcow2, 2 << 30).is_err());
-        assert!(check_disk(&info("raw"), DiskFormat::Raw, 1 << 20).is_err());
+        assert!(check_disk(&i, DiskFormat::Qcow2, 2 << 30, "disk_url").is_err());
+        assert!(check_disk(&info("raw"), DiskFormat::Raw, 1 << 20, "disk_path").is_err());
     }
 }
