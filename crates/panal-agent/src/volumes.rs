@@ -291,7 +291,7 @@ async fn snapshot(
             .await
             .map_err(|e| e.to_string())?;
         return Ok(match step {
-            SnapshotStep::Create => format!("taken; guest paused {} ms", paused.as_millis()),
+            SnapshotStep::Create => format!("taken; guest I/O held {} ms", paused.as_millis()),
             _ => "done".into(),
         });
     }

@@ -220,7 +220,7 @@ pub trait VmHandle: Send + Sync + 'static {
     }
 
     /// Takes (or deletes) an internal snapshot of these disks of the running VM at one instant,
-    /// pausing the guest for the moment it takes. Returns how long the guest was paused.
+    /// holding their I/O for the moment it takes. Returns how long the I/O was held.
     async fn snapshot_disks(
         &self,
         ids: &[String],

@@ -25,6 +25,7 @@ pub use policy::{
 
 use panal_types::host::HostAllocation;
 use panal_types::vm::{GroupPolicy, HypervisorKind, Placement};
+use panal_types::volume::DiskAttachment;
 use std::collections::{BTreeMap, HashMap};
 
 /// What a VM needs.
@@ -38,6 +39,8 @@ pub struct Request<'a> {
     pub hypervisor: HypervisorKind,
     /// Selectors, zone, capabilities, group.
     pub placement: &'a Placement,
+    /// Its volumes: a host must be able to open each (its own pool, or a shared pool it has).
+    pub volumes: &'a [DiskAttachment],
 }
 
 /// Members of the request's placement group already placed: host index → how many.
@@ -89,6 +92,16 @@ pub fn refusal(
 ) -> Option<&'static str> {
     if let Some(r) = host.unschedulable {
         return Some(r);
+    }
+    let reachable = |d: &DiskAttachment| {
+        if d.shared {
+            host.shared_pools.contains(&d.pool)
+        } else {
+            host.name == d.host
+        }
+    };
+    if !req.volumes.iter().all(reachable) {
+        return Some("without the VM's volumes");
     }
     let p = req.placement;
     let Some(hv) = host

@@ -232,6 +232,10 @@ pub struct DiskAttachment {
     pub id: VolumeId,
     /// Its pool.
     pub pool: String,
+    /// The host whose pool keeps it.
+    pub host: Name,
+    /// The pool is shared: every host of the pool can open it.
+    pub shared: bool,
     /// Its file inside the pool.
     pub file: String,
     /// Its format.

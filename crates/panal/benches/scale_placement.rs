@@ -187,6 +187,7 @@ fn decisions(hosts: usize) {
             memory_bytes: GIB,
             hypervisor: HypervisorKind::Fake,
             placement: &none,
+            volumes: &[],
         };
         let mut lat = Vec::with_capacity(n);
         let mut start = 0;

@@ -491,3 +491,27 @@ async fn snapshots_of_a_detached_volume_take_revert_and_delete() {
             .is_none_or(|s| s.as_array().is_none_or(|a| a.is_empty()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_vm_detaches_its_volumes() {
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("keep", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+    fake_vm(&tp, "gone").await;
+    let at = c.attach_volume(None, "keep", "gone").await.unwrap();
+    wait_op(c, &at.operation).await;
+    let d = c.delete_vm(None, "gone").await.unwrap();
+    assert_eq!(
+        wait_op(c, &d.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "keep").await.unwrap();
+    assert_eq!(v.attached_to, None, "the volume outlives its VM, detached");
+    assert!(pool_file(&tp, &v.file).exists());
+    let del = c.delete_volume(None, "keep").await.unwrap();
+    assert_eq!(
+        wait_op(c, &del.operation).await.state,
+        OperationState::Succeeded
+    );
+}

@@ -3,7 +3,8 @@
 //! over mutual TLS. Shows placement by spread and by pack (the server restarted in between, the
 //! agents reconnecting with their VMs untouched), a hard anti-affinity group kept apart, a cut
 //! link turning its host not-ready within the lease TTL and, restored, ready again with no VM
-//! duplicated, and a drain moving a VM off a host (stopped there, started on another, once).
+//! duplicated, and a drain moving a VM off a host (stopped there, started on another, once)
+//! with its volume in a shared pool opened in place on the new host (the same file, no copy).
 //! Every QEMU process is checked to run in the network namespace of the host the control plane
 //! placed its VM on.
 
@@ -16,6 +17,7 @@ use panal_client::Client;
 use panal_types::host::{Accelerator, Host, HostState};
 use panal_types::join::JoinTokenCreate;
 use panal_types::vm::{GroupPolicy, HypervisorKind, PlacementGroupRequest, Vm, VmPhase};
+use panal_types::volume::VolumeCreate;
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,11 @@ struct Pool<'a> {
 impl Pool<'_> {
     fn cp_dir(&self) -> PathBuf {
         self.root.join("cp")
+    }
+
+    /// The shared storage pool's directory (one for all hosts).
+    fn shared_dir(&self) -> PathBuf {
+        self.root.join("shared-pool")
     }
 
     fn host_dir(&self, i: usize) -> PathBuf {
@@ -85,6 +92,9 @@ impl Pool<'_> {
                 .arg("--data-dir")
                 .arg(self.host_dir(i))
                 .args(["--heartbeat", "2"])
+                // The same directory on every host stands in for an NFS mount.
+                .arg("--pool")
+                .arg(format!("shared={},shared", self.shared_dir().display()))
                 .env("PANAL_LOG", "info")
                 .stdout(self.log(&format!("agent-{i}")))
                 .stderr(self.log(&format!("agent-{i}.err"))),
@@ -145,6 +155,21 @@ impl Pool<'_> {
         );
         (i, pid)
     }
+}
+
+/// Runs one qemu-io command on a qcow2 file, failing on any error or pattern mismatch.
+fn qemu_io(file: &Path, cmd: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd])
+        .arg(file)
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {cmd}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn host(i: usize) -> String {
@@ -354,8 +379,41 @@ fn three_namespace_hosts_form_one_pool() {
             );
         }
 
+        // A volume in the shared pool, attached to host 2's VM while it is stopped (known
+        // bytes written into it first); the VM starts again on host 2 with it.
+        let name = victim.name.as_str();
+        let stop = client.stop_vm(None, name, true).await.expect("stop");
+        common_e2e::operation_ok(&client, &stop.operation, RUNNING).await;
+        let vol = client
+            .create_volume(&VolumeCreate {
+                name: "shared-data".into(),
+                project: None,
+                size_bytes: Some(16 << 20),
+                format: None,
+                pool: Some("shared".into()),
+                host: Some("host-2".into()),
+                source: None,
+            })
+            .await
+            .expect("create shared volume");
+        common_e2e::operation_ok(&client, &vol.operation, RUNNING).await;
+        assert!(vol.volume.shared);
+        let vfile = pool.shared_dir().join(&vol.volume.file);
+        let inode = std::fs::metadata(&vfile).expect("volume file").ino();
+        qemu_io(&vfile, "write -P 0x42 0 4096");
+        let att = client
+            .attach_volume(None, "shared-data", name)
+            .await
+            .expect("attach");
+        common_e2e::operation_ok(&client, &att.operation, RUNNING).await;
+        let start = client.start_vm(None, name).await.expect("start");
+        common_e2e::operation_ok(&client, &start.operation, RUNNING).await;
+        let before = client.vm(None, name).await.unwrap();
+        assert_eq!(pool.qemu_host(&before).0, 2, "restarted where it was");
+
         // Drain host 2: its VM is stopped there and started on another host, once; the host
-        // ends in maintenance with no QEMU left.
+        // ends in maintenance with no QEMU left. Its shared volume goes with it, opened in
+        // place on the new host: the same file, not a copy.
         let accepted = client.drain_host("host-2").await.expect("drain accepted");
         let op = client
             .wait_operation(&accepted.operation.id.to_string(), RUNNING)
@@ -377,11 +435,31 @@ fn three_namespace_hosts_form_one_pool() {
             },
         )
         .await;
+        let (_, new_pid) = pool.qemu_host(&moved);
         assert_ne!(pool.qemu_host(&moved).0, 2);
+        let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(&vol.volume.file),
+            "the moved VM opens its shared volume"
+        );
+        assert_eq!(std::fs::metadata(&vfile).unwrap().ino(), inode, "same file");
+        let files: Vec<_> = std::fs::read_dir(pool.shared_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .collect();
+        assert_eq!(files.len(), 1, "no copy in the shared pool: {files:?}");
         let drained = client.host("host-2").await.unwrap();
         assert_eq!(drained.state, HostState::Maintenance);
         assert_eq!(drained.allocation.vms, 0);
         delete_all(&client, &["spread-0", "spread-1", "spread-2"]).await;
+        // The bytes written before the move are in the file; the volume is free to delete.
+        qemu_io(&vfile, "read -P 0x42 0 4096");
+        let del = client
+            .delete_volume(None, "shared-data")
+            .await
+            .expect("delete volume");
+        common_e2e::operation_ok(&client, &del.operation, RUNNING).await;
+        assert!(!vfile.exists());
     });
     drop(pool);
 }

@@ -189,7 +189,7 @@ async fn a_volume_is_hot_plugged_grown_and_unplugged_in_a_running_guest() {
 }
 
 /// The snapshot check in a real guest: data written and synced on a volume, a live
-/// snapshot of the VM (the guest paused for a moment), the data changed, the VM stopped and
+/// snapshot of the VM (its disks' I/O held for a moment), the data changed, the VM stopped and
 /// reverted, and after the next boot the data's checksum is the one from before. Then the
 /// hypervisor is killed with SIGKILL while the guest writes: the volume passes `qemu-img check`
 /// and what was synced before the kill is intact.

@@ -103,31 +103,22 @@ impl QemuVm {
                         })
                     })
                     .collect();
-                let status = self.qmp("query-status", None).await?;
-                let running = status["running"].as_bool().unwrap_or(false);
-                // One transaction takes every disk at the same instant; the vCPUs stop for
-                // it so the guest sees no time pass between its last write and the snapshot.
-                let paused = std::time::Instant::now();
-                if running {
-                    self.qmp("stop", None).await?;
-                }
+                // One transaction takes every disk at the same instant: QEMU drains and
+                // holds their I/O for it, so the set is crash-consistent without stopping the
+                // vCPUs. What the guest notices is its I/O held for this long (an upper
+                // bound: it includes the QMP round trip).
+                let frozen = std::time::Instant::now();
                 let taken = self
                     .qmp("transaction", Some(json!({ "actions": actions })))
                     .await;
-                let resumed = if running {
-                    self.qmp("cont", None).await.map(drop)
-                } else {
-                    Ok(())
-                };
-                let paused = paused.elapsed();
+                let frozen = frozen.elapsed();
                 match taken {
                     Ok(_) => {}
                     // Taken before; the report of it was lost.
                     Err(DriverError::Hypervisor(m)) if m.contains("already exists") => {}
                     Err(e) => return Err(e),
                 }
-                resumed?;
-                Ok(paused)
+                Ok(frozen)
             }
             SnapshotStep::Delete => {
                 for id in ids {

@@ -12,6 +12,7 @@ use panal_types::agent::VmStatusReport;
 use panal_types::host::Host;
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{PowerState, Vm};
+use panal_types::volume::Volume;
 use panal_types::{ApiError, ErrorCode};
 
 impl App {
@@ -86,8 +87,8 @@ impl App {
         ))
     }
 
-    /// Removes a deleted VM's record, gives its resources back to its host and completes the
-    /// delete operation, all in one transaction.
+    /// Removes a deleted VM's record, gives its resources back to its host, detaches its
+    /// volumes and completes the delete operation, all in one transaction.
     pub(super) async fn finish_delete(&self, vm: &Vm) -> Result<(), ApiError> {
         let key = keys::vm(vm.project.as_str(), vm.name.as_str());
         for _ in 0..64 {
@@ -111,6 +112,19 @@ impl App {
                     txn = txn
                         .when(Compare::unchanged(&host_key, h.mod_revision))
                         .and_then(Op::put(&host_key, encode(&host)));
+                }
+            }
+            // Its volumes outlive it, detached (as a cloud's instance delete leaves volumes).
+            for d in &cur.value.spec.volumes {
+                let vkey = keys::volume(cur.value.project.as_str(), d.volume.as_str());
+                if let Some(v) = self.repo.get::<Volume>(&vkey).await?
+                    && v.value.attached_to.as_ref() == Some(&cur.value.name)
+                {
+                    let mut free = v.value;
+                    free.attached_to = None;
+                    txn = txn
+                        .when(Compare::unchanged(&vkey, v.mod_revision))
+                        .and_then(Op::put(&vkey, encode(&free)));
                 }
             }
             if let Some(op_id) = cur.value.status.operation

@@ -580,6 +580,23 @@ impl App {
                 ))
                 .with_field("vm"));
             }
+            Some(h) if volume.shared => {
+                let hosts = self.all_hosts_cached().await?;
+                let has_pool = hosts.iter().any(|x| {
+                    x.name == *h
+                        && x.inventory
+                            .storage
+                            .iter()
+                            .any(|p| p.shared && p.name == volume.pool)
+                });
+                if !has_pool {
+                    return Err(ApiError::conflict(format!(
+                        "VM \"{vm_name}\" is on host \"{h}\", which does not mount the shared pool \"{}\"",
+                        volume.pool
+                    ))
+                    .with_field("vm"));
+                }
+            }
             Some(_) => {}
             None => {
                 return Err(ApiError::conflict(format!(
@@ -599,6 +616,8 @@ impl App {
             volume: volume.name.clone(),
             id: volume.id,
             pool: volume.pool.clone(),
+            host: volume.host.clone(),
+            shared: volume.shared,
             file: volume.file.clone(),
             format: volume.format,
             size_bytes: volume.size_bytes,

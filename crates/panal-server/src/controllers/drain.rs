@@ -288,6 +288,7 @@ fn dry_run(
             memory_bytes: vm.spec.memory_bytes,
             hypervisor: vm.spec.hypervisor,
             placement: &vm.spec.placement,
+            volumes: &vm.spec.volumes,
         };
         let choice = place(
             &req,

@@ -225,6 +225,7 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
             memory_bytes: vm.spec.memory_bytes,
             hypervisor: vm.spec.hypervisor,
             placement: &vm.spec.placement,
+            volumes: &vm.spec.volumes,
         };
         let c = &st.cluster;
         let plan = place(

@@ -201,6 +201,8 @@ pub struct Candidate {
     pub zone: Option<String>,
     /// Its hypervisors.
     pub hypervisors: Vec<HypervisorInfo>,
+    /// Its shared storage pools (their volumes can be opened here).
+    pub shared_pools: Vec<String>,
 }
 
 impl Candidate {
@@ -227,6 +229,13 @@ impl Candidate {
             labels: host.labels.clone(),
             zone: host.zone.clone(),
             hypervisors: host.inventory.hypervisors.clone(),
+            shared_pools: host
+                .inventory
+                .storage
+                .iter()
+                .filter(|p| p.shared)
+                .map(|p| p.name.clone())
+                .collect(),
         }
     }
 }

@@ -46,6 +46,7 @@ fn req(vcpus: u32, mem_gib: u64, placement: &Placement) -> Request<'_> {
         memory_bytes: mem_gib << 30,
         hypervisor: HypervisorKind::Fake,
         placement,
+        volumes: &[],
     }
 }
 
@@ -361,4 +362,58 @@ fn large_pools_are_sampled_from_a_rotating_start() {
     allocs[3] = alloc(32, 0);
     let err = place(&req(1, 1, NONE), &c, &allocs, &Members::new(), &p, 10).unwrap_err();
     assert_eq!(err.to_string(), "0/1000 hosts fit: 1000 insufficient CPU");
+}
+
+#[test]
+fn volumes_keep_a_vm_where_they_can_be_opened() {
+    use panal_types::host::StoragePoolInfo;
+    use panal_types::volume::{DiskAttachment, VolumeFormat};
+    let pool = |name: &str, shared: bool| StoragePoolInfo {
+        name: name.into(),
+        path: format!("/pools/{name}"),
+        shared,
+        total_bytes: 1 << 40,
+        free_bytes: 1 << 40,
+    };
+    let mut hosts = vec![
+        host("a", 8, 16, HostState::Ready),
+        host("b", 8, 16, HostState::Ready),
+        host("c", 8, 16, HostState::Ready),
+    ];
+    for h in &mut hosts[..2] {
+        h.inventory.storage = vec![pool("default", false), pool("nfs", true)];
+    }
+    hosts[2].inventory.storage = vec![pool("default", false)];
+    let allocs = vec![HostAllocation::default(); 3];
+    let disk = |pool: &str, host: &str, shared: bool| DiskAttachment {
+        volume: Name::parse("data").unwrap(),
+        id: panal_types::VolumeId::new(),
+        pool: pool.into(),
+        host: Name::parse(host).unwrap(),
+        shared,
+        file: "x.qcow2".into(),
+        format: VolumeFormat::Qcow2,
+        size_bytes: 1 << 30,
+    };
+    let placement = Placement::default();
+    // A local volume of host c: only c.
+    let local = [disk("default", "c", false)];
+    let mut r = req(1, 1, NONE);
+    r.placement = &placement;
+    r.volumes = &local;
+    let c = place_simple(&r, &hosts, &allocs, &Policy::default()).unwrap();
+    assert_eq!(c.host, 2);
+    // A shared-pool volume: any host with that shared pool (a or b), never c.
+    let shared = [disk("nfs", "a", true)];
+    r.volumes = &shared;
+    let cands = cands(&hosts, &Policy::default());
+    for (i, cand) in cands.iter().enumerate() {
+        let refused = refusal(&r, cand, &allocs[i], 0, 0);
+        assert_eq!(refused.is_none(), i < 2, "host {i}: {refused:?}");
+    }
+    // Both: nothing fits, and the reason says why.
+    let both = [disk("default", "c", false), disk("nfs", "a", true)];
+    r.volumes = &both;
+    let err = place_simple(&r, &hosts, &allocs, &Policy::default()).unwrap_err();
+    assert_eq!(err.to_string(), "0/3 hosts fit: 3 without the VM's volumes");
 }
