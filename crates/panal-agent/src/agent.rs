@@ -125,6 +125,11 @@ impl Agent {
 
     /// Runs until the future is dropped. VMs keep running when it is.
     pub async fn run(self) {
+        for p in &self.config.pools {
+            if let Err(e) = std::fs::create_dir_all(&p.path) {
+                tracing::warn!(pool = %p.name, path = %p.path.display(), error = %e, "cannot create the pool directory");
+            }
+        }
         self.register().await;
         let heartbeat = {
             let link = self.link.clone();

@@ -256,6 +256,34 @@ async fn file_task(
             let format = format_of(file);
             grow_file(&path, format, *size_bytes).await
         }
+        VolumeAction::Move {
+            from_pool,
+            to_pool,
+            file,
+            format,
+            ..
+        } => {
+            let src = pools.path(from_pool, file)?;
+            let dst = pools.path(to_pool, file)?;
+            if !tokio::fs::try_exists(&src).await.unwrap_or(false)
+                && tokio::fs::try_exists(&dst).await.unwrap_or(false)
+            {
+                // Moved before; the report was lost.
+                return Ok(());
+            }
+            let tmp = dst.with_extension("part");
+            let _ = tokio::fs::remove_file(&tmp).await;
+            if let Err(e) = full_copy(&src, *format, &tmp, *format, progress).await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+            tokio::fs::rename(&tmp, &dst)
+                .await
+                .map_err(|e| format!("cannot move the copy into place: {e}"))?;
+            tokio::fs::remove_file(&src)
+                .await
+                .map_err(|e| format!("copied, but cannot remove {}: {e}", src.display()))
+        }
         VolumeAction::Delete { pool, file } => {
             let path = pools.path(pool, file)?;
             let _ = tokio::fs::remove_file(path.with_extension("part")).await;

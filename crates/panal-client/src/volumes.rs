@@ -2,7 +2,9 @@
 
 use crate::{Client, ClientError, page_query, project_query, seg};
 use panal_types::page::Page;
-use panal_types::volume::{Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeResize};
+use panal_types::volume::{
+    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeMove, VolumeResize,
+};
 use reqwest::Method;
 
 impl Client {
@@ -65,6 +67,22 @@ impl Client {
             &format!("/api/v1/volumes/{}/resize", seg(name)),
             &project_query(project),
             Some(&VolumeResize { size_bytes }),
+        )
+        .await
+    }
+
+    /// Moves a detached volume to another pool of its host.
+    pub async fn move_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        pool: &str,
+    ) -> Result<VolumeAccepted, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/volumes/{}/move", seg(name)),
+            &project_query(project),
+            Some(&VolumeMove { pool: pool.into() }),
         )
         .await
     }

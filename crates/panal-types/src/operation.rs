@@ -36,6 +36,8 @@ pub enum OperationKind {
     VolumeAttach,
     /// Detach a volume from a VM.
     VolumeDetach,
+    /// Move a volume to another pool.
+    VolumeMove,
     /// Take a snapshot of a volume or of a VM's volumes.
     SnapshotCreate,
     /// Revert volumes to a snapshot.
@@ -62,6 +64,7 @@ impl OperationKind {
             OperationKind::VolumeDelete => "volume_delete",
             OperationKind::VolumeAttach => "volume_attach",
             OperationKind::VolumeDetach => "volume_detach",
+            OperationKind::VolumeMove => "volume_move",
             OperationKind::SnapshotCreate => "snapshot_create",
             OperationKind::SnapshotRevert => "snapshot_revert",
             OperationKind::SnapshotDelete => "snapshot_delete",

@@ -206,6 +206,14 @@ pub struct VolumeResize {
     pub size_bytes: u64,
 }
 
+/// A request to move a detached volume to another pool of its host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMove {
+    /// The pool to move it to.
+    pub pool: String,
+}
+
 /// A request to attach a volume to a VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +287,19 @@ pub enum VolumeAction {
         name: String,
         /// The volumes.
         disks: Vec<SnapshotDisk>,
+    },
+    /// Copy the file to another pool of the host (with progress), then remove the original.
+    Move {
+        /// Where it is.
+        from_pool: String,
+        /// Where it goes.
+        to_pool: String,
+        /// The file (same name in both pools).
+        file: String,
+        /// Its format.
+        format: VolumeFormat,
+        /// The target pool is shared.
+        to_shared: bool,
     },
     /// Remove the file.
     Delete {

@@ -5,6 +5,7 @@
 //!    Goal: milliseconds, independent of size (ratio 10 GiB / 1 GiB near 1).
 //! 2. Full copy throughput against `qemu-img convert` of the same file in the same run
 //!    (alternating rounds, medians). Goal: ratio >= 0.9.
+//!    The same for moving the volume between two pools of the host (`volume move`).
 //! 3. Guest pause of a live VM snapshot: a q35 guest writing to its volume the whole time,
 //!    `SNAPSHOTS` VM snapshots; how long the guest's disk I/O was held, as the agent measured it
 //!    (the QMP `transaction` sent to answered, which bounds the drained section from above),
@@ -130,7 +131,7 @@ async fn linked_clones(c: &Client, pool: &Path) {
 }
 
 async fn full_copies(c: &Client, pool: &Path, scratch: &Path) {
-    println!("\n## Full copy throughput against qemu-img convert");
+    println!("\n## Full copy and move throughput against qemu-img convert");
     let size = GIB;
     let file = volume(c, pool, &empty("source", size)).await;
     // Real data in every cluster (a pattern qemu-img cannot skip as zeroes).
@@ -163,7 +164,17 @@ async fn full_copies(c: &Client, pool: &Path, scratch: &Path) {
             bare.push(convert());
         }
     }
+    // Moves between two pools of the host, against the same bare copy.
+    let mut moves = Vec::new();
+    for i in 0..4 {
+        let to = if i % 2 == 0 { "second" } else { "default" };
+        let t0 = Instant::now();
+        let m = c.move_volume(None, "source", to).await.expect("move");
+        operation_ok(c, &m.operation, OP).await;
+        moves.push(t0.elapsed());
+    }
     delete(c, "source").await;
+    let mv = median(&mut moves);
     let (b, o) = (median(&mut bare), median(&mut ours));
     let mib = (size >> 20) as f64;
     let ratio = b.as_secs_f64() / o.as_secs_f64();
@@ -172,6 +183,12 @@ async fn full_copies(c: &Client, pool: &Path, scratch: &Path) {
         mib / b.as_secs_f64(),
         mib / o.as_secs_f64(),
         if ratio >= 0.9 { "PASS" } else { "FAIL" }
+    );
+    let mratio = b.as_secs_f64() / mv.as_secs_f64();
+    println!(
+        "Panal move between pools (API to done): {:.0} MiB/s; ratio {mratio:.2} (goal >= 0.9) -> {}",
+        mib / mv.as_secs_f64(),
+        if mratio >= 0.9 { "PASS" } else { "FAIL" }
     );
 }
 
@@ -219,7 +236,14 @@ async fn snapshot_pauses(c: &Client, pool: &Path) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let e = E2e::start().await;
+    let e = E2e::start_with(|cfg| {
+        cfg.pools = vec![panal_agent::inventory::PoolDir {
+            name: "second".into(),
+            path: cfg.data_dir.join("pools/second"),
+            shared: false,
+        }];
+    })
+    .await;
     let pool = e.data.join("pools/default");
     let scratch = tempfile::tempdir_in(&e.data).expect("scratch");
     linked_clones(&e.client, &pool).await;

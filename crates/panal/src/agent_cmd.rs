@@ -65,7 +65,7 @@ pub struct AgentArgs {
     pub fake: Option<(u32, u64)>,
 }
 
-fn parse_pool(s: &str) -> Result<PoolDir, String> {
+pub(crate) fn parse_pool(s: &str) -> Result<PoolDir, String> {
     let (name, rest) = s.split_once('=').ok_or("expected NAME=PATH[,shared]")?;
     let (path, shared) = match rest.strip_suffix(",shared") {
         Some(p) => (p, true),

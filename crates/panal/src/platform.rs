@@ -50,6 +50,8 @@ pub struct PlatformConfig {
     /// Labels of the local host (e.g. `panal.io/cpu-overcommit` to fit more VMs on a small
     /// machine).
     pub host_labels: std::collections::BTreeMap<String, String>,
+    /// Storage pools beside `DIR/pools/default`.
+    pub pools: Vec<panal_agent::inventory::PoolDir>,
     /// How images are downloaded from URLs (allowed ranges, size cap, deadline); the API's own
     /// endpoint and this machine's addresses are added at start.
     pub image_fetch: FetchPolicy,
@@ -67,6 +69,7 @@ impl PlatformConfig {
             guest_dir: Some(GuestImage::default_dir()),
             qemu: true,
             host_labels: Default::default(),
+            pools: Vec::new(),
             image_fetch: FetchPolicy::default(),
         }
     }
@@ -191,6 +194,7 @@ impl Platform {
         agent_cfg.heartbeat = cfg.host_lease_ttl / 3;
         agent_cfg.labels = cfg.host_labels.clone();
         agent_cfg.pools = vec![default_pool(&cfg.data_dir)?];
+        agent_cfg.pools.extend(cfg.pools.iter().cloned());
         let agent = Agent::new(
             agent_cfg,
             drivers,

@@ -25,6 +25,10 @@ pub struct UpArgs {
     /// `panal.io/cpu-overcommit=16` to promise more vCPUs than the host's cores allow by default.
     #[arg(long = "host-label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub host_labels: Vec<(String, String)>,
+    /// Another storage pool besides DATA_DIR/pools/default: NAME=PATH, or NAME=PATH,shared for
+    /// a directory other hosts mount too (repeatable).
+    #[arg(long = "pool", value_name = "NAME=PATH[,shared]", value_parser = crate::agent_cmd::parse_pool)]
+    pub pools: Vec<panal_agent::inventory::PoolDir>,
     #[command(flatten)]
     pub image_fetch: ImageFetchArgs,
 }
@@ -93,6 +97,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mut cfg = PlatformConfig::new(args.data_dir.clone());
     cfg.listen = args.listen;
     cfg.host_labels = args.host_labels.iter().cloned().collect();
+    cfg.pools = args.pools.clone();
     cfg.image_fetch = args.image_fetch.policy();
     let platform = Platform::start(cfg).await?;
     let client_cfg = ClientConfig {

@@ -515,3 +515,51 @@ async fn deleting_a_vm_detaches_its_volumes() {
         OperationState::Succeeded
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_volume_moves_between_pools_of_its_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = dir.path().join("fast-pool");
+    let fast2 = fast.clone();
+    let tp = common::start_with(dir, move |cfg| {
+        cfg.pools = vec![panal_agent::inventory::PoolDir {
+            name: "fast".into(),
+            path: fast2,
+            shared: false,
+        }];
+    })
+    .await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("data", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+    let old = pool_file(&tp, &a.volume.file);
+    write_sector(&old, 0x33);
+    let m = c.move_volume(None, "data", "fast").await.unwrap();
+    assert_eq!(
+        wait_op(c, &m.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "data").await.unwrap();
+    assert_eq!(v.pool, "fast");
+    let new = fast.join(&v.file);
+    assert!(!old.exists(), "the original is gone");
+    assert!(sector_is(&new, 0x33), "the data moved");
+    // Refusals: same pool, unknown pool, attached, with snapshots.
+    let e = c.move_volume(None, "data", "fast").await.unwrap_err();
+    assert_eq!((e.status(), e.field()), (Some(409), Some("pool")), "{e}");
+    let e = c.move_volume(None, "data", "nope").await.unwrap_err();
+    assert_eq!((e.status(), e.field()), (Some(404), Some("pool")), "{e}");
+    let s = c
+        .volume_snapshot(None, "data", "s", panal_types::volume::SnapshotStep::Create)
+        .await
+        .unwrap();
+    wait_op(c, &s.operation).await;
+    let e = c.move_volume(None, "data", "default").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    // Attached volumes stay where their VM opens them.
+    fake_vm(&tp, "vm").await;
+    let at = c.attach_volume(None, "data", "vm").await.unwrap();
+    wait_op(c, &at.operation).await;
+    let e = c.move_volume(None, "data", "default").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+}

@@ -9,7 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use panal_types::ApiError;
 use panal_types::page::{Page, PageParams};
-use panal_types::volume::{Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeResize};
+use panal_types::volume::{
+    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeMove, VolumeResize,
+};
 
 type Accepted = ApiResult<(StatusCode, Json<VolumeAccepted>)>;
 
@@ -77,6 +79,22 @@ pub async fn resize_volume(
 ) -> Accepted {
     Ok(accepted(
         app.resize_volume(q.project.as_deref(), &name, req.size_bytes)
+            .await?,
+    ))
+}
+
+/// Move a detached volume to another pool of its host (an operation with progress).
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/move", tag = "volumes", params(("name" = String, Path), ProjectParam),
+    request_body = VolumeMove,
+    responses((status = 202, body = VolumeAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 507, body = ApiError)))]
+pub async fn move_volume(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectParam>,
+    ApiJson(req): ApiJson<VolumeMove>,
+) -> Accepted {
+    Ok(accepted(
+        app.move_volume(q.project.as_deref(), &name, &req.pool)
             .await?,
     ))
 }

@@ -111,6 +111,16 @@ impl App {
                         v.phase = VolumePhase::Ready;
                         v.size_bytes = *size_bytes;
                     }
+                    (
+                        VolumeAction::Move {
+                            to_pool, to_shared, ..
+                        },
+                        None,
+                    ) => {
+                        v.phase = VolumePhase::Ready;
+                        v.pool = to_pool.clone();
+                        v.shared = *to_shared;
+                    }
                     (VolumeAction::Snapshot { step, name, .. }, None) => {
                         apply_snapshot(&mut v, *step, name);
                     }

@@ -452,6 +452,108 @@ impl App {
         self.commit_volume_change(txn, volume, op).await
     }
 
+    /// Moves a detached volume to another pool of its host (a copy, then the original goes).
+    pub async fn move_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        pool: &str,
+    ) -> Result<VolumeAccepted, ApiError> {
+        for _ in 0..MAX_RETRIES {
+            if let Some(done) = self.try_move_volume(project, name, pool).await? {
+                return Ok(done);
+            }
+        }
+        Err(contended())
+    }
+
+    /// One attempt; `None` when a concurrent change won the race.
+    async fn try_move_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        pool: &str,
+    ) -> Result<Option<VolumeAccepted>, ApiError> {
+        let project = project.unwrap_or(DEFAULT_PROJECT);
+        let cur = self.volume_versioned(project, name, "name").await?;
+        let mut volume = cur.value.clone();
+        // The target host check also validates the pool name.
+        let host = self
+            .host_for_volume(pool, Some(volume.host.as_str()))
+            .await?;
+        if volume.pool == pool {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is already in pool \"{pool}\""
+            ))
+            .with_field("pool"));
+        }
+        if let Some(vm) = &volume.attached_to {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is attached to VM \"{vm}\"; detach it before moving it"
+            )));
+        }
+        ready_and_alone(&volume)?;
+        if volume.parent.is_some() {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is a linked clone; make a full copy to move it"
+            )));
+        }
+        if !volume.snapshots.is_empty() {
+            // The copy keeps the current state only.
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" has snapshots; delete them before moving it"
+            )));
+        }
+        let target = host
+            .inventory
+            .storage
+            .iter()
+            .find(|p| p.name == pool)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("pool", pool).with_field("pool"))?;
+        if volume.size_bytes > target.free_bytes {
+            return Err(ApiError::new(
+                ErrorCode::InsufficientCapacity,
+                format!(
+                    "pool \"{pool}\" has {} bytes free, the volume may need {}",
+                    target.free_bytes, volume.size_bytes
+                ),
+            )
+            .with_field("pool"));
+        }
+        let op_id = OperationId::new();
+        let task = HostTask {
+            id: op_id,
+            host: volume.host.clone(),
+            project: volume.project.clone(),
+            volumes: vec![volume.name.clone()],
+            action: VolumeAction::Move {
+                from_pool: volume.pool.clone(),
+                to_pool: pool.to_owned(),
+                file: volume.file.clone(),
+                format: volume.format,
+                to_shared: target.shared,
+            },
+        };
+        volume.operation = Some(op_id);
+        let op = volume_operation(
+            op_id,
+            OperationKind::VolumeMove,
+            &volume,
+            &format!("moving to pool {pool}"),
+        );
+        let key = keys::volume(project, volume.name.as_str());
+        let txn = Txn::new()
+            .when(Compare::unchanged(&key, cur.mod_revision))
+            .and_then(Op::put(&key, encode(&volume)))
+            .and_then(Op::put(&keys::op(&op_id), encode(&op)))
+            .and_then(Op::put(
+                &keys::host_task(volume.host.as_str(), &op_id),
+                encode(&task),
+            ));
+        self.commit_volume_change(txn, volume, op).await
+    }
+
     /// Deletes a detached volume without children.
     pub async fn delete_volume(
         &self,

@@ -28,6 +28,8 @@ pub enum VolumeCommand {
     Resize(ResizeArgs),
     /// Delete a detached volume.
     Delete(WaitTarget),
+    /// Move a detached volume to another pool of its host (with progress).
+    Move(MoveArgs),
     /// Attach a volume to a VM (hot-plugged when it runs).
     Attach(AttachArgs),
     /// Detach a volume from its VM.
@@ -143,6 +145,19 @@ pub struct ResizeArgs {
     no_wait: bool,
 }
 
+/// Arguments of `volume move`.
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The pool to move it to.
+    #[arg(long)]
+    pool: String,
+    /// Return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
 /// Arguments of `volume attach`.
 #[derive(Args, Debug)]
 pub struct AttachArgs {
@@ -249,6 +264,13 @@ pub async fn run(client: &Client, format: Format, cmd: &VolumeCommand) -> Result
             }
             eprintln!("deleted volume {}", w.target.name);
             Ok(())
+        }
+        VolumeCommand::Move(a) => {
+            let accepted = client
+                .move_volume(a.target.project.as_deref(), &a.target.name, &a.pool)
+                .await
+                .map_err(api_err)?;
+            finish(client, format, &a.target, accepted, a.no_wait).await
         }
         VolumeCommand::Attach(a) => {
             let accepted = client

@@ -171,6 +171,11 @@ pub struct E2e {
 impl E2e {
     /// Starts a platform on a fresh directory and a free port.
     pub async fn start() -> E2e {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a platform with adjusted settings (`data_dir` is already set).
+    pub async fn start_with(adjust: impl FnOnce(&mut PlatformConfig)) -> E2e {
         let guest = guest_dir();
         let dir = tempfile::Builder::new()
             .prefix("panal-e2e-")
@@ -181,6 +186,7 @@ impl E2e {
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         cfg.guest_dir = Some(guest);
         cfg.qemu = true;
+        adjust(&mut cfg);
         let platform = Platform::start(cfg).await.expect("platform starts");
         let client = Client::new(&platform.url(), &platform.token);
         assert!(
