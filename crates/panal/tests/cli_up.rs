@@ -442,3 +442,64 @@ fn image_import_by_url_from_the_cli() {
         "{list}"
     );
 }
+
+#[test]
+fn volumes_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let fast = dir.path().join("fast");
+    let _platform = up_with(
+        &data,
+        free_port(),
+        &["--pool", &format!("fast={}", fast.display())],
+    );
+    let cfg = data.join("client.toml");
+    let out = ok(&panal(&cfg, &["volume", "create", "data", "--size", "16M"]));
+    assert!(out.contains("ready") && out.contains("16"), "{out}");
+    ok(&panal(
+        &cfg,
+        &["vm", "create", "box", "--hypervisor", "fake", "--wait"],
+    ));
+    let out = ok(&panal(&cfg, &["volume", "attach", "data", "--vm", "box"]));
+    assert!(out.contains("box"), "{out}");
+    let shown = ok(&panal(&cfg, &["vm", "show", "box"]));
+    assert!(
+        shown.contains("Volumes") && shown.contains("data"),
+        "{shown}"
+    );
+    ok(&panal(&cfg, &["vm", "snapshot", "create", "box", "s1"]));
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&panal(&cfg, &["volume", "list", "-o", "json"]))).unwrap();
+    assert_eq!(list[0]["attached_to"], "box");
+    assert_eq!(list[0]["snapshots"][0]["name"], "s1");
+
+    // Readable refusals with a non-zero exit.
+    let bad = panal(&cfg, &["volume", "resize", "data", "--size", "8M"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("only grow") && err.contains("size_bytes"),
+        "{err}"
+    );
+    let bad = panal(&cfg, &["volume", "delete", "data"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("attached to VM \"box\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad = panal(&cfg, &["volume", "create", "x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--size"));
+
+    ok(&panal(&cfg, &["volume", "detach", "data"]));
+    ok(&panal(
+        &cfg,
+        &["volume", "snapshot", "delete", "data", "s1"],
+    ));
+    let out = ok(&panal(&cfg, &["volume", "move", "data", "--pool", "fast"]));
+    assert!(out.contains("fast"), "{out}");
+    ok(&panal(&cfg, &["volume", "delete", "data"]));
+    let list = ok(&panal(&cfg, &["volume", "list", "-o", "json"]));
+    assert_eq!(list.trim(), "[]");
+}
