@@ -152,6 +152,7 @@ impl Agent {
                 self.link.clone(),
                 self.pools.clone(),
                 self.open_disks.clone(),
+                self.boot.clone(),
             )))
         });
         // VMs whose hypervisor processes outlived a previous agent: handed to their tasks.

@@ -3,12 +3,23 @@
 use async_trait::async_trait;
 use panal_driver::BootSource;
 use panal_types::vm::Vm;
+use panal_types::volume::ImageCopy;
+use std::path::PathBuf;
 
 /// Resolves what a VM boots from.
 #[async_trait]
 pub trait BootResolver: Send + Sync + 'static {
     /// The boot source of `vm` on this host, or why there is none.
     async fn resolve(&self, vm: &Vm) -> Result<BootSource, String>;
+
+    /// The disk file of an image a volume is copied from, on this host.
+    async fn image_disk(&self, image: &ImageCopy) -> Result<PathBuf, String> {
+        Err(format!(
+            "this host cannot fetch image \"{}\" for a volume yet; create the volume on the \
+             control plane's host",
+            image.name
+        ))
+    }
 }
 
 /// Boots nothing: for the fake driver, and for VMs without an image.

@@ -6,6 +6,7 @@
 //! written under a temporary name and renamed into place only when complete, growing to a size
 //! the file already has does nothing, and deleting a missing file succeeds.
 
+use crate::boot::BootResolver;
 use crate::link::{DynLink, LinkError};
 use futures::StreamExt;
 use panal_driver::DynVmHandle;
@@ -89,11 +90,17 @@ impl OpenDisks {
 }
 
 /// Follows the host's task queue until the future is dropped, reconnecting with back-off.
-pub async fn run(host: Name, link: DynLink, pools: Pools, open: OpenDisks) {
+pub async fn run(
+    host: Name,
+    link: DynLink,
+    pools: Pools,
+    open: OpenDisks,
+    images: Arc<dyn BootResolver>,
+) {
     let running: Arc<Mutex<HashSet<OperationId>>> = Arc::default();
     let mut delay = Duration::from_millis(100);
     loop {
-        match follow(&host, &link, &pools, &open, &running).await {
+        match follow(&host, &link, &pools, &open, &images, &running).await {
             Ok(()) => delay = Duration::from_millis(100),
             Err(e) => tracing::warn!(error = %e, "host task stream failed; reconnecting"),
         }
@@ -107,6 +114,7 @@ async fn follow(
     link: &DynLink,
     pools: &Pools,
     open: &OpenDisks,
+    images: &Arc<dyn BootResolver>,
     running: &Arc<Mutex<HashSet<OperationId>>>,
 ) -> Result<(), LinkError> {
     let mut stream = link.host_tasks(host).await?;
@@ -116,11 +124,12 @@ async fn follow(
         if !running.lock().insert(task.id) {
             continue;
         }
-        let (host, link, pools, open, running) = (
+        let (host, link, pools, open, images, running) = (
             host.clone(),
             link.clone(),
             pools.clone(),
             open.clone(),
+            images.clone(),
             running.clone(),
         );
         tokio::spawn(async move {
@@ -130,7 +139,7 @@ async fn follow(
                 link: link.clone(),
                 id,
             };
-            let outcome = execute(&pools, &open, &task.action, &progress).await;
+            let outcome = execute(&pools, &open, &*images, &task.action, &progress).await;
             if let Err(e) = &outcome {
                 tracing::warn!(task = %id, volumes = ?task.volumes, error = %e, "volume task failed");
             }
@@ -185,6 +194,7 @@ impl Progress {
 async fn execute(
     pools: &Pools,
     open: &OpenDisks,
+    images: &dyn BootResolver,
     action: &VolumeAction,
     progress: &Progress,
 ) -> Result<String, String> {
@@ -192,7 +202,7 @@ async fn execute(
         VolumeAction::Snapshot { step, name, disks } => {
             snapshot(pools, open, *step, name, disks).await
         }
-        other => file_task(pools, other, progress)
+        other => file_task(pools, images, other, progress)
             .await
             .map(|()| String::new()),
     }
@@ -200,6 +210,7 @@ async fn execute(
 
 async fn file_task(
     pools: &Pools,
+    images: &dyn BootResolver,
     action: &VolumeAction,
     progress: &Progress,
 ) -> Result<(), String> {
@@ -211,6 +222,7 @@ async fn file_task(
             format,
             size_bytes,
             from,
+            from_image,
         } => {
             let path = pools.path(pool, file)?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -219,21 +231,32 @@ async fn file_task(
             }
             let tmp = path.with_extension("part");
             let _ = tokio::fs::remove_file(&tmp).await;
-            let made = match from {
-                None => create_empty(&tmp, *format, *size_bytes).await,
-                Some(CloneFrom {
-                    file: parent,
-                    format: pformat,
-                    linked: true,
-                }) => {
+            let made = match (from, from_image) {
+                (None, Some(image)) => {
+                    let src: PathBuf = images.image_disk(image).await?;
+                    full_copy(&src, image.format, &tmp, *format, progress).await?;
+                    grow_file(&tmp, *format, *size_bytes).await
+                }
+                (None, None) => create_empty(&tmp, *format, *size_bytes).await,
+                (
+                    Some(CloneFrom {
+                        file: parent,
+                        format: pformat,
+                        linked: true,
+                    }),
+                    _,
+                ) => {
                     let ppath = pools.path(pool, parent)?;
                     create_linked(&tmp, &ppath, *pformat, *size_bytes).await
                 }
-                Some(CloneFrom {
-                    file: parent,
-                    format: pformat,
-                    linked: false,
-                }) => {
+                (
+                    Some(CloneFrom {
+                        file: parent,
+                        format: pformat,
+                        linked: false,
+                    }),
+                    _,
+                ) => {
                     let ppath = pools.path(pool, parent)?;
                     full_copy(&ppath, *pformat, &tmp, *format, progress).await?;
                     grow_file(&tmp, *format, *size_bytes).await

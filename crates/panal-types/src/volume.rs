@@ -73,6 +73,12 @@ pub enum VolumeSource {
         #[serde(default = "yes")]
         linked: bool,
     },
+    /// A copy of a disk image (the project's own or a shared one of `default`), converted
+    /// into the volume's pool and format: the image can be deleted afterwards.
+    Image {
+        /// The image.
+        image: String,
+    },
 }
 
 fn yes() -> bool {
@@ -269,6 +275,9 @@ pub enum VolumeAction {
         /// Copy from, or back onto, this file of the same pool.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<CloneFrom>,
+        /// Copy this disk image's file (fetched as VMs' boot images are).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_image: Option<ImageCopy>,
     },
     /// Grow the file (of a detached volume).
     Resize {
@@ -308,6 +317,17 @@ pub enum VolumeAction {
         /// The file inside the pool.
         file: String,
     },
+}
+
+/// The image a volume is copied from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageCopy {
+    /// The image's project.
+    pub project: Name,
+    /// The image's name.
+    pub name: Name,
+    /// Its disk format.
+    pub format: VolumeFormat,
 }
 
 /// The parent of a clone.

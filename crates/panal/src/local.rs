@@ -9,6 +9,7 @@ use panal_server::App;
 use panal_server::console::ConsoleAccess;
 use panal_types::image::ImageKind;
 use panal_types::vm::Vm;
+use panal_types::volume::ImageCopy;
 use std::path::PathBuf;
 
 /// Resolves a VM's image to files in the local image store.
@@ -42,6 +43,18 @@ impl BootResolver for LocalImages {
             }),
             _ => Err(format!("image \"{name}\" has no bootable files")),
         }
+    }
+
+    async fn image_disk(&self, copy: &ImageCopy) -> Result<PathBuf, String> {
+        let image = self
+            .app
+            .image(Some(copy.project.as_str()), copy.name.as_str())
+            .await
+            .map_err(|e| e.message)?;
+        self.app
+            .image_files(&image)?
+            .disk
+            .ok_or_else(|| format!("image \"{}\" has no disk", copy.name))
     }
 }
 

@@ -563,3 +563,66 @@ async fn a_detached_volume_moves_between_pools_of_its_host() {
     let e = c.move_volume(None, "data", "default").await.unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_copied_from_a_disk_image() {
+    use panal_types::image::{DiskFormat, ImageImport};
+    let tp = start().await;
+    let c = &tp.client;
+    let src = tp.dir.path().join("base.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("24M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    write_sector(&src, 0x77);
+    let imp = c
+        .import_image(&ImageImport {
+            name: "base".into(),
+            disk_path: Some(src.to_string_lossy().into_owned()),
+            format: Some(DiskFormat::Qcow2),
+            ..ImageImport::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &imp.operation).await.state,
+        OperationState::Succeeded
+    );
+
+    let mut req = empty("from-image", 1);
+    req.size_bytes = None;
+    req.source = Some(VolumeSource::Image {
+        image: "base".into(),
+    });
+    let a = c.create_volume(&req).await.unwrap();
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "from-image").await.unwrap();
+    assert_eq!(v.size_bytes, 24 << 20, "the image's virtual size");
+    let file = pool_file(&tp, &v.file);
+    assert!(sector_is(&file, 0x77), "the image's bytes");
+    assert!(
+        info(&file).get("backing-filename").is_none(),
+        "a copy, not a child"
+    );
+    let mut small = req.clone();
+    small.name = "small".into();
+    small.size_bytes = Some(8 << 20);
+    let mut unknown = req.clone();
+    unknown.name = "unknown".into();
+    unknown.source = Some(VolumeSource::Image {
+        image: "nope".into(),
+    });
+    for (r, field) in [(small, "size_bytes"), (unknown, "source.image")] {
+        let e = c.create_volume(&r).await.unwrap_err();
+        assert_eq!(e.field(), Some(field), "{e}");
+    }
+    // The image can go; the volume stays.
+    c.delete_image(None, "base").await.unwrap();
+    assert!(sector_is(&file, 0x77));
+}

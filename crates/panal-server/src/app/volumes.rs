@@ -14,13 +14,14 @@ use crate::repo::Versioned;
 use panal_store::{Compare, Op, Txn};
 use panal_types::error::check_name;
 use panal_types::host::Host;
+use panal_types::image::{DiskFormat, ImageKind};
 use panal_types::operation::{OperationKind, OperationTarget};
 use panal_types::page::Page;
 use panal_types::size::MIB;
 use panal_types::vm::{MachineProfile, PowerState, Vm, VmPhase};
 use panal_types::volume::{
-    CloneFrom, DiskAttachment, HostTask, Volume, VolumeAccepted, VolumeAction, VolumeCreate,
-    VolumeFormat, VolumePhase, VolumeSource,
+    CloneFrom, DiskAttachment, HostTask, ImageCopy, Volume, VolumeAccepted, VolumeAction,
+    VolumeCreate, VolumeFormat, VolumePhase, VolumeSource,
 };
 use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId, VolumeId};
 
@@ -47,8 +48,12 @@ impl App {
             check_size(s, "size_bytes")?;
         }
         let source = req.source.clone().unwrap_or(VolumeSource::Empty);
+        let image = match &source {
+            VolumeSource::Image { image } => Some(self.disk_image(project_name, image).await?),
+            _ => None,
+        };
         let parent = match &source {
-            VolumeSource::Empty => None,
+            VolumeSource::Empty | VolumeSource::Image { .. } => None,
             VolumeSource::Volume { volume, linked } => {
                 let p = self
                     .volume_versioned(project_name, volume, "source.volume")
@@ -73,7 +78,17 @@ impl App {
             }
         };
         let size_bytes = match (&parent, req.size_bytes) {
+            (None, Some(s)) if image.as_ref().is_some_and(|(_, v)| s < *v) => {
+                return Err(ApiError::invalid(
+                    "size_bytes",
+                    format!(
+                        "the image's disk is {} bytes; a copy cannot be smaller",
+                        image.as_ref().map_or(0, |(_, v)| *v)
+                    ),
+                ));
+            }
             (None, Some(s)) => s,
+            (None, None) if image.is_some() => image.as_ref().map_or(0, |(_, v)| *v),
             (None, None) => {
                 return Err(ApiError::invalid(
                     "size_bytes",
@@ -199,9 +214,11 @@ impl App {
                     format: p.value.format,
                     linked: *linked,
                 }),
+                from_image: image.as_ref().map(|(copy, _)| copy.clone()),
             },
         };
         let message = match &parent {
+            None if image.is_some() => "copying the image".to_string(),
             None => "creating".to_string(),
             Some((p, true)) => format!("linking to {}", p.value.name),
             Some((p, false)) => format!("copying {}", p.value.name),
@@ -252,6 +269,37 @@ impl App {
             volume,
             operation: op,
         })
+    }
+
+    /// A disk image a volume can be copied from, and its virtual size rounded up to a MiB.
+    async fn disk_image(&self, project: &str, name: &str) -> Result<(ImageCopy, u64), ApiError> {
+        let image = self
+            .image(Some(project), name)
+            .await
+            .map_err(|e| e.with_field("source.image"))?;
+        let format = match (image.kind, image.format) {
+            (ImageKind::Disk, Some(DiskFormat::Raw)) => VolumeFormat::Raw,
+            (ImageKind::Disk, _) => VolumeFormat::Qcow2,
+            _ => {
+                return Err(ApiError::invalid(
+                    "source.image",
+                    format!("image \"{name}\" is a kernel, not a disk"),
+                ));
+            }
+        };
+        let size = image
+            .virtual_size_bytes
+            .unwrap_or(image.size_bytes)
+            .div_ceil(MIB)
+            * MIB;
+        Ok((
+            ImageCopy {
+                project: image.project.clone(),
+                name: image.name.clone(),
+                format,
+            },
+            size.max(MIB),
+        ))
     }
 
     /// The ready host that keeps a new volume in `pool`: the one asked for, else the one with
