@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use panal_driver::BootSource;
+use panal_types::OperationId;
 use panal_types::vm::Vm;
 use panal_types::volume::ImageCopy;
 use std::path::PathBuf;
@@ -12,11 +13,11 @@ pub trait BootResolver: Send + Sync + 'static {
     /// The boot source of `vm` on this host, or why there is none.
     async fn resolve(&self, vm: &Vm) -> Result<BootSource, String>;
 
-    /// The disk file of an image a volume is copied from, on this host.
-    async fn image_disk(&self, image: &ImageCopy) -> Result<PathBuf, String> {
+    /// The disk file of the image volume task `task` copies from, on this host.
+    async fn image_disk(&self, task: OperationId, image: &ImageCopy) -> Result<PathBuf, String> {
+        let _ = task;
         Err(format!(
-            "this host cannot fetch image \"{}\" for a volume yet; create the volume on the \
-             control plane's host",
+            "this host cannot fetch image \"{}\" for a volume",
             image.name
         ))
     }

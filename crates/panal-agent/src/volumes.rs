@@ -233,7 +233,7 @@ async fn file_task(
             let _ = tokio::fs::remove_file(&tmp).await;
             let made = match (from, from_image) {
                 (None, Some(image)) => {
-                    let src: PathBuf = images.image_disk(image).await?;
+                    let src: PathBuf = images.image_disk(progress.id, image).await?;
                     full_copy(&src, image.format, &tmp, *format, progress).await?;
                     grow_file(&tmp, *format, *size_bytes).await
                 }

@@ -45,7 +45,11 @@ impl BootResolver for LocalImages {
         }
     }
 
-    async fn image_disk(&self, copy: &ImageCopy) -> Result<PathBuf, String> {
+    async fn image_disk(
+        &self,
+        _task: panal_types::OperationId,
+        copy: &ImageCopy,
+    ) -> Result<PathBuf, String> {
         let image = self
             .app
             .image(Some(copy.project.as_str()), copy.name.as_str())

@@ -509,3 +509,86 @@ async fn an_agent_fails_over_between_replicas() {
     assert_eq!(world.running_count(), 2, "no VM was lost or started twice");
     agent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_agent_copies_an_image_into_a_volume() {
+    use panal_types::volume::{VolumeCreate, VolumePhase, VolumeSource};
+    let cp = control_plane().await;
+    let disk = cp.dir.path().join("base.raw");
+    let bytes: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&disk, &bytes).unwrap();
+    let accepted = cp
+        .app
+        .import_image(ImageImport {
+            name: "base".into(),
+            disk_path: Some(disk.to_string_lossy().into_owned()),
+            format: Some(panal_types::image::DiskFormat::Raw),
+            ..ImageImport::default()
+        })
+        .await
+        .unwrap();
+    cp.app
+        .wait_operation(&accepted.operation.id.to_string(), Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // An agent with a storage pool, joined over mutual TLS.
+    let id = join(&cp.url, &cp.token(None).await, &name("h1"))
+        .await
+        .unwrap();
+    let link = Arc::new(RemoteLink::new(&id).unwrap());
+    let mut cfg = AgentConfig::new(id.host.clone());
+    cfg.heartbeat = Duration::from_secs(1);
+    cfg.capacity_override = Some((8, 16 << 30));
+    let pool = cp.dir.path().join("h1-pool");
+    cfg.pools = vec![panal_agent::inventory::PoolDir {
+        name: "default".into(),
+        path: pool.clone(),
+        shared: false,
+    }];
+    let agent = Agent::new(
+        cfg,
+        vec![Arc::new(FakeDriver::new(
+            FakeWorld::new(),
+            FakeConfig::default(),
+        ))],
+        link.clone(),
+        Arc::new(RemoteImages::new(link, cp.dir.path().join("h1-cache"))),
+    );
+    let task = tokio::spawn(agent.run());
+    cp.wait_hosts(&["h1"]).await;
+
+    let a = cp
+        .app
+        .create_volume(VolumeCreate {
+            name: "copy".into(),
+            project: None,
+            size_bytes: None,
+            format: Some(panal_types::volume::VolumeFormat::Raw),
+            pool: None,
+            host: Some("h1".into()),
+            source: Some(VolumeSource::Image {
+                image: "base".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let op = cp
+        .app
+        .wait_operation(&a.operation.id.to_string(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        op.state,
+        panal_types::operation::OperationState::Succeeded,
+        "{op:?}"
+    );
+    let v = cp.app.volume(None, "copy").await.unwrap();
+    assert_eq!(v.phase, VolumePhase::Ready);
+    assert_eq!(
+        std::fs::read(pool.join(&v.file)).unwrap(),
+        bytes,
+        "the volume holds the image's bytes, fetched over the agent link"
+    );
+    task.abort();
+}

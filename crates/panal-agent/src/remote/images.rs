@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use panal_driver::BootSource;
 use panal_types::ImageId;
+use panal_types::OperationId;
 use panal_types::agent::{BootFile, BootManifest};
 use panal_types::image::ImageKind;
 use panal_types::vm::Vm;
+use panal_types::volume::ImageCopy;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -40,10 +42,11 @@ impl RemoteImages {
         self.fetching.lock().entry(id).or_default().clone()
     }
 
-    async fn manifest(&self, vm: &Vm) -> Result<BootManifest, String> {
+    /// The manifest at `prefix` (a VM's boot image, or the image a volume task copies).
+    async fn manifest(&self, prefix: &str) -> Result<BootManifest, String> {
         let (http, base) = self.link.parts();
         let resp = http
-            .get(format!("{base}/vms/{}/{}/boot", vm.project, vm.name))
+            .get(format!("{base}{prefix}"))
             .timeout(std::time::Duration::from_secs(60))
             .send()
             .await
@@ -61,7 +64,7 @@ impl RemoteImages {
     }
 
     /// The cached file, fetching it first if it is missing or is not what the manifest says.
-    async fn file(&self, vm: &Vm, image: ImageId, f: &BootFile) -> Result<PathBuf, String> {
+    async fn file(&self, prefix: &str, image: ImageId, f: &BootFile) -> Result<PathBuf, String> {
         let dir = self.dir.join(image.to_string());
         let path = dir.join(&f.role);
         let mark = dir.join(format!("{}.sha256", f.role));
@@ -73,10 +76,7 @@ impl RemoteImages {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let (http, base) = self.link.parts();
         let resp = http
-            .get(format!(
-                "{base}/vms/{}/{}/boot/{}",
-                vm.project, vm.name, f.role
-            ))
+            .get(format!("{base}{prefix}/{}", f.role))
             .send()
             .await
             .map_err(|e| format!("cannot fetch the image's {}: {e:#}", f.role))?;
@@ -144,12 +144,13 @@ impl BootResolver for RemoteImages {
         if vm.spec.image.is_none() {
             return Ok(BootSource::None);
         }
-        let manifest = self.manifest(vm).await?;
+        let prefix = format!("/vms/{}/{}/boot", vm.project, vm.name);
+        let manifest = self.manifest(&prefix).await?;
         let lock = self.lock(manifest.image);
         let _guard = lock.lock().await;
         let mut paths: HashMap<String, PathBuf> = HashMap::new();
         for f in &manifest.files {
-            paths.insert(f.role.clone(), self.file(vm, manifest.image, f).await?);
+            paths.insert(f.role.clone(), self.file(&prefix, manifest.image, f).await?);
         }
         match manifest.kind {
             ImageKind::KernelInitrd => Ok(BootSource::Kernel {
@@ -166,5 +167,18 @@ impl BootResolver for RemoteImages {
                     .to_owned(),
             }),
         }
+    }
+
+    async fn image_disk(&self, task: OperationId, copy: &ImageCopy) -> Result<PathBuf, String> {
+        let prefix = format!("/tasks/{task}/image");
+        let manifest = self.manifest(&prefix).await?;
+        let f = manifest
+            .files
+            .iter()
+            .find(|f| f.role == "disk")
+            .ok_or_else(|| format!("image \"{}\" has no disk", copy.name))?;
+        let lock = self.lock(manifest.image);
+        let _guard = lock.lock().await;
+        self.file(&prefix, manifest.image, f).await
     }
 }

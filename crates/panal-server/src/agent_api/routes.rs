@@ -31,6 +31,8 @@ pub fn router(app: App) -> Router {
         .route("/task-reports", post(task_report))
         .route("/vms/{project}/{name}/boot", get(boot_manifest))
         .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
+        .route("/tasks/{task}/image", get(task_image_manifest))
+        .route("/tasks/{task}/image/{role}", get(task_image_file))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             require_agent,
@@ -176,7 +178,27 @@ async fn boot_file(
     Extension(AgentHost(host)): Extension<AgentHost>,
     Path((project, name, role)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let path = app.boot_file(&host, &project, &name, &role).await?;
+    stream_file(app.boot_file(&host, &project, &name, &role).await?).await
+}
+
+async fn task_image_manifest(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path(task): Path<String>,
+) -> ApiResult<Json<BootManifest>> {
+    Ok(Json(app.task_image_manifest(&host, &task).await?))
+}
+
+async fn task_image_file(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path((task, role)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    stream_file(app.task_image_file(&host, &task, &role).await?).await
+}
+
+/// Streams an image file with its length.
+async fn stream_file(path: std::path::PathBuf) -> ApiResult<Response> {
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "cannot open image file");
         Failure(ApiError::internal())

@@ -6,6 +6,7 @@
 use super::App;
 use panal_types::agent::{BootFile, BootManifest};
 use panal_types::vm::Vm;
+use panal_types::volume::{HostTask, VolumeAction};
 use panal_types::{ApiError, ErrorCode, Name};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -72,9 +73,45 @@ impl App {
         let Some(image_name) = &vm.spec.image else {
             return Err(ApiError::new(ErrorCode::NotFound, "the VM boots no image"));
         };
-        let image = self
-            .image(Some(vm.project.as_str()), image_name.as_str())
-            .await?;
+        self.image_paths(vm.project.as_str(), image_name.as_str())
+            .await
+    }
+
+    /// The image a volume task on `host` copies from (404 for tasks of other hosts and tasks
+    /// that copy no image).
+    async fn task_image_paths(
+        &self,
+        host: &Name,
+        task: &str,
+    ) -> Result<(BootManifestBase, Vec<(String, PathBuf)>), ApiError> {
+        let id: panal_types::OperationId = task
+            .parse()
+            .map_err(|_| ApiError::invalid("task", "task ids are UUIDs"))?;
+        let task = self
+            .repo
+            .get::<HostTask>(&crate::keys::host_task(host.as_str(), &id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("task", id))?
+            .value;
+        match task.action {
+            VolumeAction::Create {
+                from_image: Some(copy),
+                ..
+            } => {
+                self.image_paths(copy.project.as_str(), copy.name.as_str())
+                    .await
+            }
+            _ => Err(ApiError::not_found("task image", id)),
+        }
+    }
+
+    /// An image's files on this control plane's disk, by role.
+    async fn image_paths(
+        &self,
+        project: &str,
+        image_name: &str,
+    ) -> Result<(BootManifestBase, Vec<(String, PathBuf)>), ApiError> {
+        let image = self.image(Some(project), image_name).await?;
         let files = self.image_files(&image).map_err(|e| {
             tracing::warn!(image = %image.name, error = %e, "image files unavailable");
             ApiError::unavailable("the image's files are not on this control plane")
@@ -104,34 +141,72 @@ impl App {
     ) -> Result<BootManifest, ApiError> {
         let vm = self.vm_on_host(host, project, name).await?;
         let (base, paths) = self.boot_paths(&vm).await?;
-        let files = tokio::task::spawn_blocking(move || {
-            paths
-                .into_iter()
-                .map(|(role, path)| {
-                    let (size_bytes, sha256) = file_sha256(&path)?;
-                    Ok(BootFile {
-                        role,
-                        size_bytes,
-                        sha256,
-                    })
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot hash image files");
-            ApiError::internal()
-        })?;
-        Ok(BootManifest {
-            image: base.image,
-            kind: base.kind,
-            format: base.format,
-            cmdline: base.cmdline,
-            files,
-        })
+        manifest(base, paths).await
     }
 
+    /// The image a volume task of `host` copies from.
+    pub async fn task_image_manifest(
+        &self,
+        host: &Name,
+        task: &str,
+    ) -> Result<BootManifest, ApiError> {
+        let (base, paths) = self.task_image_paths(host, task).await?;
+        manifest(base, paths).await
+    }
+
+    /// Where one file of the image a volume task of `host` copies from is.
+    pub async fn task_image_file(
+        &self,
+        host: &Name,
+        task: &str,
+        role: &str,
+    ) -> Result<PathBuf, ApiError> {
+        if !ROLES.contains(&role) {
+            return Err(ApiError::invalid("role", "one of kernel, initrd, disk"));
+        }
+        let (_, paths) = self.task_image_paths(host, task).await?;
+        paths
+            .into_iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, p)| p)
+            .ok_or_else(|| ApiError::not_found("image file", role))
+    }
+}
+
+/// A manifest of image files, each with its size and SHA-256.
+async fn manifest(
+    base: BootManifestBase,
+    paths: Vec<(String, PathBuf)>,
+) -> Result<BootManifest, ApiError> {
+    let files = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|(role, path)| {
+                let (size_bytes, sha256) = file_sha256(&path)?;
+                Ok(BootFile {
+                    role,
+                    size_bytes,
+                    sha256,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|_| ApiError::internal())?
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot hash image files");
+        ApiError::internal()
+    })?;
+    Ok(BootManifest {
+        image: base.image,
+        kind: base.kind,
+        format: base.format,
+        cmdline: base.cmdline,
+        files,
+    })
+}
+
+impl App {
     /// Where one boot file of a VM on `host` is, to be streamed to its agent.
     pub async fn boot_file(
         &self,
