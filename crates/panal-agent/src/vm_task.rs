@@ -8,7 +8,8 @@
 use crate::boot::BootResolver;
 use crate::link::DynLink;
 use panal_driver::{
-    DataDisk, DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit, VmLaunch,
+    BootSource, DataDisk, DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit,
+    VmLaunch,
 };
 use panal_types::Name;
 use panal_types::agent::VmStatusReport;
@@ -377,12 +378,15 @@ impl VmTask {
     }
 
     async fn launch(&self, vm: &Vm) -> Result<DynVmHandle, DriverError> {
-        let boot = self
-            .ctx
-            .boot
-            .resolve(vm)
-            .await
-            .map_err(DriverError::Launch)?;
+        let boot = if vm.spec.volumes.first().is_some_and(|d| d.boot) {
+            BootSource::FirstDisk
+        } else {
+            self.ctx
+                .boot
+                .resolve(vm)
+                .await
+                .map_err(DriverError::Launch)?
+        };
         let mut disks = Vec::with_capacity(vm.spec.volumes.len());
         for d in &vm.spec.volumes {
             let disk = self.prepare_disk(d).await.map_err(DriverError::Launch)?;

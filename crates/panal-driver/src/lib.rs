@@ -49,6 +49,8 @@ pub enum BootSource {
         /// Extra kernel arguments.
         cmdline: String,
     },
+    /// The first of the VM's data disks (a volume it boots from, used in place).
+    FirstDisk,
     /// A disk image used as the base of a per-VM copy-on-write overlay.
     Disk {
         /// Base image file.

@@ -290,6 +290,10 @@ pub struct VmCreate {
     /// Image to boot from.
     #[serde(default)]
     pub image: Option<String>,
+    /// A volume of the project to boot from instead of an image (its root file system on the
+    /// first disk, `/dev/vda`); attached to the VM for its whole life.
+    #[serde(default)]
+    pub boot_volume: Option<String>,
     /// Hypervisor (default `qemu`).
     #[serde(default)]
     pub hypervisor: Option<HypervisorKind>,

@@ -256,6 +256,9 @@ pub struct DiskAttachment {
     pub format: VolumeFormat,
     /// Its virtual size: the host grows the disk (live when running) to match.
     pub size_bytes: u64,
+    /// The VM boots from it (always the first volume; it cannot be detached).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
 }
 
 /// The host-side work a volume change needs, carried to the volume's host.

@@ -626,3 +626,54 @@ async fn a_volume_is_copied_from_a_disk_image() {
     c.delete_image(None, "base").await.unwrap();
     assert!(sector_is(&file, 0x77));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_volume_is_the_vms_for_its_whole_life() {
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("root", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+    let vm = |name: &str, boot: &str, image: Option<&str>| VmCreate {
+        name: name.into(),
+        hypervisor: Some(HypervisorKind::Fake),
+        boot_volume: Some(boot.into()),
+        image: image.map(str::to_owned),
+        ..VmCreate::default()
+    };
+    let e = c
+        .create_vm(&vm("x", "root", Some("tiny")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(400), Some("boot_volume")),
+        "{e}"
+    );
+    let e = c.create_vm(&vm("x", "nope", None)).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(404), Some("boot_volume")),
+        "{e}"
+    );
+    let ok = c.create_vm(&vm("booted", "root", None)).await.unwrap();
+    assert_eq!(
+        wait_op(c, &ok.operation).await.state,
+        OperationState::Succeeded
+    );
+    let v = c.volume(None, "root").await.unwrap();
+    assert_eq!(v.attached_to.as_ref().map(|n| n.as_str()), Some("booted"));
+    assert!(c.vm(None, "booted").await.unwrap().spec.volumes[0].boot);
+    // Taken: another VM cannot boot from it, and it cannot be detached.
+    let e = c.create_vm(&vm("other", "root", None)).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.field()),
+        (Some(409), Some("boot_volume")),
+        "{e}"
+    );
+    let e = c.detach_volume(None, "root").await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    // The VM goes; the volume stays, free.
+    let d = c.delete_vm(None, "booted").await.unwrap();
+    wait_op(c, &d.operation).await;
+    assert_eq!(c.volume(None, "root").await.unwrap().attached_to, None);
+}

@@ -356,3 +356,77 @@ async fn a_vm_snapshot_is_reverted_and_a_killed_hypervisor_leaves_a_sound_volume
         &got[..got.len().min(32)]
     );
 }
+
+/// A VM boots from a linked clone of a volume copied from the `tiny-disk` image, writes to its
+/// root file system, and after a stop and start finds what it wrote; the parent volume's file is
+/// byte for byte what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_clone_boots_and_diverges_without_touching_its_parent() {
+    let e = E2e::start().await;
+    let c = &e.client;
+    let mut base = VolumeCreate {
+        name: "base".into(),
+        project: None,
+        size_bytes: None,
+        format: None,
+        pool: None,
+        host: None,
+        source: Some(VolumeSource::Image {
+            image: "tiny-disk".into(),
+        }),
+    };
+    let a = c.create_volume(&base).await.expect("copy the image");
+    operation_ok(c, &a.operation, BOOT).await;
+    base.name = "child".into();
+    base.source = Some(VolumeSource::Volume {
+        volume: "base".into(),
+        linked: true,
+    });
+    let b = c.create_volume(&base).await.expect("linked clone");
+    operation_ok(c, &b.operation, BOOT).await;
+    let pool = e.data.join("pools/default");
+    let parent_file = pool.join(&a.volume.file);
+    let digest = |p: &Path| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    let before = digest(&parent_file);
+
+    let req = panal_types::vm::VmCreate {
+        name: "from-clone".into(),
+        boot_volume: Some("child".into()),
+        machine: Some(MachineProfile::Q35),
+        vcpus: Some(1),
+        memory_bytes: Some(256 << 20),
+        ..Default::default()
+    };
+    c.create_vm(&req).await.expect("create VM");
+    let log = wait_log(c, "from-clone", READY_LINE, 1, BOOT).await;
+    assert!(
+        log.contains("root=/dev/vda"),
+        "booted from its volume: {log}"
+    );
+    let mut con = Console::open(c, "from-clone").await;
+    let out = con
+        .run("echo diverged > /root/mark; sync; cat /root/mark", CMD)
+        .await;
+    assert!(out.contains("diverged"), "{out}");
+    drop(con);
+    // The boot volume goes with the VM.
+    let e2 = c.detach_volume(None, "child").await.unwrap_err();
+    assert_eq!(e2.status(), Some(409), "{e2}");
+    let stop = c.stop_vm(None, "from-clone", false).await.unwrap();
+    operation_ok(c, &stop.operation, BOOT).await;
+    let start = c.start_vm(None, "from-clone").await.unwrap();
+    operation_ok(c, &start.operation, BOOT).await;
+    wait_log(c, "from-clone", READY_LINE, 2, BOOT).await;
+    let mut con = Console::open(c, "from-clone").await;
+    let out = con.run("cat /root/mark", CMD).await;
+    assert!(out.contains("diverged"), "the clone kept its write: {out}");
+    drop(con);
+    assert_eq!(digest(&parent_file), before, "the parent is untouched");
+    assert_eq!(
+        c.volume(None, "base").await.unwrap().children,
+        vec![panal_types::Name::parse("child").unwrap()]
+    );
+}

@@ -133,23 +133,15 @@ impl QemuDriver {
             ),
             BootSource::Disk { base, format } => {
                 let disk = self.overlay(&paths, base, format).await?;
-                let kernel = match &cfg.disk_boot_kernel {
-                    Some(k) => Some((
-                        k.kernel.clone(),
-                        k.initrd.clone(),
-                        format!("{args} root=/dev/vda {}", k.cmdline)
-                            .trim()
-                            .to_string(),
-                    )),
-                    None if micro => {
-                        return Err(DriverError::Invalid(
-                            "microvm cannot firmware-boot a disk: configure disk_boot_kernel"
-                                .into(),
-                        ));
-                    }
-                    None => None,
-                };
-                (kernel, Some(disk))
+                (disk_kernel(cfg, &args, micro)?, Some(disk))
+            }
+            BootSource::FirstDisk => {
+                if spec.disks.is_empty() {
+                    return Err(DriverError::Invalid(
+                        "booting from a volume needs the volume attached".into(),
+                    ));
+                }
+                (disk_kernel(cfg, &args, micro)?, None)
             }
         };
         let max_vcpus = if micro {
@@ -323,5 +315,26 @@ impl QemuDriver {
             mode => Some(VmCgroup::existing(mode, &id.to_string())),
         };
         Ok(Some(QemuVm::start(id, pid, paths, qmp, rx, meta, cgroup)))
+    }
+}
+
+/// The kernel that boots a root disk at `/dev/vda` (`None`: firmware boot, q35 only).
+fn disk_kernel(
+    cfg: &super::QemuConfig,
+    args: &str,
+    micro: bool,
+) -> Result<Option<(std::path::PathBuf, Option<std::path::PathBuf>, String)>, DriverError> {
+    match &cfg.disk_boot_kernel {
+        Some(k) => Ok(Some((
+            k.kernel.clone(),
+            k.initrd.clone(),
+            format!("{args} root=/dev/vda {}", k.cmdline)
+                .trim()
+                .to_string(),
+        ))),
+        None if micro => Err(DriverError::Invalid(
+            "microvm cannot firmware-boot a disk: configure disk_boot_kernel".into(),
+        )),
+        None => Ok(None),
     }
 }

@@ -46,9 +46,19 @@ impl App {
             &req.capabilities,
             req.placement_group.as_ref(),
         )?;
+        if req.image.is_some() && req.boot_volume.is_some() {
+            return Err(ApiError::invalid(
+                "boot_volume",
+                "a VM boots from an image or from a volume, not both",
+            ));
+        }
         let image = match &req.image {
             None => None,
             Some(i) => Some(self.image_ref(project_name, i).await?),
+        };
+        let boot_volume = match &req.boot_volume {
+            Some(v) => Some(self.boot_volume(project_name, v).await?),
+            None => None,
         };
         let start = req.start.unwrap_or(true);
         let now = chrono::Utc::now();
@@ -76,7 +86,7 @@ impl App {
                 force_stop: false,
                 deleted: false,
                 placement,
-                volumes: vec![],
+                volumes: boot_volume.iter().map(|(_, d)| d.clone()).collect(),
             },
             status: VmStatus {
                 phase: VmPhase::Pending,
@@ -96,11 +106,20 @@ impl App {
         let op = new_operation(op_id, OperationKind::VmCreate, &vm, "waiting for a host");
         let vm_key = keys::vm(project_name, name.as_str());
         let project_key = keys::project(project_name);
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::absent(&vm_key))
             .when(Compare::unchanged(&project_key, project.mod_revision))
             .and_then(Op::put(&vm_key, encode(&vm)))
             .and_then(Op::put(&keys::op(&op_id), encode(&op)));
+        if let Some((v, _)) = &boot_volume {
+            // The volume is the VM's from the same instant; a concurrent attach loses.
+            let vkey = keys::volume(project_name, v.value.name.as_str());
+            let mut taken = v.value.clone();
+            taken.attached_to = Some(name.clone());
+            txn = txn
+                .when(Compare::unchanged(&vkey, v.mod_revision))
+                .and_then(Op::put(&vkey, encode(&taken)));
+        }
         let r = self.repo.txn(txn).await?;
         if !r.succeeded {
             return match self.repo.get::<Vm>(&vm_key).await? {
@@ -109,6 +128,11 @@ impl App {
                     format!("a VM named \"{name}\" already exists in project \"{project_name}\""),
                 )
                 .with_field("name")),
+                None if boot_volume.is_some() => Err(ApiError::new(
+                    ErrorCode::PreconditionFailed,
+                    "the boot volume or the project changed meanwhile; retry",
+                )
+                .with_field("boot_volume")),
                 None => Err(ApiError::not_found("project", project_name).with_field("project")),
             };
         }

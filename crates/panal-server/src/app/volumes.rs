@@ -771,6 +771,7 @@ impl App {
             file: volume.file.clone(),
             format: volume.format,
             size_bytes: volume.size_bytes,
+            boot: false,
         });
         next.generation += 1;
         next.status.operation = Some(op_id);
@@ -824,6 +825,16 @@ impl App {
         let vm = self.attached_vm(project, vm_name.as_str()).await?;
         let mut next = vm.value.clone();
         busy(&next)?;
+        if next
+            .spec
+            .volumes
+            .iter()
+            .any(|d| d.id == volume.id && d.boot)
+        {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is the boot disk of VM \"{vm_name}\"; it goes with the VM"
+            )));
+        }
         let op_id = OperationId::new();
         next.spec.volumes.retain(|d| d.id != volume.id);
         next.generation += 1;
@@ -845,6 +856,34 @@ impl App {
             .and_then(Op::put(&vkey, encode(&next)))
             .and_then(Op::put(&keys::op(&op_id), encode(&op)));
         self.commit_volume_change(txn, volume, op).await
+    }
+
+    /// The boot volume a new VM asks for: ready, free, and what the VM's spec will carry.
+    pub(super) async fn boot_volume(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(Versioned<Volume>, DiskAttachment), ApiError> {
+        let v = self.volume_versioned(project, name, "boot_volume").await?;
+        if let Some(vm) = &v.value.attached_to {
+            return Err(ApiError::conflict(format!(
+                "volume \"{name}\" is already attached to VM \"{vm}\""
+            ))
+            .with_field("boot_volume"));
+        }
+        ready_and_alone(&v.value).map_err(|e| e.with_field("boot_volume"))?;
+        let d = DiskAttachment {
+            volume: v.value.name.clone(),
+            id: v.value.id,
+            pool: v.value.pool.clone(),
+            host: v.value.host.clone(),
+            shared: v.value.shared,
+            file: v.value.file.clone(),
+            format: v.value.format,
+            size_bytes: v.value.size_bytes,
+            boot: true,
+        };
+        Ok((v, d))
     }
 
     /// The VM a volume is (or is to be) attached to.

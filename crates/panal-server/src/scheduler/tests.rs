@@ -394,6 +394,7 @@ fn volumes_keep_a_vm_where_they_can_be_opened() {
         file: "x.qcow2".into(),
         format: VolumeFormat::Qcow2,
         size_bytes: 1 << 30,
+        boot: false,
     };
     let placement = Placement::default();
     // A local volume of host c: only c.

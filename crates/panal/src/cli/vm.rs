@@ -113,6 +113,9 @@ pub struct CreateArgs {
     /// Image to boot.
     #[arg(long)]
     pub image: Option<String>,
+    /// Boot from this volume instead of an image (its root file system at /dev/vda).
+    #[arg(long, value_name = "VOLUME", conflicts_with = "image")]
+    pub boot_volume: Option<String>,
     /// Virtual CPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -223,6 +226,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 vcpus: a.vcpus,
                 memory_bytes: a.memory,
                 image: a.image.clone(),
+                boot_volume: a.boot_volume.clone(),
                 hypervisor: a.hypervisor,
                 machine: a.machine,
                 labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
