@@ -12,6 +12,7 @@ mod join;
 mod operations;
 mod projects;
 mod validate;
+mod vm_create;
 mod vms;
 
 pub use agents::link_error;
