@@ -58,6 +58,8 @@ pub struct App {
     leases: Arc<Mutex<HashMap<String, LeaseId>>>,
     /// All hosts, briefly cached for input validation.
     host_cache: HostCache,
+    /// Held by the one request refreshing `host_cache`.
+    host_refresh: Arc<tokio::sync::Mutex<()>>,
     /// Where imported images are kept, on control planes that keep them.
     images: Option<Arc<crate::images::ImageStore>>,
     /// How to reach VM consoles from here.
@@ -79,6 +81,7 @@ impl App {
             config,
             leases: Arc::default(),
             host_cache: Arc::default(),
+            host_refresh: Arc::default(),
             images: None,
             consoles: None,
             ca: Arc::default(),
