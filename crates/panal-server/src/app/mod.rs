@@ -11,6 +11,7 @@ mod images;
 mod join;
 mod operations;
 mod projects;
+mod reports;
 mod validate;
 mod vm_create;
 mod vms;
@@ -60,6 +61,8 @@ pub struct App {
     host_cache: HostCache,
     /// Held by the one request refreshing `host_cache`.
     host_refresh: Arc<tokio::sync::Mutex<()>>,
+    /// Agents' status reports waiting to be written together.
+    reports: reports::ReportQueue,
     /// Where imported images are kept, on control planes that keep them.
     images: Option<Arc<crate::images::ImageStore>>,
     /// How to reach VM consoles from here.
@@ -82,6 +85,7 @@ impl App {
             leases: Arc::default(),
             host_cache: Arc::default(),
             host_refresh: Arc::default(),
+            reports: reports::ReportQueue::default(),
             images: None,
             consoles: None,
             ca: Arc::default(),
