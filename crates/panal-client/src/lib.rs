@@ -18,7 +18,9 @@ use panal_types::image::{Image, ImageAccepted, ImageImport};
 use panal_types::operation::Operation;
 use panal_types::page::Page;
 use panal_types::project::{Project, ProjectCreate};
-use panal_types::vm::{Vm, VmAccepted, VmCreate, VmStopRequest, VmUpdate};
+use panal_types::vm::{
+    Vm, VmAccepted, VmBatchAccepted, VmBatchCreate, VmCreate, VmStopRequest, VmUpdate,
+};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -193,6 +195,13 @@ impl Client {
     /// Creates a VM.
     pub async fn create_vm(&self, req: &VmCreate) -> Result<VmAccepted, ClientError> {
         self.call(Method::POST, "/api/v1/vms", &[], Some(req)).await
+    }
+
+    /// Creates 1 to 1000 VMs in one request, all or none (`POST /api/v1/vms:batch`).
+    pub async fn create_vms(&self, vms: &[VmCreate]) -> Result<VmBatchAccepted, ClientError> {
+        let body = VmBatchCreate { vms: vms.to_vec() };
+        self.call(Method::POST, "/api/v1/vms:batch", &[], Some(&body))
+            .await
     }
 
     /// Shows a VM.

@@ -31,15 +31,52 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Decodes an object read from the store.
+/// Decodes an object read from the store, in one pass over the bytes: the envelope and the
+/// object are parsed together. Only when that fails is the envelope alone read again, to tell
+/// a record from a newer format apart from a damaged one.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    let env: EnvelopeIn<serde_json::Value> = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("{key}: not a Panal record: {e}")))?;
-    if env.v > FORMAT_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "{key}: stored with format {} but this binary understands up to {FORMAT_VERSION}",
-            env.v
-        )));
+    match serde_json::from_slice::<EnvelopeIn<T>>(bytes) {
+        Ok(env) if env.v <= FORMAT_VERSION => Ok(env.data),
+        Ok(env) => Err(newer(key, env.v)),
+        Err(e) => match serde_json::from_slice::<EnvelopeIn<serde::de::IgnoredAny>>(bytes) {
+            Ok(env) if env.v > FORMAT_VERSION => Err(newer(key, env.v)),
+            Ok(_) => Err(StoreError::Corrupt(format!("{key}: {e}"))),
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "{key}: not a Panal record: {e}"
+            ))),
+        },
     }
-    serde_json::from_value(env.data).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+}
+
+fn newer(key: &str, v: u32) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{key}: stored with format {v} but this binary understands up to {FORMAT_VERSION}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Thing {
+        n: u32,
+    }
+
+    #[test]
+    fn round_trip_and_errors() {
+        let bytes = encode(&Thing { n: 7 });
+        assert_eq!(decode::<Thing>("k", &bytes).unwrap(), Thing { n: 7 });
+        let newer = br#"{"v":99,"data":{"n":"no longer a number"}}"#;
+        let e = decode::<Thing>("k", newer).unwrap_err().to_string();
+        assert!(e.contains("format 99"), "{e}");
+        let damaged = br#"{"v":1,"data":{"n":"x"}}"#;
+        let e = decode::<Thing>("k", damaged).unwrap_err().to_string();
+        assert!(
+            e.contains("k: ") && !e.contains("not a Panal record"),
+            "{e}"
+        );
+        let e = decode::<Thing>("k", b"garbage").unwrap_err().to_string();
+        assert!(e.contains("not a Panal record"), "{e}");
+    }
 }

@@ -104,15 +104,17 @@ pub fn refusal(
         return Some("without the VM's volumes");
     }
     let p = req.placement;
-    let Some(hv) = host
-        .hypervisors
-        .iter()
-        .find(|h| h.kind == req.hypervisor && h.available)
-    else {
+    if host.available & policy::hypervisor_bit(req.hypervisor) == 0 {
         return Some("without the hypervisor");
-    };
-    if !p.capabilities.iter().all(|c| hv.capabilities.contains(c)) {
-        return Some("without the capabilities");
+    }
+    if !p.capabilities.is_empty() {
+        let hv = host
+            .hypervisors
+            .iter()
+            .find(|h| h.kind == req.hypervisor && h.available);
+        if !hv.is_some_and(|hv| p.capabilities.iter().all(|c| hv.capabilities.contains(c))) {
+            return Some("without the capabilities");
+        }
     }
     if p.zone.is_some() && host.zone != p.zone {
         return Some("outside the zone");

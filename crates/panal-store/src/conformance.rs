@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             revisions_and_versions,
             txn_compare_branches,
             txn_without_writes_keeps_revision,
+            txn_of_max_ops_commits,
             create_race_has_one_winner,
             range_prefix_and_pagination,
             watch_from_past_revision,
@@ -75,6 +76,7 @@ where
     revisions_and_versions(new_store().await).await;
     txn_compare_branches(new_store().await).await;
     txn_without_writes_keeps_revision(new_store().await).await;
+    txn_of_max_ops_commits(new_store().await).await;
     create_race_has_one_winner(new_store().await).await;
     range_prefix_and_pagination(new_store().await).await;
     watch_from_past_revision(new_store().await).await;

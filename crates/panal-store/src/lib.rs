@@ -23,6 +23,9 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// etcd's default `--max-txn-ops`, and the [`Store::max_txn_ops`] of engines that do not say.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
 /// A shared handle to any engine.
 pub type DynStore = Arc<dyn Store>;
 
@@ -62,6 +65,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest committed revision.
     async fn current_revision(&self) -> Result<u64, StoreError>;
+
+    /// The most operations one transaction may hold in each of its parts (compares, success
+    /// ops, failure ops: etcd counts them apart) on this engine. Callers that write many objects at once split their batches by
+    /// it instead of guessing: etcd refuses more than its `--max-txn-ops` (128 by default),
+    /// the embedded engine takes far more. The default is etcd's.
+    fn max_txn_ops(&self) -> usize {
+        DEFAULT_MAX_TXN_OPS
+    }
 
     /// Drops watch history before `revision` (etcd's compaction): watching from an older
     /// revision then fails with [`StoreError::Compacted`]. Keys are not affected. Fails with

@@ -1,5 +1,6 @@
 //! Typed identifiers: one newtype per resource so a VM id can never be passed where a host id
-//! is expected. All are random UUIDs (v4) rendered in their hyphenated form.
+//! is expected. All are UUIDs rendered in their hyphenated form: random (v4), except operation
+//! ids, which are time-ordered (v7) so that the operations list, in key order, is oldest first.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -7,6 +8,14 @@ use std::str::FromStr;
 
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident) => {
+        typed_id!(@gen $(#[$doc])* $name, uuid::Uuid::new_v4(), "A fresh random identifier.");
+    };
+    ($(#[$doc:meta])* $name:ident, time_ordered) => {
+        typed_id!(@gen $(#[$doc])* $name, uuid::Uuid::now_v7(),
+            "A fresh identifier, ordered after every one made before it in this process (UUIDv7: \
+             a millisecond timestamp, a counter, then random bits).");
+    };
+    (@gen $(#[$doc:meta])* $name:ident, $make:expr, $new_doc:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(transparent)]
@@ -14,9 +23,9 @@ macro_rules! typed_id {
         pub struct $name(pub uuid::Uuid);
 
         impl $name {
-            /// A fresh random identifier.
+            #[doc = $new_doc]
             pub fn new() -> Self {
-                Self(uuid::Uuid::new_v4())
+                Self($make)
             }
         }
 
@@ -59,9 +68,22 @@ typed_id!(
 );
 typed_id!(
     /// Identifies a long-running operation.
-    OperationId
+    OperationId, time_ordered
 );
 typed_id!(
     /// Identifies a storage volume.
     VolumeId
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_sort_by_creation() {
+        let ids: Vec<String> = (0..1000).map(|_| OperationId::new().to_string()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+}

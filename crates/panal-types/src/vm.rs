@@ -432,6 +432,38 @@ pub struct VmAccepted {
     pub operation: crate::operation::Operation,
 }
 
+/// The most VMs one `POST /api/v1/vms:batch` may create.
+pub const MAX_BATCH_CREATE: usize = 1000;
+
+/// Body of `POST /api/v1/vms:batch`: several VMs created together, all or none.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmBatchCreate {
+    /// The VMs, 1 to 1000, each as `POST /api/v1/vms` takes it. Names must differ.
+    pub vms: Vec<VmCreate>,
+}
+
+/// One VM of a batch create's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmBatchItem {
+    /// The new VM's id.
+    pub id: VmId,
+    /// Its name.
+    pub name: Name,
+    /// Its project.
+    pub project: Name,
+    /// The operation tracking its creation.
+    pub operation: OperationId,
+}
+
+/// The answer to a batch create: one item per requested VM, in request order (read the VMs
+/// or their operations for the rest).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmBatchAccepted {
+    /// The created VMs.
+    pub vms: Vec<VmBatchItem>,
+}
+
 /// Limits a create or update is checked against.
 pub const MAX_STOP_TIMEOUT_SECS: u32 = 3600;
 /// The most labels a VM may carry.

@@ -50,6 +50,7 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(projects::get_project, projects::delete_project))
         .routes(routes!(vms::list_vms, vms::create_vm))
+        .routes(routes!(vms::create_vms))
         .routes(routes!(vms::get_vm, vms::update_vm, vms::delete_vm))
         .routes(routes!(vms::start_vm))
         .routes(routes!(vms::stop_vm))

@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use panal_types::ApiError;
 use panal_types::page::{Page, PageParams};
-use panal_types::vm::{Vm, VmAccepted, VmCreate, VmStopRequest, VmUpdate};
+use panal_types::vm::{
+    Vm, VmAccepted, VmBatchAccepted, VmBatchCreate, VmCreate, VmStopRequest, VmUpdate,
+};
 use serde::Deserialize;
 
 /// Selects the project of a VM request.
@@ -41,6 +43,17 @@ pub async fn create_vm(
     ApiJson(req): ApiJson<VmCreate>,
 ) -> ApiResult<(StatusCode, Json<VmAccepted>)> {
     Ok((StatusCode::ACCEPTED, Json(app.create_vm(req).await?)))
+}
+
+/// Create 1 to 1000 VMs at once, all or none: every item is validated before any is written,
+/// and an error names the item (`vms[3].name`). Answers with ids, names and operations only.
+#[utoipa::path(post, path = "/api/v1/vms:batch", tag = "vms", request_body = VmBatchCreate,
+    responses((status = 202, body = VmBatchAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn create_vms(
+    State(app): State<App>,
+    ApiJson(req): ApiJson<VmBatchCreate>,
+) -> ApiResult<(StatusCode, Json<VmBatchAccepted>)> {
+    Ok((StatusCode::ACCEPTED, Json(app.create_vms(req.vms).await?)))
 }
 
 /// Show a VM.

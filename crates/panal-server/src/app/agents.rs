@@ -6,6 +6,7 @@ use super::App;
 use super::operations::settle;
 use crate::codec::encode;
 use crate::keys;
+use crate::repo::Versioned;
 use panal_agent::link::{AssignmentStream, LinkError};
 use panal_store::{Compare, Op, Txn};
 use panal_types::agent::VmStatusReport;
@@ -17,74 +18,46 @@ use panal_types::{ApiError, ErrorCode};
 
 impl App {
     /// Merges an agent's report into the VM's status. The agent may only report on VMs placed on
-    /// its own host.
+    /// its own host. Concurrent reports are written together (see [`super::reports`]).
     pub async fn report_vm(&self, host: &str, r: VmStatusReport) -> Result<(), ApiError> {
+        self.reports.submit(self, host, r).await
+    }
+
+    /// One report on its own: read, merge, compare-and-swap, retried while the VM changes.
+    pub(super) async fn report_vm_one(
+        &self,
+        host: &str,
+        r: &VmStatusReport,
+    ) -> Result<(), ApiError> {
         let key = keys::vm(r.project.as_str(), r.name.as_str());
         for _ in 0..64 {
-            let Some(cur) = self.repo.get::<Vm>(&key).await? else {
-                return Ok(());
-            };
-            let mut vm = cur.value;
-            if vm.id != r.id {
-                return Err(ApiError::not_found("VM", r.id));
-            }
-            if vm.status.host.as_ref().map(|h| h.as_str()) != Some(host) {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "the VM is not placed on this host",
-                ));
-            }
-            if r.cleaned_up && vm.spec.deleted {
-                return self.finish_delete(&vm).await;
-            }
-            vm.status.phase = r.phase;
-            vm.status.reason = r.reason.clone();
-            vm.status.observed_generation = r.observed_generation;
-            vm.status.observed_restart_nonce = r.observed_restart_nonce;
-            vm.status.restarts = r.restarts;
-            if let Some((reason, message)) = &r.event {
-                vm.status.push_event(reason, message.clone());
-            }
-            if r.stopped_by_guest
-                && vm.spec.power_state == PowerState::Running
-                && r.observed_generation == vm.generation
-            {
-                // The guest powered off and the policy keeps it off: the user's desired state
-                // follows, as when the guest is shut down from inside on any hypervisor.
-                vm.spec.power_state = PowerState::Stopped;
-                vm.generation += 1;
-                vm.status.observed_generation = vm.generation;
-            }
-            let mut txn = Txn::new().when(Compare::unchanged(&key, cur.mod_revision));
-            if let Some(op_id) = vm.status.operation
-                && let Some(op) = self.repo.get::<Operation>(&keys::op(&op_id)).await?
-            {
-                if op.value.state.is_final() {
-                    vm.status.operation = None;
-                } else if let Some((state, error, progress)) = settle(&op.value, &vm) {
-                    let op_key = keys::op(&op_id);
-                    let mut next = op.value;
-                    next.state = state;
-                    next.error = error;
-                    next.progress = progress;
-                    next.updated_at = chrono::Utc::now();
-                    if state.is_final() {
-                        vm.status.operation = None;
+            let cur = self.repo.get::<Vm>(&key).await?;
+            let op = self.report_operation(cur.as_ref()).await?;
+            match plan_report(host, r, cur, op)? {
+                ReportPlan::Nothing => return Ok(()),
+                ReportPlan::FinishDelete(vm) => return self.finish_delete(&vm).await,
+                ReportPlan::Write(txn) => {
+                    if self.repo.txn(txn).await?.succeeded {
+                        return Ok(());
                     }
-                    txn = txn
-                        .when(Compare::unchanged(&op_key, op.mod_revision))
-                        .and_then(Op::put(&op_key, encode(&next)));
                 }
-            }
-            txn = txn.and_then(Op::put(&key, encode(&vm)));
-            if self.repo.txn(txn).await?.succeeded {
-                return Ok(());
             }
         }
         Err(ApiError::new(
             ErrorCode::PreconditionFailed,
             "the VM kept changing; report again",
         ))
+    }
+
+    /// The operation a report may settle: the one the VM's status names.
+    pub(super) async fn report_operation(
+        &self,
+        vm: Option<&Versioned<Vm>>,
+    ) -> Result<Option<Versioned<Operation>>, ApiError> {
+        match vm.and_then(|v| v.value.status.operation) {
+            Some(op_id) => self.repo.get::<Operation>(&keys::op(&op_id)).await,
+            None => Ok(None),
+        }
     }
 
     /// Removes a deleted VM's record, gives its resources back to its host, detaches its
@@ -155,6 +128,83 @@ impl App {
     pub async fn assignments(&self, host: &str) -> Result<AssignmentStream, LinkError> {
         self.assignments.subscribe(host).await
     }
+}
+
+/// What a report comes to, given the VM and its operation as read.
+pub(super) enum ReportPlan {
+    /// Nothing to write (the VM is gone).
+    Nothing,
+    /// The agent cleaned up a deleted VM: remove its record.
+    FinishDelete(Box<Vm>),
+    /// This transaction (comparing what was read) merges the report.
+    Write(Txn),
+}
+
+/// Merges a report into the VM read at `cur` (and settles the operation read at `op`), without
+/// touching the store.
+pub(super) fn plan_report(
+    host: &str,
+    r: &VmStatusReport,
+    cur: Option<Versioned<Vm>>,
+    op: Option<Versioned<Operation>>,
+) -> Result<ReportPlan, ApiError> {
+    let Some(cur) = cur else {
+        return Ok(ReportPlan::Nothing);
+    };
+    let key = keys::vm(r.project.as_str(), r.name.as_str());
+    let mut vm = cur.value;
+    if vm.id != r.id {
+        return Err(ApiError::not_found("VM", r.id));
+    }
+    if vm.status.host.as_ref().map(|h| h.as_str()) != Some(host) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the VM is not placed on this host",
+        ));
+    }
+    if r.cleaned_up && vm.spec.deleted {
+        return Ok(ReportPlan::FinishDelete(Box::new(vm)));
+    }
+    vm.status.phase = r.phase;
+    vm.status.reason = r.reason.clone();
+    vm.status.observed_generation = r.observed_generation;
+    vm.status.observed_restart_nonce = r.observed_restart_nonce;
+    vm.status.restarts = r.restarts;
+    if let Some((reason, message)) = &r.event {
+        vm.status.push_event(reason, message.clone());
+    }
+    if r.stopped_by_guest
+        && vm.spec.power_state == PowerState::Running
+        && r.observed_generation == vm.generation
+    {
+        // The guest powered off and the policy keeps it off: the user's desired state
+        // follows, as when the guest is shut down from inside on any hypervisor.
+        vm.spec.power_state = PowerState::Stopped;
+        vm.generation += 1;
+        vm.status.observed_generation = vm.generation;
+    }
+    let mut txn = Txn::new().when(Compare::unchanged(&key, cur.mod_revision));
+    if let Some(op_id) = vm.status.operation
+        && let Some(op) = op.filter(|o| o.value.id == op_id)
+    {
+        if op.value.state.is_final() {
+            vm.status.operation = None;
+        } else if let Some((state, error, progress)) = settle(&op.value, &vm) {
+            let op_key = keys::op(&op_id);
+            let mut next = op.value;
+            next.state = state;
+            next.error = error;
+            next.progress = progress;
+            next.updated_at = chrono::Utc::now();
+            if state.is_final() {
+                vm.status.operation = None;
+            }
+            txn = txn
+                .when(Compare::unchanged(&op_key, op.mod_revision))
+                .and_then(Op::put(&op_key, encode(&next)));
+        }
+    }
+    Ok(ReportPlan::Write(txn.and_then(Op::put(&key, encode(&vm)))))
 }
 
 /// Maps an application error to what the agent sees.

@@ -49,8 +49,28 @@ impl App {
             .ok_or_else(|| ApiError::not_found("host", &name).with_field("name"))
     }
 
-    /// Every host, read through a short-lived cache (validation runs on every create).
+    /// Every host, read through a short-lived cache (validation runs on every create). One
+    /// request at a time refreshes it; while it does, the others use the expired copy (if there
+    /// is one: a host change empties the cache) instead of each listing every host, which at
+    /// thousands of hosts cost more than the creates themselves.
     pub(super) async fn all_hosts_cached(&self) -> Result<Arc<Vec<Host>>, ApiError> {
+        let cached = self.host_cache.lock().clone();
+        if let Some((at, hosts)) = &cached
+            && at.elapsed() < LIMITS_CACHE_TTL
+        {
+            return Ok(hosts.clone());
+        }
+        let _refreshing = match (self.host_refresh.try_lock(), cached) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some((_, stale))) => return Ok(stale),
+            (Err(_), None) => {
+                let guard = self.host_refresh.lock().await;
+                if let Some((_, hosts)) = &*self.host_cache.lock() {
+                    return Ok(hosts.clone());
+                }
+                guard
+            }
+        };
         if let Some((at, hosts)) = &*self.host_cache.lock()
             && at.elapsed() < LIMITS_CACHE_TTL
         {

@@ -101,6 +101,13 @@ impl HubState {
     fn apply(&mut self, ev: WatchEvent) {
         match ev {
             WatchEvent::Put(kv) => {
+                // A VM that is on no host and was on none concerns no stream (at scale, every
+                // create): read only its host before decoding the whole record.
+                if !self.host_of.contains_key(&kv.key)
+                    && decode::<Placed>(&kv.key, &kv.value).is_ok_and(|p| p.status.host.is_none())
+                {
+                    return;
+                }
                 let Ok(mut vm) = decode::<Vm>(&kv.key, &kv.value) else {
                     return;
                 };
@@ -127,6 +134,18 @@ impl HubState {
             }
         }
     }
+}
+
+/// The part of a VM record that says whether it is on a host.
+#[derive(serde::Deserialize)]
+struct Placed {
+    status: PlacedStatus,
+}
+
+#[derive(serde::Deserialize)]
+struct PlacedStatus {
+    #[serde(default)]
+    host: Option<serde::de::IgnoredAny>,
 }
 
 /// Fans one VM watch out to every host's assignment stream. Shared by all clones of an `App`.

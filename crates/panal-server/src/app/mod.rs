@@ -12,8 +12,10 @@ mod images;
 mod join;
 mod operations;
 mod projects;
+mod reports;
 mod snapshots;
 mod validate;
+mod vm_create;
 mod vms;
 mod volumes;
 
@@ -61,6 +63,10 @@ pub struct App {
     leases: Arc<Mutex<HashMap<String, LeaseId>>>,
     /// All hosts, briefly cached for input validation.
     host_cache: HostCache,
+    /// Held by the one request refreshing `host_cache`.
+    host_refresh: Arc<tokio::sync::Mutex<()>>,
+    /// Agents' status reports waiting to be written together.
+    reports: reports::ReportQueue,
     /// Where imported images are kept, on control planes that keep them.
     images: Option<Arc<crate::images::ImageStore>>,
     /// How to reach VM consoles from here.
@@ -82,6 +88,8 @@ impl App {
             config,
             leases: Arc::default(),
             host_cache: Arc::default(),
+            host_refresh: Arc::default(),
+            reports: reports::ReportQueue::default(),
             images: None,
             consoles: None,
             ca: Arc::default(),

@@ -11,136 +11,13 @@ use panal_types::error::check_name;
 use panal_types::operation::{Operation, OperationKind, OperationState, OperationTarget, Progress};
 use panal_types::page::Page;
 use panal_types::size::MIB;
-use panal_types::vm::{PowerState, Vm, VmAccepted, VmCreate, VmPhase, VmSpec, VmStatus, VmUpdate};
-use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId, VmId};
+use panal_types::vm::{PowerState, Vm, VmAccepted, VmPhase, VmUpdate};
+use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId};
 
 /// Memory a VM gets when the request does not say.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
 
 impl App {
-    /// Creates a VM (and starts it unless `start: false`).
-    pub async fn create_vm(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {
-        let name = check_name("name", &req.name)?;
-        let project_name = req.project.as_deref().unwrap_or(DEFAULT_PROJECT);
-        let project = self.project(project_name, "project").await?;
-        if project.value.deleting {
-            return Err(
-                ApiError::conflict(format!("project \"{project_name}\" is being deleted"))
-                    .with_field("project"),
-            );
-        }
-        let hypervisor = req.hypervisor.unwrap_or_default();
-        let limits = self.pool_limits(hypervisor).await?;
-        let vcpus = req.vcpus.unwrap_or(1);
-        validate::vcpus(vcpus, limits)?;
-        let memory_bytes = req.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES);
-        validate::memory(memory_bytes, limits)?;
-        validate::labels(&req.labels)?;
-        let stop_timeout_secs = req.stop_timeout_secs.unwrap_or(30);
-        validate::stop_timeout(stop_timeout_secs)?;
-        let placement = validate::placement(
-            &self.all_hosts_cached().await?,
-            hypervisor,
-            &req.host_selector,
-            req.zone.as_deref(),
-            &req.capabilities,
-            req.placement_group.as_ref(),
-        )?;
-        if req.image.is_some() && req.boot_volume.is_some() {
-            return Err(ApiError::invalid(
-                "boot_volume",
-                "a VM boots from an image or from a volume, not both",
-            ));
-        }
-        let image = match &req.image {
-            None => None,
-            Some(i) => Some(self.image_ref(project_name, i).await?),
-        };
-        let boot_volume = match &req.boot_volume {
-            Some(v) => Some(self.boot_volume(project_name, v).await?),
-            None => None,
-        };
-        let start = req.start.unwrap_or(true);
-        let now = chrono::Utc::now();
-        let op_id = OperationId::new();
-        let vm = Vm {
-            id: VmId::new(),
-            name: name.clone(),
-            project: project.value.name.clone(),
-            generation: 1,
-            spec: VmSpec {
-                vcpus,
-                memory_bytes,
-                image,
-                hypervisor,
-                machine: req.machine.unwrap_or_default(),
-                labels: req.labels,
-                restart_policy: req.restart_policy.unwrap_or_default(),
-                power_state: if start {
-                    PowerState::Running
-                } else {
-                    PowerState::Stopped
-                },
-                stop_timeout_secs,
-                restart_nonce: 0,
-                force_stop: false,
-                deleted: false,
-                placement,
-                volumes: boot_volume.iter().map(|(_, d)| d.clone()).collect(),
-            },
-            status: VmStatus {
-                phase: VmPhase::Pending,
-                host: None,
-                reason: None,
-                placement: None,
-                observed_generation: 0,
-                observed_restart_nonce: 0,
-                operation: Some(op_id),
-                restarts: 0,
-                events: vec![],
-                moving: None,
-            },
-            created_at: now,
-            revision: 0,
-        };
-        let op = new_operation(op_id, OperationKind::VmCreate, &vm, "waiting for a host");
-        let vm_key = keys::vm(project_name, name.as_str());
-        let project_key = keys::project(project_name);
-        let mut txn = Txn::new()
-            .when(Compare::absent(&vm_key))
-            .when(Compare::unchanged(&project_key, project.mod_revision))
-            .and_then(Op::put(&vm_key, encode(&vm)))
-            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
-        if let Some((v, _)) = &boot_volume {
-            // The volume is the VM's from the same instant; a concurrent attach loses.
-            let vkey = keys::volume(project_name, v.value.name.as_str());
-            let mut taken = v.value.clone();
-            taken.attached_to = Some(name.clone());
-            txn = txn
-                .when(Compare::unchanged(&vkey, v.mod_revision))
-                .and_then(Op::put(&vkey, encode(&taken)));
-        }
-        let r = self.repo.txn(txn).await?;
-        if !r.succeeded {
-            return match self.repo.get::<Vm>(&vm_key).await? {
-                Some(_) => Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("a VM named \"{name}\" already exists in project \"{project_name}\""),
-                )
-                .with_field("name")),
-                None if boot_volume.is_some() => Err(ApiError::new(
-                    ErrorCode::PreconditionFailed,
-                    "the boot volume or the project changed meanwhile; retry",
-                )
-                .with_field("boot_volume")),
-                None => Err(ApiError::not_found("project", project_name).with_field("project")),
-            };
-        }
-        let mut vm = vm;
-        vm.revision = r.revision;
-        Ok(VmAccepted { vm, operation: op })
-    }
-
     /// Reads a VM.
     pub async fn vm(&self, project: Option<&str>, name: &str) -> Result<Vm, ApiError> {
         Ok(self.vm_versioned(project, name).await?.value)
@@ -463,7 +340,7 @@ impl App {
         ))
     }
 
-    async fn image_ref(&self, project: &str, image: &str) -> Result<Name, ApiError> {
+    pub(super) async fn image_ref(&self, project: &str, image: &str) -> Result<Name, ApiError> {
         let name = check_name("image", image)?;
         let found = self
             .repo

@@ -50,8 +50,16 @@ pub async fn run(app: App, policy: Policy) {
     }
 }
 
-fn is_draining(h: &Host) -> bool {
+fn is_draining(h: &DrainView) -> bool {
     h.drain.is_some()
+}
+
+/// The one field of a host record this controller's watch looks at. Every placement rewrites
+/// its host, so at scale decoding whole records here cost more than the check itself.
+#[derive(serde::Deserialize)]
+struct DrainView {
+    #[serde(default)]
+    drain: Option<serde::de::IgnoredAny>,
 }
 
 async fn watch_once(app: &App, policy: &Policy) -> Result<(), String> {
@@ -62,7 +70,7 @@ async fn watch_once(app: &App, policy: &Policy) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut draining: BTreeSet<String> = BTreeSet::new();
     for kv in &hosts.kvs {
-        if let Ok(h) = crate::codec::decode::<Host>(&kv.key, &kv.value)
+        if let Ok(h) = crate::codec::decode::<DrainView>(&kv.key, &kv.value)
             && is_draining(&h)
         {
             draining.insert(kv.key.clone());
@@ -81,7 +89,7 @@ async fn watch_once(app: &App, policy: &Policy) -> Result<(), String> {
             ev = watch.next() => {
                 match ev.ok_or("host watch ended")?.map_err(|e| e.to_string())? {
                     WatchEvent::Put(kv) => {
-                        match crate::codec::decode::<Host>(&kv.key, &kv.value) {
+                        match crate::codec::decode::<DrainView>(&kv.key, &kv.value) {
                             Ok(h) if is_draining(&h) => {
                                 draining.insert(kv.key);
                                 moving = true;

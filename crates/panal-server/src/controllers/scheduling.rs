@@ -26,9 +26,17 @@ use panal_types::{ApiError, ErrorCode, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// VMs per transaction: etcd refuses transactions of more than 128 operations by default, and a
-/// batch writes up to two keys per VM (the VM and its host).
-const BATCH: usize = 40;
+/// The most VMs one commit places. A commit is one store transaction, so it is also bounded by
+/// what the engine takes ([`batch_size`]); this cap keeps one commit (and the planning before
+/// it) to a few milliseconds, so new VMs wait little for the next one.
+const MAX_BATCH: usize = 500;
+
+/// VMs per commit on this store: each VM may put three keys (the VM, its host, a failed
+/// operation) and compare two, and etcd counts each part of a transaction against its
+/// `--max-txn-ops` (128 by default: 42 VMs).
+fn batch_size(store: &dyn panal_store::Store) -> usize {
+    (store.max_txn_ops() / 3).clamp(1, MAX_BATCH)
+}
 /// How often parked (unplaceable) VMs are retried without any host change.
 const RETRY_PARKED: Duration = Duration::from_secs(3);
 
@@ -55,12 +63,23 @@ struct State {
     queue: Queue,
     /// VMs that fit nowhere, waiting for a host change.
     parked: Queue,
+    /// VM key → revision of this controller's own write, not yet echoed by the watch. The echo
+    /// says nothing new (the commit already updated the queues and the cluster), so it is
+    /// dropped without decoding: at scale, decoding our own writes was a large share of the
+    /// controller's time.
+    own: HashMap<String, u64>,
 }
 
 impl State {
     fn host_event(&mut self, ev: WatchEvent) {
         match ev {
             WatchEvent::Put(kv) => {
+                // Our own commit's echo (or anything older than what we hold): skip decoding.
+                if let Some(name) = kv.key.strip_prefix(keys::HOSTS)
+                    && self.cluster.rev_of(name) >= Some(kv.mod_revision)
+                {
+                    return;
+                }
                 if let Ok(h) = decode::<Host>(&kv.key, &kv.value)
                     && self.cluster.upsert_host(h, kv.mod_revision)
                 {
@@ -78,6 +97,10 @@ impl State {
     fn vm_event(&mut self, ev: WatchEvent) {
         match ev {
             WatchEvent::Put(kv) => {
+                if self.own.get(&kv.key) == Some(&kv.mod_revision) {
+                    self.own.remove(&kv.key);
+                    return;
+                }
                 let Ok(vm) = decode::<Vm>(&kv.key, &kv.value) else {
                     return;
                 };
@@ -95,6 +118,7 @@ impl State {
                 }
             }
             WatchEvent::Delete { key, revision } => {
+                self.own.remove(&key);
                 self.cluster.observe_vm(&key, revision, None);
                 self.queue.remove(&key);
                 self.parked.remove(&key);
@@ -118,6 +142,7 @@ async fn watch_once(app: &App, policy: Policy) -> Result<(), String> {
         cluster: Cluster::new(policy),
         queue: Queue::new(),
         parked: Queue::new(),
+        own: HashMap::new(),
     };
     let hosts = store
         .range(keys::HOSTS, None, 0)
@@ -194,7 +219,8 @@ async fn fail_operation(app: &App, vm: &mut Vm, why: &str) -> Option<Op> {
 }
 
 async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
-    let keys_batch: Vec<String> = st.queue.keys().take(BATCH).cloned().collect();
+    let batch = batch_size(app.repo().store().as_ref());
+    let keys_batch: Vec<String> = st.queue.keys().take(batch).cloned().collect();
     let n = st.cluster.candidates.len();
     let mut txn = Txn::new();
     let mut writes = 0usize;
@@ -287,12 +313,15 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
         return Ok(());
     }
     for &i in saved.keys() {
-        let key = keys::host(st.cluster.records[i].name.as_str());
-        let mut host = st.cluster.records[i].clone();
-        host.allocation = st.cluster.allocs[i].clone();
+        // Encode the record with its new allocation in place: cloning whole host records
+        // (inventories with every CPU flag) was most of a commit's allocations.
+        let rec = &mut st.cluster.records[i];
+        let key = keys::host(rec.name.as_str());
+        let committed = std::mem::replace(&mut rec.allocation, st.cluster.allocs[i].clone());
         txn = txn
             .when(Compare::unchanged(&key, st.cluster.revs[i]))
-            .and_then(Op::put(&key, encode(&host)));
+            .and_then(Op::put(&key, encode(&*rec)));
+        rec.allocation = committed;
     }
     let touched: Vec<usize> = saved.keys().copied().collect();
     let r = match app.repo().txn(txn).await {
@@ -311,8 +340,10 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
     }
     for (key, vm) in placed {
         st.cluster.observe_vm(&key, r.revision, Some(&vm));
+        st.own.insert(key, r.revision);
     }
     for (key, vm) in unplaced {
+        st.own.insert(key.clone(), r.revision);
         st.parked.insert(key, (vm, r.revision));
     }
     Ok(())

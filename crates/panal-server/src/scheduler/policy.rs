@@ -4,6 +4,7 @@
 //! per host rather than label look-ups and float arithmetic.
 
 use panal_types::host::{Host, HostState, HypervisorInfo};
+use panal_types::vm::HypervisorKind;
 use panal_types::{ApiError, Name};
 use std::collections::BTreeMap;
 
@@ -203,6 +204,15 @@ pub struct Candidate {
     pub hypervisors: Vec<HypervisorInfo>,
     /// Its shared storage pools (their volumes can be opened here).
     pub shared_pools: Vec<String>,
+    /// One bit per available hypervisor kind ([`hypervisor_bit`]): the filter every request
+    /// runs, answered without following `hypervisors` to the heap (the walk over a large pool
+    /// is bound by memory reads, not arithmetic).
+    pub available: u32,
+}
+
+/// The bit of a hypervisor kind in [`Candidate::available`].
+pub fn hypervisor_bit(kind: HypervisorKind) -> u32 {
+    1 << (kind as u32)
 }
 
 impl Candidate {
@@ -236,6 +246,12 @@ impl Candidate {
                 .filter(|p| p.shared)
                 .map(|p| p.name.clone())
                 .collect(),
+            available: host
+                .inventory
+                .hypervisors
+                .iter()
+                .filter(|h| h.available)
+                .fold(0, |m, h| m | hypervisor_bit(h.kind)),
         }
     }
 }

@@ -169,6 +169,28 @@ pub async fn txn_without_writes_keeps_revision(store: DynStore) {
     assert!(ok(store.get("conf/k").await, "get").is_some());
 }
 
+/// A transaction as large as [`crate::Store::max_txn_ops`] says (that many compares and that
+/// many puts) commits, as one revision.
+pub async fn txn_of_max_ops_commits(store: DynStore) {
+    let n = store.max_txn_ops();
+    assert!(
+        n >= 2,
+        "an engine must take at least a compare-and-put pair"
+    );
+    let mut txn = Txn::new();
+    for i in 0..n {
+        let key = format!("conf/max/{i:05}");
+        txn = txn
+            .when(Compare::absent(&key))
+            .and_then(Op::put(&key, b"v".to_vec()));
+    }
+    let res = ok(store.txn(txn).await, "txn of max_txn_ops ops");
+    assert!(res.succeeded);
+    let got = ok(store.range("conf/max/", None, 0).await, "range");
+    assert_eq!(got.kvs.len(), n);
+    assert!(got.kvs.iter().all(|kv| kv.mod_revision == res.revision));
+}
+
 /// Concurrent create-if-absent: exactly one creator wins, and its value is stored.
 pub async fn create_race_has_one_winner(store: DynStore) {
     const CREATORS: usize = 16;

@@ -188,4 +188,13 @@ impl Store for EmbeddedStore {
     async fn compact(&self, revision: u64) -> Result<(), StoreError> {
         self.request(|tx| Request::Compact(revision, tx)).await
     }
+
+    fn max_txn_ops(&self) -> usize {
+        // No engine limit: a transaction is one redb write, bounded by memory. This keeps one
+        // transaction (and its history row) to a size that commits in a few milliseconds.
+        MAX_TXN_OPS
+    }
 }
+
+/// What [`Store::max_txn_ops`] reports for the embedded engine.
+pub const MAX_TXN_OPS: usize = 4096;

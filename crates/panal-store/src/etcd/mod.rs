@@ -216,6 +216,10 @@ fn ttl_secs(ttl: Duration) -> i64 {
 
 #[async_trait]
 impl Store for EtcdStore {
+    fn max_txn_ops(&self) -> usize {
+        self.options.max_txn_ops
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = self.keys.wire(key);
         let r = self

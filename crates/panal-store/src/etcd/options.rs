@@ -28,6 +28,9 @@ pub struct EtcdOptions {
     /// when it lacks a quorum; this bounds the wait when a member hangs or the network drops
     /// packets. A timed-out write may still have committed (as with any remote store).
     pub request_timeout: Duration,
+    /// The cluster's `--max-txn-ops` (operations per transaction; etcd's default is 128), which
+    /// [`crate::Store::max_txn_ops`] reports so callers size their batches to it.
+    pub max_txn_ops: usize,
 }
 
 /// TLS material, all PEM-encoded.
@@ -79,6 +82,7 @@ impl EtcdOptions {
             key_prefix: "/panal/".into(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_txn_ops: crate::DEFAULT_MAX_TXN_OPS,
         }
     }
 
@@ -104,6 +108,12 @@ impl EtcdOptions {
     /// Sets [`Self::connect_timeout`].
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+
+    /// Sets [`Self::max_txn_ops`] (for a cluster started with a larger `--max-txn-ops`).
+    pub fn max_txn_ops(mut self, n: usize) -> Self {
+        self.max_txn_ops = n.max(2);
         self
     }
 

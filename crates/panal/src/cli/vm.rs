@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use panal_client::Client;
 use panal_types::size::{format_size, parse_size};
 use panal_types::vm::{
-    GroupPolicy, HypervisorKind, MachineProfile, PlacementGroupRequest, RestartPolicy, Vm,
-    VmAccepted, VmCreate, VmUpdate,
+    GroupPolicy, HypervisorKind, MAX_BATCH_CREATE, MachineProfile, PlacementGroupRequest,
+    RestartPolicy, Vm, VmAccepted, VmCreate, VmUpdate,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 pub enum VmCommand {
     /// Create a VM (and start it unless --no-start).
     #[command(
-        after_help = "Example:\n  panal vm create web-1 --vcpus 2 --memory 1G --image tiny --wait"
+        after_help = "Examples:\n  panal vm create web-1 --vcpus 2 --memory 1G --image tiny --wait\n  panal vm create web --count 20 --image tiny   (web-1 .. web-20)"
     )]
     Create(CreateArgs),
     /// List VMs of a project.
@@ -144,6 +144,9 @@ pub struct CreateArgs {
     /// (e.g. web:anti-affinity, cache:affinity:soft).
     #[arg(long, value_parser = parse_group)]
     pub group: Option<PlacementGroupRequest>,
+    /// Create N VMs named NAME-1 .. NAME-N at once (all or none, up to 1000 per request).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub count: Option<u32>,
     /// Create without starting.
     #[arg(long)]
     pub no_start: bool,
@@ -238,6 +241,9 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 capabilities: a.capabilities.clone(),
                 placement_group: a.group.clone(),
             };
+            if let Some(n) = a.count {
+                return create_many(client, format, a, req, n).await;
+            }
             let accepted = client.create_vm(&req).await.map_err(api_err)?;
             finish(
                 client,
@@ -430,6 +436,59 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
             show(format, &vm)
         }
     }
+}
+
+/// `vm create NAME --count N`: VMs NAME-1 .. NAME-N through the batch endpoint, at most
+/// [`MAX_BATCH_CREATE`] per request (each request is all or none).
+async fn create_many(
+    client: &Client,
+    format: Format,
+    a: &CreateArgs,
+    req: VmCreate,
+    n: u32,
+) -> Result<()> {
+    let reqs: Vec<VmCreate> = (1..=n)
+        .map(|i| VmCreate {
+            name: format!("{}-{i}", a.name),
+            ..req.clone()
+        })
+        .collect();
+    let mut items = Vec::with_capacity(reqs.len());
+    for part in reqs.chunks(MAX_BATCH_CREATE) {
+        let accepted = client.create_vms(part).await.map_err(|e| {
+            anyhow!(
+                "{} (created {} of {n} before this request)",
+                api_err(e),
+                items.len()
+            )
+        })?;
+        items.extend(accepted.vms);
+    }
+    if a.wait {
+        for it in &items {
+            let op = client
+                .operation(&it.operation.to_string())
+                .await
+                .map_err(api_err)?;
+            wait::follow(client, &op, Duration::from_secs(a.timeout)).await?;
+        }
+    }
+    print(format, &items, || {
+        let mut rows = vec![
+            ["NAME", "PROJECT", "ID", "OPERATION"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        rows.extend(items.iter().map(|v| {
+            vec![
+                v.name.to_string(),
+                v.project.to_string(),
+                v.id.to_string(),
+                v.operation.to_string(),
+            ]
+        }));
+        rows
+    })
 }
 
 async fn finish(

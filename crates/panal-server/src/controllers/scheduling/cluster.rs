@@ -87,6 +87,12 @@ impl Cluster {
         }
     }
 
+    /// The store revision held for a host, by name.
+    pub fn rev_of(&self, name: &str) -> Option<u64> {
+        let name = Name::parse(name).ok()?;
+        self.index.get(&name).map(|&i| self.revs[i])
+    }
+
     /// Forgets a deleted host.
     pub fn remove_host(&mut self, name: &str) {
         let Some(i) = self.records.iter().position(|h| h.name.as_str() == name) else {

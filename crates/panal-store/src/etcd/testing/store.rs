@@ -64,4 +64,7 @@ impl Store for ClusterStore {
     async fn compact(&self, revision: u64) -> Result<(), StoreError> {
         self.store.compact(revision).await
     }
+    fn max_txn_ops(&self) -> usize {
+        self.store.max_txn_ops()
+    }
 }
