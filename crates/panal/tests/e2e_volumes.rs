@@ -255,7 +255,7 @@ async fn a_vm_snapshot_is_reverted_and_a_killed_hypervisor_leaves_a_sound_volume
     operation_ok(c, &op, BOOT).await;
     let done = c.operation(&op.id.to_string()).await.unwrap();
     assert!(
-        done.progress.message.contains("paused"),
+        done.progress.message.contains("I/O held"),
         "{:?}",
         done.progress
     );
