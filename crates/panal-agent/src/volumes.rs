@@ -294,6 +294,12 @@ async fn file_task(
                 // Moved before; the report was lost.
                 return Ok(());
             }
+            // Pools on one file system: a rename moves the file at once, whatever its size.
+            if same_file_system(&src, &dst).await {
+                return tokio::fs::rename(&src, &dst)
+                    .await
+                    .map_err(|e| format!("cannot move {}: {e}", src.display()));
+            }
             let tmp = dst.with_extension("part");
             let _ = tokio::fs::remove_file(&tmp).await;
             if let Err(e) = full_copy(&src, *format, &tmp, *format, progress).await {
@@ -424,6 +430,19 @@ pub async fn check_and_repair(path: &Path, format: VolumeFormat) -> Result<Optio
             path.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
+    }
+}
+
+/// Whether `file` and the directory `dest` would go in are on one file system.
+async fn same_file_system(file: &Path, dest: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dest.parent().unwrap_or(dest);
+    match (
+        tokio::fs::metadata(file).await,
+        tokio::fs::metadata(dir).await,
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
     }
 }
 
