@@ -378,8 +378,26 @@ async fn snapshot(
 
 /// The internal snapshots of a qcow2 file.
 async fn snapshot_names(path: &Path) -> Result<Vec<String>, String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
+    // Without -U: a file a hypervisor holds open is refused here, not snapshotted under it.
+    let v = image_info(path, false).await?;
+    Ok(v["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `qemu-img info` of a file as JSON; `shared` reads it even while another process holds it.
+async fn image_info(path: &Path, shared: bool) -> Result<serde_json::Value, String> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json"]);
+    if shared {
+        cmd.arg("-U");
+    }
+    let out = cmd
         .arg(path)
         .output()
         .await
@@ -391,15 +409,7 @@ async fn snapshot_names(path: &Path) -> Result<Vec<String>, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    Ok(v["snapshots"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// Checks a qcow2 volume after its VM ended uncleanly (or the agent does not know how it
@@ -580,21 +590,7 @@ pub async fn grow_file(path: &Path, format: VolumeFormat, size: u64) -> Result<(
 }
 
 async fn virtual_size(path: &Path) -> Result<u64, String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img info {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    v["virtual-size"]
+    image_info(path, true).await?["virtual-size"]
         .as_u64()
         .ok_or_else(|| "qemu-img info gave no virtual size".into())
 }

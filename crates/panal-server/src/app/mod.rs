@@ -17,6 +17,7 @@ mod snapshots;
 mod validate;
 mod vm_create;
 mod vms;
+mod volume_attach;
 mod volumes;
 
 pub use agents::link_error;

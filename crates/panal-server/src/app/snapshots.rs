@@ -7,7 +7,7 @@
 //! which the VM owns; data that matters goes on volumes.
 
 use super::App;
-use super::volumes::{busy, idle, volume_operation};
+use super::volumes::{busy, idle, retrying, volume_operation};
 use crate::codec::encode;
 use crate::keys;
 use crate::repo::Versioned;
@@ -39,7 +39,7 @@ impl App {
         step: SnapshotStep,
     ) -> Result<VolumeAccepted, ApiError> {
         let project = project.unwrap_or(DEFAULT_PROJECT);
-        for _ in 0..16 {
+        retrying(|| async {
             let v = self.volume_versioned(project, volume, "name").await?;
             let vm = match &v.value.attached_to {
                 Some(n) => self.repo.get::<Vm>(&keys::vm(project, n.as_str())).await?,
@@ -49,14 +49,15 @@ impl App {
                 volumes: vec![v],
                 vm,
             };
-            if let Some((op, mut vols)) = self.snapshot_step(project, plan, snapshot, step).await? {
-                return Ok(VolumeAccepted {
+            Ok(self
+                .snapshot_step(project, plan, snapshot, step)
+                .await?
+                .map(|(op, mut vols)| VolumeAccepted {
                     volume: vols.remove(0),
                     operation: op,
-                });
-            }
-        }
-        Err(contended())
+                }))
+        })
+        .await
     }
 
     /// Takes, reverts or deletes a snapshot of every volume attached to a VM, at one instant.
@@ -68,7 +69,7 @@ impl App {
         step: SnapshotStep,
     ) -> Result<Operation, ApiError> {
         let project = project.unwrap_or(DEFAULT_PROJECT);
-        for _ in 0..16 {
+        retrying(|| async {
             let vm = self.vm_versioned(Some(project), vm_name).await?;
             if vm.value.spec.volumes.is_empty() {
                 return Err(ApiError::conflict(format!(
@@ -87,11 +88,12 @@ impl App {
                 volumes,
                 vm: Some(vm),
             };
-            if let Some((op, _)) = self.snapshot_step(project, plan, snapshot, step).await? {
-                return Ok(op);
-            }
-        }
-        Err(contended())
+            Ok(self
+                .snapshot_step(project, plan, snapshot, step)
+                .await?
+                .map(|(op, _)| op))
+        })
+        .await
     }
 
     /// One attempt; `None` when a concurrent change won the race.
@@ -262,11 +264,4 @@ fn in_use(vm: &Vm) -> bool {
             vm.status.phase,
             VmPhase::Stopped | VmPhase::Failed | VmPhase::Pending
         )
-}
-
-fn contended() -> ApiError {
-    ApiError::new(
-        ErrorCode::PreconditionFailed,
-        "the volumes or their VM kept changing; retry",
-    )
 }

@@ -1,4 +1,5 @@
-//! Volume use cases: create (empty or cloned), read, list, grow, delete, attach, detach.
+//! Volume use cases: create (empty, cloned or copied from an image), read, list, grow, move,
+//! delete. Attaching and detaching are in `volume_attach.rs`.
 //!
 //! Work on a volume's file is a host task queued in the store for the volume's host, written in
 //! the same transaction as the volume record and its operation; the agent does it and reports
@@ -18,7 +19,7 @@ use panal_types::image::{DiskFormat, ImageKind};
 use panal_types::operation::{OperationKind, OperationTarget};
 use panal_types::page::Page;
 use panal_types::size::MIB;
-use panal_types::vm::{MachineProfile, PowerState, Vm, VmPhase};
+use panal_types::vm::Vm;
 use panal_types::volume::{
     CloneFrom, DiskAttachment, HostTask, ImageCopy, Volume, VolumeAccepted, VolumeAction,
     VolumeCreate, VolumeFormat, VolumePhase, VolumeSource,
@@ -199,12 +200,10 @@ impl App {
             created_at: chrono::Utc::now(),
             revision: 0,
         };
-        let task = HostTask {
-            id: op_id,
-            host: host.name.clone(),
-            project: volume.project.clone(),
-            volumes: vec![name.clone()],
-            action: VolumeAction::Create {
+        let task = file_task(
+            &volume,
+            op_id,
+            VolumeAction::Create {
                 pool,
                 file,
                 format,
@@ -216,7 +215,7 @@ impl App {
                 }),
                 from_image: image.as_ref().map(|(copy, _)| copy.clone()),
             },
-        };
+        );
         let message = match &parent {
             None if image.is_some() => "copying the image".to_string(),
             None => "creating".to_string(),
@@ -417,12 +416,7 @@ impl App {
         name: &str,
         size_bytes: u64,
     ) -> Result<VolumeAccepted, ApiError> {
-        for _ in 0..MAX_RETRIES {
-            if let Some(done) = self.try_resize_volume(project, name, size_bytes).await? {
-                return Ok(done);
-            }
-        }
-        Err(contended())
+        retrying(|| self.try_resize_volume(project, name, size_bytes)).await
     }
 
     /// One attempt; `None` when a concurrent change won the race.
@@ -478,17 +472,15 @@ impl App {
             volume.operation = Some(op_id);
             volume.reason = None;
             op = volume_operation(op_id, OperationKind::VolumeResize, &volume, "growing");
-            let task = HostTask {
-                id: op_id,
-                host: volume.host.clone(),
-                project: volume.project.clone(),
-                volumes: vec![volume.name.clone()],
-                action: VolumeAction::Resize {
+            let task = file_task(
+                &volume,
+                op_id,
+                VolumeAction::Resize {
                     pool: volume.pool.clone(),
                     file: volume.file.clone(),
                     size_bytes,
                 },
-            };
+            );
             txn = txn.and_then(Op::put(
                 &keys::host_task(volume.host.as_str(), &op_id),
                 encode(&task),
@@ -507,12 +499,7 @@ impl App {
         name: &str,
         pool: &str,
     ) -> Result<VolumeAccepted, ApiError> {
-        for _ in 0..MAX_RETRIES {
-            if let Some(done) = self.try_move_volume(project, name, pool).await? {
-                return Ok(done);
-            }
-        }
-        Err(contended())
+        retrying(|| self.try_move_volume(project, name, pool)).await
     }
 
     /// One attempt; `None` when a concurrent change won the race.
@@ -570,19 +557,17 @@ impl App {
             .with_field("pool"));
         }
         let op_id = OperationId::new();
-        let task = HostTask {
-            id: op_id,
-            host: volume.host.clone(),
-            project: volume.project.clone(),
-            volumes: vec![volume.name.clone()],
-            action: VolumeAction::Move {
+        let task = file_task(
+            &volume,
+            op_id,
+            VolumeAction::Move {
                 from_pool: volume.pool.clone(),
                 to_pool: pool.to_owned(),
                 file: volume.file.clone(),
                 format: volume.format,
                 to_shared: target.shared,
             },
-        };
+        );
         volume.operation = Some(op_id);
         let op = volume_operation(
             op_id,
@@ -608,12 +593,7 @@ impl App {
         project: Option<&str>,
         name: &str,
     ) -> Result<VolumeAccepted, ApiError> {
-        for _ in 0..MAX_RETRIES {
-            if let Some(done) = self.try_delete_volume(project, name).await? {
-                return Ok(done);
-            }
-        }
-        Err(contended())
+        retrying(|| self.try_delete_volume(project, name)).await
     }
 
     /// One attempt; `None` when a concurrent change won the race.
@@ -649,16 +629,14 @@ impl App {
         volume.phase = VolumePhase::Deleting;
         volume.operation = Some(op_id);
         let op = volume_operation(op_id, OperationKind::VolumeDelete, &volume, "deleting");
-        let task = HostTask {
-            id: op_id,
-            host: volume.host.clone(),
-            project: volume.project.clone(),
-            volumes: vec![volume.name.clone()],
-            action: VolumeAction::Delete {
+        let task = file_task(
+            &volume,
+            op_id,
+            VolumeAction::Delete {
                 pool: volume.pool.clone(),
                 file: volume.file.clone(),
             },
-        };
+        );
         let key = keys::volume(project, volume.name.as_str());
         let txn = Txn::new()
             .when(Compare::unchanged(&key, cur.mod_revision))
@@ -671,231 +649,7 @@ impl App {
         self.commit_volume_change(txn, volume, op).await
     }
 
-    /// Attaches a volume to a VM of its project: at once when the VM is stopped, hot-plugged
-    /// when it runs (q35 only).
-    pub async fn attach_volume(
-        &self,
-        project: Option<&str>,
-        name: &str,
-        vm_name: &str,
-    ) -> Result<VolumeAccepted, ApiError> {
-        for _ in 0..MAX_RETRIES {
-            if let Some(done) = self.try_attach_volume(project, name, vm_name).await? {
-                return Ok(done);
-            }
-        }
-        Err(contended())
-    }
-
-    /// One attempt; `None` when a concurrent change won the race.
-    async fn try_attach_volume(
-        &self,
-        project: Option<&str>,
-        name: &str,
-        vm_name: &str,
-    ) -> Result<Option<VolumeAccepted>, ApiError> {
-        let project = project.unwrap_or(DEFAULT_PROJECT);
-        let cur = self.volume_versioned(project, name, "name").await?;
-        let mut volume = cur.value.clone();
-        let vm = self.attached_vm(project, vm_name).await.map_err(|e| {
-            if e.code == ErrorCode::NotFound {
-                e.with_field("vm")
-            } else {
-                e
-            }
-        })?;
-        if let Some(other) = &volume.attached_to {
-            return Err(ApiError::conflict(format!(
-                "volume \"{name}\" is already attached to VM \"{other}\""
-            ))
-            .with_field("vm"));
-        }
-        ready_and_alone(&volume)?;
-        let mut next = vm.value.clone();
-        busy(&next)?;
-        let running = next.spec.power_state != PowerState::Stopped
-            || !matches!(next.status.phase, VmPhase::Stopped | VmPhase::Failed);
-        if running && next.spec.machine == MachineProfile::Microvm {
-            return Err(
-                ApiError::conflict("microvm VMs cannot hot-plug disks; stop the VM first")
-                    .with_field("vm"),
-            );
-        }
-        match &next.status.host {
-            Some(h) if *h != volume.host && !volume.shared => {
-                return Err(ApiError::conflict(format!(
-                    "volume \"{name}\" is in a local pool of host \"{}\" but VM \"{vm_name}\" is \
-                     on host \"{h}\"; move one of them first",
-                    volume.host
-                ))
-                .with_field("vm"));
-            }
-            Some(h) if volume.shared => {
-                let hosts = self.all_hosts_cached().await?;
-                let has_pool = hosts.iter().any(|x| {
-                    x.name == *h
-                        && x.inventory
-                            .storage
-                            .iter()
-                            .any(|p| p.shared && p.name == volume.pool)
-                });
-                if !has_pool {
-                    return Err(ApiError::conflict(format!(
-                        "VM \"{vm_name}\" is on host \"{h}\", which does not mount the shared pool \"{}\"",
-                        volume.pool
-                    ))
-                    .with_field("vm"));
-                }
-            }
-            Some(_) => {}
-            None => {
-                return Err(ApiError::conflict(format!(
-                    "VM \"{vm_name}\" has no host yet; attach once it is placed"
-                ))
-                .with_field("vm"));
-            }
-        }
-        if next.spec.volumes.len() >= MAX_VOLUMES_PER_VM {
-            return Err(ApiError::conflict(format!(
-                "VM \"{vm_name}\" already has {MAX_VOLUMES_PER_VM} volumes, the most it can take"
-            ))
-            .with_field("vm"));
-        }
-        let op_id = OperationId::new();
-        next.spec.volumes.push(DiskAttachment {
-            volume: volume.name.clone(),
-            id: volume.id,
-            pool: volume.pool.clone(),
-            host: volume.host.clone(),
-            shared: volume.shared,
-            file: volume.file.clone(),
-            format: volume.format,
-            size_bytes: volume.size_bytes,
-            boot: false,
-        });
-        next.generation += 1;
-        next.status.operation = Some(op_id);
-        volume.attached_to = Some(next.name.clone());
-        let mut op = volume_operation(
-            op_id,
-            OperationKind::VolumeAttach,
-            &volume,
-            &format!("attaching to {vm_name}"),
-        );
-        op.target_generation = next.generation;
-        let key = keys::volume(project, volume.name.as_str());
-        let vkey = keys::vm(project, next.name.as_str());
-        let txn = Txn::new()
-            .when(Compare::unchanged(&key, cur.mod_revision))
-            .when(Compare::unchanged(&vkey, vm.mod_revision))
-            .and_then(Op::put(&key, encode(&volume)))
-            .and_then(Op::put(&vkey, encode(&next)))
-            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
-        self.commit_volume_change(txn, volume, op).await
-    }
-
-    /// Detaches a volume from its VM (hot-unplugged when the VM runs).
-    pub async fn detach_volume(
-        &self,
-        project: Option<&str>,
-        name: &str,
-    ) -> Result<VolumeAccepted, ApiError> {
-        for _ in 0..MAX_RETRIES {
-            if let Some(done) = self.try_detach_volume(project, name).await? {
-                return Ok(done);
-            }
-        }
-        Err(contended())
-    }
-
-    /// One attempt; `None` when a concurrent change won the race.
-    async fn try_detach_volume(
-        &self,
-        project: Option<&str>,
-        name: &str,
-    ) -> Result<Option<VolumeAccepted>, ApiError> {
-        let project = project.unwrap_or(DEFAULT_PROJECT);
-        let cur = self.volume_versioned(project, name, "name").await?;
-        let mut volume = cur.value.clone();
-        let Some(vm_name) = volume.attached_to.clone() else {
-            return Err(ApiError::conflict(format!(
-                "volume \"{name}\" is not attached"
-            )));
-        };
-        let vm = self.attached_vm(project, vm_name.as_str()).await?;
-        let mut next = vm.value.clone();
-        busy(&next)?;
-        if next
-            .spec
-            .volumes
-            .iter()
-            .any(|d| d.id == volume.id && d.boot)
-        {
-            return Err(ApiError::conflict(format!(
-                "volume \"{name}\" is the boot disk of VM \"{vm_name}\"; it goes with the VM"
-            )));
-        }
-        let op_id = OperationId::new();
-        next.spec.volumes.retain(|d| d.id != volume.id);
-        next.generation += 1;
-        next.status.operation = Some(op_id);
-        volume.attached_to = None;
-        let mut op = volume_operation(
-            op_id,
-            OperationKind::VolumeDetach,
-            &volume,
-            &format!("detaching from {vm_name}"),
-        );
-        op.target_generation = next.generation;
-        let key = keys::volume(project, volume.name.as_str());
-        let vkey = keys::vm(project, next.name.as_str());
-        let txn = Txn::new()
-            .when(Compare::unchanged(&key, cur.mod_revision))
-            .when(Compare::unchanged(&vkey, vm.mod_revision))
-            .and_then(Op::put(&key, encode(&volume)))
-            .and_then(Op::put(&vkey, encode(&next)))
-            .and_then(Op::put(&keys::op(&op_id), encode(&op)));
-        self.commit_volume_change(txn, volume, op).await
-    }
-
-    /// The boot volume a new VM asks for: ready, free, and what the VM's spec will carry.
-    pub(super) async fn boot_volume(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<(Versioned<Volume>, DiskAttachment), ApiError> {
-        let v = self.volume_versioned(project, name, "boot_volume").await?;
-        if let Some(vm) = &v.value.attached_to {
-            return Err(ApiError::conflict(format!(
-                "volume \"{name}\" is already attached to VM \"{vm}\""
-            ))
-            .with_field("boot_volume"));
-        }
-        ready_and_alone(&v.value).map_err(|e| e.with_field("boot_volume"))?;
-        let d = DiskAttachment {
-            volume: v.value.name.clone(),
-            id: v.value.id,
-            pool: v.value.pool.clone(),
-            host: v.value.host.clone(),
-            shared: v.value.shared,
-            file: v.value.file.clone(),
-            format: v.value.format,
-            size_bytes: v.value.size_bytes,
-            boot: true,
-        };
-        Ok((v, d))
-    }
-
-    /// The VM a volume is (or is to be) attached to.
-    async fn attached_vm(&self, project: &str, vm: &str) -> Result<Versioned<Vm>, ApiError> {
-        let name = check_name("vm", vm)?;
-        self.repo
-            .get::<Vm>(&keys::vm(project, name.as_str()))
-            .await?
-            .ok_or_else(|| ApiError::not_found("VM", &name))
-    }
-
-    async fn commit_volume_change(
+    pub(super) async fn commit_volume_change(
         &self,
         txn: Txn,
         mut volume: Volume,
@@ -917,11 +671,48 @@ impl App {
 /// report on the VM, most often) before giving up.
 const MAX_RETRIES: usize = 16;
 
-fn contended() -> ApiError {
-    ApiError::new(
+/// Runs `attempt` until it is not outrun by a concurrent change (`Ok(None)`), at most
+/// [`MAX_RETRIES`] times.
+pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
+{
+    for _ in 0..MAX_RETRIES {
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(ApiError::new(
         ErrorCode::PreconditionFailed,
         "the volume or its VM kept changing; retry",
-    )
+    ))
+}
+
+/// The host task that does `action` on a volume's file, completing operation `id`.
+fn file_task(v: &Volume, id: OperationId, action: VolumeAction) -> HostTask {
+    HostTask {
+        id,
+        host: v.host.clone(),
+        project: v.project.clone(),
+        volumes: vec![v.name.clone()],
+        action,
+    }
+}
+
+/// A volume as a VM's spec carries it.
+pub(super) fn attachment(v: &Volume, boot: bool) -> DiskAttachment {
+    DiskAttachment {
+        volume: v.name.clone(),
+        id: v.id,
+        pool: v.pool.clone(),
+        host: v.host.clone(),
+        shared: v.shared,
+        file: v.file.clone(),
+        format: v.format,
+        size_bytes: v.size_bytes,
+        boot,
+    }
 }
 
 /// A size must be a positive whole number of MiB, at most [`MAX_VOLUME_BYTES`].
