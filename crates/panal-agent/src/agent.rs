@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub capacity_override: Option<(u32, u64)>,
     /// Storage pools to report (created if missing).
     pub pools: Vec<inventory::PoolDir>,
+    /// Virtual networks on this host (none: VMs with NICs cannot run here).
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 impl AgentConfig {
@@ -44,6 +46,7 @@ impl AgentConfig {
             zone: None,
             capacity_override: None,
             pools: Vec::new(),
+            network: None,
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct Agent {
     boot: Arc<dyn BootResolver>,
     pools: crate::volumes::Pools,
     open_disks: crate::volumes::OpenDisks,
+    network: Option<crate::network::HostNetwork>,
 }
 
 struct TaskEntry {
@@ -74,6 +78,7 @@ impl Agent {
         Self {
             pools: crate::volumes::Pools::new(&config.pools),
             open_disks: Default::default(),
+            network: config.network.clone().map(crate::network::HostNetwork::new),
             config,
             drivers,
             link,
@@ -100,6 +105,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             cpu_flags: inventory::cpu_flags(),
             storage: inventory::storage(&self.config.pools),
+            tunnel_address: self.config.network.as_ref().map(|n| n.tunnel_address),
         }
     }
 
@@ -154,6 +160,11 @@ impl Agent {
                 self.open_disks.clone(),
                 self.boot.clone(),
             )))
+        });
+        let _network = self.network.clone().map(|n| {
+            AbortOnDrop(tokio::spawn(
+                n.run(self.link.clone(), self.config.host.clone()),
+            ))
         });
         // VMs whose hypervisor processes outlived a previous agent: handed to their tasks.
         let mut survivors: HashMap<VmId, DynVmHandle> = HashMap::new();
@@ -215,6 +226,7 @@ impl Agent {
                         boot: self.boot.clone(),
                         pools: self.pools.clone(),
                         open_disks: self.open_disks.clone(),
+                        network: self.network.clone(),
                     };
                     let handle = survivors.remove(&vm.id);
                     let (tx, rx) = mpsc::unbounded_channel();

@@ -6,6 +6,7 @@ mod agent;
 pub mod boot;
 pub mod inventory;
 pub mod link;
+pub mod network;
 pub mod remote;
 mod vm_task;
 pub mod volumes;

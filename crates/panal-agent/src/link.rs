@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::network::HostNetworkPlan;
 use panal_types::volume::{HostTask, HostTaskReport};
 use panal_types::{ApiError, Name};
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub enum LinkError {
 
 /// A stream of the volume work queued for one host.
 pub type HostTaskStream = BoxStream<'static, Result<HostTask, LinkError>>;
+
+/// A stream of one host's network plans: the current one, then each change.
+pub type NetworkPlanStream = BoxStream<'static, Result<HostNetworkPlan, LinkError>>;
 
 /// A stream of assignment changes for one host.
 pub type AssignmentStream = BoxStream<'static, Result<Assignment, LinkError>>;
@@ -49,6 +53,10 @@ pub trait ControlPlaneLink: Send + Sync + 'static {
 
     /// Reports progress on, or the end of, one of the host's tasks.
     async fn report_task(&self, host: &Name, report: HostTaskReport) -> Result<(), LinkError>;
+
+    /// The host's network plan, then each change of it. Ends (or yields an error) when the
+    /// control plane goes away; the agent then re-subscribes.
+    async fn network_plans(&self, host: &Name) -> Result<NetworkPlanStream, LinkError>;
 }
 
 /// A shared link.

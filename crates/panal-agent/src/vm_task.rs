@@ -43,12 +43,17 @@ pub struct VmTaskContext {
     pub pools: crate::volumes::Pools,
     /// Which VM has which volume open, for snapshot work.
     pub open_disks: crate::volumes::OpenDisks,
+    /// The host's virtual networks (`None`: VMs with NICs cannot start here).
+    pub network: Option<crate::network::HostNetwork>,
 }
 
 /// A launch that takes longer than this is reported as `Starting` while it goes on; a faster one
 /// (the fake driver, a cached microvm) is reported once, as `Running` or `Failed`. One report
 /// is one store transaction on the control plane, so at scale this halves the writes per start.
 const STARTING_REPORT_AFTER: Duration = Duration::from_millis(100);
+
+/// How long a launch waits for the host's network plumbing of its NICs.
+const NIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest restart back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -399,7 +404,9 @@ impl VmTask {
     fn launch(&self, vm: &Vm) -> impl Future<Output = Result<DynVmHandle, DriverError>> + use<> {
         let (boot, driver, vm) = (self.ctx.boot.clone(), self.ctx.driver.clone(), vm.clone());
         let (pools, check_disks) = (self.ctx.pools.clone(), self.check_disks);
+        let network = self.ctx.network.clone();
         async move {
+            let nics = launch_nics(network.as_ref(), &vm).await?;
             let boot = if vm.spec.volumes.first().is_some_and(|d| d.boot) {
                 BootSource::FirstDisk
             } else {
@@ -426,6 +433,7 @@ impl VmTask {
                 machine: vm.spec.machine,
                 boot,
                 disks,
+                nics,
             };
             driver.launch(&spec).await
         }
@@ -563,6 +571,36 @@ impl VmTask {
 
 /// A volume's file, grown to the size the spec asks (it may have been resized while the VM was
 /// stopped), as the driver opens it.
+/// The VM's NICs as the driver takes them, once the host's network has their taps.
+async fn launch_nics(
+    network: Option<&crate::network::HostNetwork>,
+    vm: &Vm,
+) -> Result<Vec<panal_driver::NetNic>, DriverError> {
+    if vm.spec.nics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(net) = network else {
+        return Err(DriverError::Launch(
+            "this host carries no virtual networks (agent started without them)".into(),
+        ));
+    };
+    let ids: Vec<String> = vm.spec.nics.iter().map(|n| n.id.clone()).collect();
+    net.wait_ports(&ids, NIC_READY_TIMEOUT)
+        .await
+        .map_err(DriverError::Launch)?;
+    Ok(vm
+        .spec
+        .nics
+        .iter()
+        .map(|n| panal_driver::NetNic {
+            id: n.id.clone(),
+            tap: net.tap(&n.id),
+            mac: n.mac.clone(),
+            mtu: n.mtu,
+        })
+        .collect())
+}
+
 async fn prepare_disk(
     pools: &crate::volumes::Pools,
     d: &DiskAttachment,

@@ -5,6 +5,7 @@
 mod console;
 mod events;
 mod join_tokens;
+mod networks;
 mod snapshots;
 mod volumes;
 

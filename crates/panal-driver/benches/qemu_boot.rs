@@ -115,6 +115,7 @@ async fn main() {
             machine: MachineProfile::Microvm,
             boot: g.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
+            nics: vec![],
         };
         let t0 = Instant::now();
         let (vm, timings) = match d.launch_qemu(&spec).await {

@@ -403,6 +403,7 @@ mod tests {
             machine: MachineProfile::Q35,
             boot: BootSource::None,
             disks: vec![],
+            nics: vec![],
         }
     }
 

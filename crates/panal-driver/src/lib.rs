@@ -77,6 +77,21 @@ pub struct VmLaunch {
     pub boot: BootSource,
     /// Volumes attached as extra virtio disks, in order.
     pub disks: Vec<DataDisk>,
+    /// Network interfaces, in order (`eth0`, `eth1`, ...).
+    pub nics: Vec<NetNic>,
+}
+
+/// A virtio network interface backed by a tap device the agent created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetNic {
+    /// Stable id (the NIC's): names the QEMU netdev and device.
+    pub id: String,
+    /// The host's tap device.
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: String,
+    /// The network's MTU (told to the guest through virtio's `host_mtu`).
+    pub mtu: u32,
 }
 
 /// A volume attached to a VM as an extra virtio disk.
@@ -213,6 +228,18 @@ pub trait VmHandle: Send + Sync + 'static {
     async fn detach_disk(&self, id: &str) -> Result<(), DriverError> {
         let _ = id;
         Err(DriverError::Unsupported("disk hot-unplug".into()))
+    }
+
+    /// Hot-plugs a network interface into the running VM.
+    async fn attach_nic(&self, nic: &NetNic) -> Result<(), DriverError> {
+        let _ = nic;
+        Err(DriverError::Unsupported("NIC hot-plug".into()))
+    }
+
+    /// Hot-unplugs a network interface. Returns once it is gone.
+    async fn detach_nic(&self, id: &str) -> Result<(), DriverError> {
+        let _ = id;
+        Err(DriverError::Unsupported("NIC hot-unplug".into()))
     }
 
     /// Grows a disk of the running VM; the guest sees the new size at once.

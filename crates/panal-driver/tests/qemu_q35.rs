@@ -24,6 +24,7 @@ fn q35_disk(env: &Env) -> VmLaunch {
             format: "qcow2".into(),
         },
         disks: vec![],
+        nics: vec![],
     }
 }
 

@@ -17,6 +17,12 @@
 //! /panal/agent-hosts/{host}        AgentIdentity: the current certificate of a host
 //! /panal/volumes/{project}/{name}  Volume
 //! /panal/host-tasks/{host}/{op}    HostTask: volume work queued for a host's agent
+//! /panal/networks/{project}/{name} Network
+//! /panal/vnis/{vni}                the network id holding a VXLAN identifier
+//! /panal/ipam/{network}/ip/{addr}  PortOwner: an address taken by a NIC
+//! /panal/ipam/{network}/mac/{mac}  PortOwner: a MAC taken by a NIC
+//! /panal/security-groups/{p}/{n}   SecurityGroup
+//! /panal/network-guards/{project}  bumped by each network create of the project
 //! ```
 
 /// Prefix of everything Panal stores.
@@ -132,4 +138,63 @@ pub fn host_tasks_of(host: &str) -> String {
 /// Key of a host task.
 pub fn host_task(host: &str, id: &panal_types::OperationId) -> String {
     format!("{HOST_TASKS}{host}/{id}")
+}
+
+/// Prefix of all networks.
+pub const NETWORKS: &str = "/panal/networks/";
+/// Prefix of VXLAN identifier reservations.
+pub const VNIS: &str = "/panal/vnis/";
+/// Prefix of address-management records.
+pub const IPAM: &str = "/panal/ipam/";
+/// Prefix of all security groups.
+pub const SECURITY_GROUPS: &str = "/panal/security-groups/";
+
+/// Prefix of one project's networks.
+pub fn networks_of(project: &str) -> String {
+    format!("{NETWORKS}{project}/")
+}
+
+/// A network.
+pub fn network(project: &str, name: &str) -> String {
+    format!("{NETWORKS}{project}/{name}")
+}
+
+/// A VXLAN identifier taken by a network.
+pub fn vni(vni: u32) -> String {
+    format!("{VNIS}{vni:08}")
+}
+
+/// Prefix of one network's address-management records (addresses and MACs).
+pub fn ipam_of(network: &panal_types::NetworkId) -> String {
+    format!("{IPAM}{network}/")
+}
+
+/// An address of a network, taken by a NIC. Zero-padded octets keep the keys in address order.
+pub fn ipam_address(network: &panal_types::NetworkId, ip: std::net::Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!(
+        "{IPAM}{network}/ip/{:03}.{:03}.{:03}.{:03}",
+        o[0], o[1], o[2], o[3]
+    )
+}
+
+/// A MAC address of a network, taken by a NIC.
+pub fn ipam_mac(network: &panal_types::NetworkId, mac: &str) -> String {
+    format!("{IPAM}{network}/mac/{mac}")
+}
+
+/// Prefix of one project's security groups.
+pub fn security_groups_of(project: &str) -> String {
+    format!("{SECURITY_GROUPS}{project}/")
+}
+
+/// A security group.
+pub fn security_group(project: &str, name: &str) -> String {
+    format!("{SECURITY_GROUPS}{project}/{name}")
+}
+
+/// Where a project's network creates serialise: each create compares and bumps it, so two
+/// overlapping subnets cannot both pass the overlap check.
+pub fn network_guard(project: &str) -> String {
+    format!("/panal/network-guards/{project}")
 }

@@ -3,7 +3,9 @@
 
 use crate::app::{App, link_error};
 use async_trait::async_trait;
-use panal_agent::link::{AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError};
+use panal_agent::link::{
+    AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError, NetworkPlanStream,
+};
 use panal_types::Name;
 use panal_types::agent::{HostRegistration, VmStatusReport};
 use panal_types::host::Host;
@@ -54,5 +56,9 @@ impl ControlPlaneLink for InProcessLink {
             .report_host_task(host.as_str(), report)
             .await
             .map_err(link_error)
+    }
+
+    async fn network_plans(&self, host: &Name) -> Result<NetworkPlanStream, LinkError> {
+        self.app.network_plans(host.as_str()).await
     }
 }

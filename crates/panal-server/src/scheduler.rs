@@ -41,6 +41,8 @@ pub struct Request<'a> {
     pub placement: &'a Placement,
     /// Its volumes: a host must be able to open each (its own pool, or a shared pool it has).
     pub volumes: &'a [DiskAttachment],
+    /// It has NICs: a host must carry virtual networks.
+    pub networked: bool,
 }
 
 /// Members of the request's placement group already placed: host index → how many.
@@ -102,6 +104,9 @@ pub fn refusal(
     };
     if !req.volumes.iter().all(reachable) {
         return Some("without the VM's volumes");
+    }
+    if req.networked && !host.networks {
+        return Some("without virtual networks");
     }
     let p = req.placement;
     if host.available & policy::hypervisor_bit(req.hypervisor) == 0 {

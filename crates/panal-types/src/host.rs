@@ -132,6 +132,11 @@ pub struct HostInventory {
     /// Storage pools and their capacity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storage: Vec<StoragePoolInfo>,
+    /// The address other hosts reach this host's VXLAN tunnels at; absent when the host does
+    /// not carry virtual networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
 }
 
 /// One storage pool of a host, as its agent measured it.

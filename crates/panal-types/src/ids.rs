@@ -74,6 +74,14 @@ typed_id!(
     /// Identifies a storage volume.
     VolumeId
 );
+typed_id!(
+    /// Identifies a virtual network.
+    NetworkId
+);
+typed_id!(
+    /// Identifies a security group.
+    SecurityGroupId
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod image;
 pub mod join;
 pub mod name;
+pub mod network;
 pub mod operation;
 pub mod page;
 pub mod project;
@@ -21,7 +22,9 @@ pub mod vm;
 pub mod volume;
 
 pub use error::{ApiError, ErrorCode};
-pub use ids::{HostId, ImageId, OperationId, ProjectId, VmId, VolumeId};
+pub use ids::{
+    HostId, ImageId, NetworkId, OperationId, ProjectId, SecurityGroupId, VmId, VolumeId,
+};
 pub use name::{Name, NameError};
 
 /// The project every installation has and that cannot be deleted.

@@ -173,6 +173,9 @@ pub struct VmSpec {
     /// Volumes attached as extra disks, in the order the guest sees them (`vdb`, `vdc`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::volume::DiskAttachment>,
+    /// Network interfaces, in the order the guest sees them (`eth0`, `eth1`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::network::Nic>,
 }
 
 fn default_stop_timeout() -> u32 {
@@ -294,6 +297,9 @@ pub struct VmCreate {
     /// first disk, `/dev/vda`); attached to the VM for its whole life.
     #[serde(default)]
     pub boot_volume: Option<String>,
+    /// Network interfaces on the project's networks (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::network::NicRequest>,
     /// Hypervisor (default `qemu`).
     #[serde(default)]
     pub hypervisor: Option<HypervisorKind>,

@@ -183,6 +183,7 @@ fn decisions(hosts: usize) {
             hypervisor: HypervisorKind::Fake,
             placement: &none,
             volumes: &[],
+            networked: false,
         };
         let mut lat = Vec::with_capacity(n);
         let mut start = 0;

@@ -52,6 +52,16 @@ pub struct AgentArgs {
     /// `NAME=PATH,shared` for a directory mounted on several hosts (repeatable).
     #[arg(long = "pool", value_name = "NAME=PATH[,shared]", value_parser = parse_pool)]
     pub pools: Vec<PoolDir>,
+    /// The address other hosts reach this host's VXLAN tunnels at (default: the address this
+    /// host uses to reach the control plane).
+    #[arg(long, value_name = "IPV4")]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// Prefix of the network devices the agent owns (bridges, VXLAN devices, taps).
+    #[arg(long, default_value = "pn", value_parser = parse_net_prefix)]
+    pub net_prefix: String,
+    /// Do not carry virtual networks here (VMs with NICs then cannot run on this host).
+    #[arg(long)]
+    pub no_networks: bool,
     /// Seconds between liveness heartbeats (keep it under a third of the control plane's host
     /// lease TTL).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
@@ -164,6 +174,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("cannot create the storage pool {}", p.path.display()))?;
         cfg.pools.push(p.clone());
     }
+    if !args.no_networks && args.fake.is_none() {
+        let tunnel_address = match args.tunnel_address {
+            Some(a) => a,
+            None => local_address_towards(&id.endpoints())?,
+        };
+        cfg.network = Some(panal_agent::network::NetworkConfig {
+            tunnel_address,
+            prefix: args.net_prefix.clone(),
+        });
+    }
     if let Some((cpus, memory)) = args.fake {
         let world = FakeWorld::persistent(args.data_dir.join("fake-vms.json"));
         drivers.push(Arc::new(FakeDriver::new(world, FakeConfig::default())));
@@ -195,4 +215,42 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         () = crate::up::wait_for_signal() => println!("Stopping (VMs keep running)."),
     }
     Ok(())
+}
+
+fn parse_net_prefix(s: &str) -> Result<String, String> {
+    if (1..=4).contains(&s.len()) && s.chars().all(|c| c.is_ascii_lowercase()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: a device prefix is 1 to 4 lowercase letters (names are at most 15 characters)"
+        ))
+    }
+}
+
+/// The local IPv4 address this host uses to reach the first control-plane endpoint: the
+/// natural tunnel address (a UDP "connect" picks the route without sending anything).
+fn local_address_towards(endpoints: &[String]) -> Result<std::net::Ipv4Addr> {
+    for e in endpoints {
+        // `https://HOST:PORT[/...]`: the authority is all the routing needs.
+        let rest = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        let authority = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:443")
+        };
+        let Ok(mut addrs) = std::net::ToSocketAddrs::to_socket_addrs(authority.as_str()) else {
+            continue;
+        };
+        let Some(addr) = addrs.find(|a| a.is_ipv4()) else {
+            continue;
+        };
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        if sock.connect(addr).is_ok()
+            && let Ok(std::net::SocketAddr::V4(local)) = sock.local_addr()
+        {
+            return Ok(*local.ip());
+        }
+    }
+    bail!("cannot tell this host's tunnel address from the control plane's; pass --tunnel-address")
 }

@@ -52,6 +52,8 @@ pub struct PlatformConfig {
     pub host_labels: std::collections::BTreeMap<String, String>,
     /// Storage pools beside `DIR/pools/default`.
     pub pools: Vec<panal_agent::inventory::PoolDir>,
+    /// Carry virtual networks on the local host (bridges, VXLAN, nftables; needs root).
+    pub networks: bool,
     /// How images are downloaded from URLs (allowed ranges, size cap, deadline); the API's own
     /// endpoint and this machine's addresses are added at start.
     pub image_fetch: FetchPolicy,
@@ -70,6 +72,7 @@ impl PlatformConfig {
             qemu: true,
             host_labels: Default::default(),
             pools: Vec::new(),
+            networks: nix::unistd::geteuid().is_root(),
             image_fetch: FetchPolicy::default(),
         }
     }
@@ -195,6 +198,13 @@ impl Platform {
         agent_cfg.labels = cfg.host_labels.clone();
         agent_cfg.pools = vec![default_pool(&cfg.data_dir)?];
         agent_cfg.pools.extend(cfg.pools.iter().cloned());
+        if cfg.networks && cfg.qemu {
+            // One host: no tunnel peers, so the loopback address serves as the local end.
+            agent_cfg.network = Some(panal_agent::network::NetworkConfig {
+                tunnel_address: std::net::Ipv4Addr::LOCALHOST,
+                prefix: "pn".into(),
+            });
+        }
         let agent = Agent::new(
             agent_cfg,
             drivers,

@@ -3,12 +3,15 @@
 //! would trust: it reads it from the certificate.
 
 use super::{AgentIdentity, http};
-use crate::link::{AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError};
+use crate::link::{
+    AssignmentStream, ControlPlaneLink, HostTaskStream, LinkError, NetworkPlanStream,
+};
 use async_trait::async_trait;
 use futures::StreamExt;
 use panal_types::Name;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::network::HostNetworkPlan;
 use panal_types::volume::{HostTask, HostTaskReport};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -175,5 +178,9 @@ impl ControlPlaneLink for RemoteLink {
 
     async fn report_task(&self, _host: &Name, report: HostTaskReport) -> Result<(), LinkError> {
         self.post("/task-reports", &report).await.map(|_| ())
+    }
+
+    async fn network_plans(&self, _host: &Name) -> Result<NetworkPlanStream, LinkError> {
+        self.ndjson::<HostNetworkPlan>("/network-plans").await
     }
 }

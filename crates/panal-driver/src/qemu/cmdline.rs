@@ -88,6 +88,8 @@ pub struct Plan {
     pub disk: Option<Disk>,
     /// Volumes attached at boot, each on its own hot-plug port (q35) so it can be unplugged.
     pub data_disks: Vec<(crate::DataDisk, DiskCache)>,
+    /// Network interfaces, each on its own hot-plug port (q35) so it can be unplugged.
+    pub nics: Vec<crate::NetNic>,
     /// Run directory files.
     pub paths: RunPaths,
     /// Enable QEMU's seccomp sandbox.
@@ -104,6 +106,35 @@ pub const HOTPLUG_PORTS: u32 = 8;
 /// The id of hot-plug port `i`.
 pub fn port(i: u32) -> String {
     format!("hp{i}")
+}
+
+/// Hot-plug ports for NICs (apart from the disks' so that neither starves the other).
+pub const NIC_PORTS: u32 = 8;
+
+/// The id of NIC hot-plug port `i`.
+pub fn nic_port(i: u32) -> String {
+    format!("np{i}")
+}
+
+/// The netdev (host side) of a NIC.
+pub fn nic_netdev(id: &str) -> String {
+    format!("n{}", short(id, 24))
+}
+
+/// The device id of a NIC.
+pub fn nic_device(id: &str) -> String {
+    format!("e{}", short(id, 24))
+}
+
+/// The `netdev_add` arguments of a NIC: the agent's tap, no scripts.
+pub fn nic_netdev_args(n: &crate::NetNic) -> serde_json::Value {
+    json!({
+        "type": "tap",
+        "id": nic_netdev(&n.id),
+        "ifname": n.tap,
+        "script": "no",
+        "downscript": "no",
+    })
 }
 
 /// The block node of a data disk (QEMU node names are at most 31 characters).
@@ -233,6 +264,40 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
             push("-device");
             push(&format!("pcie-root-port,id={},chassis={}", port(i), i + 1));
         }
+        for i in 0..NIC_PORTS {
+            push("-device");
+            push(&format!(
+                "pcie-root-port,id={},chassis={}",
+                nic_port(i),
+                HOTPLUG_PORTS + i + 1
+            ));
+        }
+    }
+    for (i, n) in plan.nics.iter().enumerate() {
+        // Tap names and MACs were checked by the control plane and the agent (letters, digits,
+        // colons), so they never carry an option separator; escaped all the same.
+        push("-netdev");
+        push(&format!(
+            "tap,id={},ifname={},script=no,downscript=no",
+            nic_netdev(&n.id),
+            opt_escape(std::path::Path::new(&n.tap))
+        ));
+        push("-device");
+        let common = format!(
+            "netdev={},id={},mac={},host_mtu={}",
+            nic_netdev(&n.id),
+            nic_device(&n.id),
+            opt_escape(std::path::Path::new(&n.mac)),
+            n.mtu
+        );
+        if micro {
+            push(&format!("virtio-net-device,{common}"));
+        } else {
+            push(&format!(
+                "virtio-net-pci,{common},bus={}",
+                nic_port(i as u32)
+            ));
+        }
     }
     for (i, (d, cache)) in plan.data_disks.iter().enumerate() {
         push("-blockdev");
@@ -328,6 +393,12 @@ mod tests {
                 },
                 DiskCache::Direct,
             )],
+            nics: vec![crate::NetNic {
+                id: "1a2b3c4d".into(),
+                tap: "pnt1a2b3c4d".into(),
+                mac: "52:54:00:12:34:56".into(),
+                mtu: 1450,
+            }],
             paths: RunPaths {
                 dir: "/run/a,b".into(),
             },
@@ -419,5 +490,21 @@ mod tests {
         let q = joined(&plan(MachineProfile::Q35));
         assert!(q.iter().any(|s| s == "1,maxcpus=4"));
         assert!(q.iter().any(|s| s.starts_with("virtio-balloon-pci")));
+    }
+
+    #[test]
+    fn nics_are_taps_on_their_own_hotplug_ports() {
+        let a = joined(&plan(MachineProfile::Q35));
+        let netdev = a.iter().position(|s| s == "-netdev").expect("a netdev");
+        assert_eq!(
+            a[netdev + 1],
+            "tap,id=n1a2b3c4d,ifname=pnt1a2b3c4d,script=no,downscript=no"
+        );
+        assert!(a.iter().any(|s| s
+            == "virtio-net-pci,netdev=n1a2b3c4d,id=e1a2b3c4d,mac=52:54:00:12:34:56,host_mtu=1450,bus=np0"));
+        assert!(
+            a.iter()
+                .any(|s| s.starts_with("pcie-root-port,id=np7,chassis=16"))
+        );
     }
 }

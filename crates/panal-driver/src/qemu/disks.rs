@@ -144,7 +144,7 @@ impl QemuVm {
     }
 
     /// Whether a device with this id exists (found by its QOM path).
-    async fn device_present(&self, device: &str) -> Result<bool, DriverError> {
+    pub(super) async fn device_present(&self, device: &str) -> Result<bool, DriverError> {
         match self
             .qmp(
                 "qom-get",

@@ -317,6 +317,26 @@ impl VmHandle for QemuVm {
         self.unplug_disk(id).await
     }
 
+    async fn attach_nic(&self, nic: &crate::NetNic) -> Result<(), DriverError> {
+        self.live()?;
+        if self.meta.lock().machine == MachineProfile::Microvm {
+            return Err(DriverError::Unsupported(
+                "microvm has no hot-plug bus; add NICs while stopped".into(),
+            ));
+        }
+        self.hotplug_nic(nic).await
+    }
+
+    async fn detach_nic(&self, id: &str) -> Result<(), DriverError> {
+        self.live()?;
+        if self.meta.lock().machine == MachineProfile::Microvm {
+            return Err(DriverError::Unsupported(
+                "microvm has no hot-plug bus; remove NICs while stopped".into(),
+            ));
+        }
+        self.unplug_nic(id).await
+    }
+
     async fn grow_disk(&self, id: &str, size_bytes: u64) -> Result<(), DriverError> {
         self.live()?;
         self.grow(id, size_bytes).await

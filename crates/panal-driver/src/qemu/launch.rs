@@ -163,6 +163,7 @@ impl QemuDriver {
                 .iter()
                 .map(|d| (d.clone(), disk_safety::choose_cache(&[&d.path])))
                 .collect(),
+            nics: spec.nics.clone(),
             paths: paths.clone(),
             sandbox: cfg.sandbox,
             run_as: cfg.run_as_user.clone(),

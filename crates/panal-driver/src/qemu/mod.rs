@@ -14,6 +14,7 @@ mod disks;
 mod guest;
 mod handle;
 mod launch;
+mod nics;
 mod probe;
 mod process;
 mod qmp;

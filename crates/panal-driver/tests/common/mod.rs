@@ -57,6 +57,7 @@ impl Env {
             machine: MachineProfile::Microvm,
             boot: self.guest.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
+            nics: vec![],
         }
     }
 

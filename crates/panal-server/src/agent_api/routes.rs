@@ -29,6 +29,7 @@ pub fn router(app: App) -> Router {
         .route("/reports", post(report))
         .route("/tasks", get(tasks))
         .route("/task-reports", post(task_report))
+        .route("/network-plans", get(network_plans))
         .route("/vms/{project}/{name}/boot", get(boot_manifest))
         .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
         .route("/tasks/{task}/image", get(task_image_manifest))
@@ -111,6 +112,18 @@ async fn tasks(
 ) -> ApiResult<Response> {
     let stream = app
         .host_tasks(host.as_str())
+        .await
+        .map_err(|e| Failure(ApiError::unavailable(e.to_string())))?;
+    Ok(ndjson(stream))
+}
+
+/// The caller's host network plan, then each change of it, as JSON lines.
+async fn network_plans(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+) -> ApiResult<Response> {
+    let stream = app
+        .network_plans(host.as_str())
         .await
         .map_err(|e| Failure(ApiError::unavailable(e.to_string())))?;
     Ok(ndjson(stream))

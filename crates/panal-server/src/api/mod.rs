@@ -11,8 +11,10 @@ pub mod extract;
 mod hosts;
 mod images;
 mod join_tokens;
+mod networks;
 mod operations;
 mod projects;
+mod security_groups;
 mod snapshots;
 mod vms;
 mod volumes;
@@ -38,6 +40,8 @@ pub const PREFIX: &str = "/api/v1";
         (name = "hosts", description = "Physical hosts"),
         (name = "images", description = "Bootable images"),
         (name = "volumes", description = "Disks in storage pools"),
+        (name = "networks", description = "Virtual networks of a project"),
+        (name = "security-groups", description = "Stateful firewall rules for NICs"),
         (name = "operations", description = "Long-running work"),
         (name = "events", description = "Change stream"),
         (name = "cluster", description = "Control-plane replicas"),
@@ -67,6 +71,19 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(volumes::move_volume))
         .routes(routes!(volumes::attach_volume))
         .routes(routes!(volumes::detach_volume))
+        .routes(routes!(networks::list_networks, networks::create_network))
+        .routes(routes!(networks::get_network, networks::delete_network))
+        .routes(routes!(networks::network_ports))
+        .routes(routes!(
+            security_groups::list_security_groups,
+            security_groups::create_security_group
+        ))
+        .routes(routes!(
+            security_groups::get_security_group,
+            security_groups::delete_security_group
+        ))
+        .routes(routes!(security_groups::add_security_rule))
+        .routes(routes!(security_groups::delete_security_rule))
         .routes(routes!(snapshots::create_volume_snapshot))
         .routes(routes!(snapshots::revert_volume_snapshot))
         .routes(routes!(snapshots::delete_volume_snapshot))

@@ -87,6 +87,10 @@ impl App {
                         .and_then(Op::put(&host_key, encode(&host)));
                 }
             }
+            // Its addresses and MACs go with it.
+            for op in super::ipam::release_ops(&cur.value) {
+                txn = txn.and_then(op);
+            }
             // Its volumes outlive it, detached (as a cloud's instance delete leaves volumes).
             for d in &cur.value.spec.volumes {
                 let vkey = keys::volume(cur.value.project.as_str(), d.volume.as_str());

@@ -237,6 +237,7 @@ mod tests {
                 deleted: false,
                 placement: Default::default(),
                 volumes: vec![],
+                nics: vec![],
             },
             status: VmStatus {
                 phase,

@@ -108,7 +108,15 @@ impl App {
             .repo
             .list::<serde_json::Value>(&keys::images_of(name), None, 1)
             .await?;
-        if !vms.is_empty() || !images.is_empty() {
+        let (networks, _, _) = self
+            .repo
+            .list::<serde_json::Value>(&keys::networks_of(name), None, 1)
+            .await?;
+        let (groups, _, _) = self
+            .repo
+            .list::<serde_json::Value>(&keys::security_groups_of(name), None, 1)
+            .await?;
+        if !vms.is_empty() || !images.is_empty() || !networks.is_empty() || !groups.is_empty() {
             self.repo
                 .update::<Project, _>(&key, |p| {
                     p.deleting = false;
@@ -116,7 +124,7 @@ impl App {
                 })
                 .await?;
             return Err(ApiError::conflict(format!(
-                "project \"{name}\" still owns VMs or images; delete them first"
+                "project \"{name}\" still owns VMs, images, networks or security groups; delete them first"
             )));
         }
         let project = marked;

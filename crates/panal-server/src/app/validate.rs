@@ -241,6 +241,7 @@ mod tests {
                 agent_version: String::new(),
                 cpu_flags: Vec::new(),
                 storage: Vec::new(),
+                tunnel_address: None,
             },
             allocation: HostAllocation::default(),
             labels: labels.clone(),

@@ -36,6 +36,7 @@ pub(super) struct CreateContext {
     hosts: Option<Arc<Vec<Host>>>,
     projects: HashMap<String, Versioned<Project>>,
     limits: HashMap<HypervisorKind, Option<(u32, u64)>>,
+    nics: super::ipam::NicContext,
 }
 
 /// A validated create: the VM and its operation, not yet written.
@@ -49,6 +50,8 @@ pub(super) struct PlannedCreate {
     pub op: Operation,
     /// The volume it boots from, as validation read it (taken in the same transaction).
     pub boot: Option<Versioned<Volume>>,
+    /// Its NICs' address-management records (compared absent and written with the VM).
+    pub nics: super::ipam::PlannedNics,
 }
 
 impl App {
@@ -116,6 +119,9 @@ impl App {
             Some(v) => Some(self.boot_volume(project_name, v).await?),
             None => None,
         };
+        let nics = self
+            .plan_nics(&mut ctx.nics, project_name, &name, &req.nics)
+            .await?;
         let start = req.start.unwrap_or(true);
         let op_id = OperationId::new();
         let vm = Vm {
@@ -142,6 +148,7 @@ impl App {
                 deleted: false,
                 placement,
                 volumes: boot_volume.iter().map(|(_, d)| d.clone()).collect(),
+                nics: nics.nics.clone(),
             },
             status: VmStatus {
                 phase: VmPhase::Pending,
@@ -166,17 +173,31 @@ impl App {
             vm,
             op,
             boot: boot_volume.map(|(v, _)| v),
+            nics,
         })
     }
 
     /// Creates a VM (and starts it unless `start: false`).
     pub async fn create_vm(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {
+        // A NIC's address can be taken by a concurrent create between planning and writing:
+        // plan again (the lost address is then seen as taken).
+        for _ in 0..7 {
+            match self.create_vm_once(req.clone()).await {
+                Err(e) if e.code == ErrorCode::Internal && !req.nics.is_empty() => continue,
+                r => return r,
+            }
+        }
+        self.create_vm_once(req).await
+    }
+
+    async fn create_vm_once(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {
         let p = self.plan_create(&mut CreateContext::default(), req).await?;
         let mut txn = Txn::new()
             .when(Compare::absent(&p.key))
             .when(Compare::unchanged(&p.project_key, p.project_rev))
             .and_then(Op::put(&p.key, encode(&p.vm)))
             .and_then(Op::put(&keys::op(&p.op.id), encode(&p.op)));
+        txn = with_nics(txn, &p.nics);
         if let Some(v) = &p.boot {
             // The volume is the VM's from the same instant; a concurrent attach loses.
             let vkey = keys::volume(p.vm.project.as_str(), v.value.name.as_str());
@@ -244,9 +265,15 @@ impl App {
                     .map_err(|e| e.in_item(i))?,
             );
         }
-        // Per VM: one compare and two puts; per project: one compare.
+        // Per VM: one compare and two puts, and per NIC two compares and two puts (networks
+        // are compared once per VM at most); per project: one compare.
         let max = self.repo.store().max_txn_ops();
-        let chunk = ((max - ctx.projects.len().min(max / 2)) / 2).max(1);
+        let per_vm = planned
+            .iter()
+            .map(|p| 2 + p.nics.ops.len())
+            .max()
+            .unwrap_or(2);
+        let chunk = ((max - ctx.projects.len().min(max / 2)) / per_vm).max(1);
         let mut written: Vec<(usize, u64)> = Vec::new();
         for (c, part) in planned.chunks(chunk).enumerate() {
             let mut txn = Txn::new();
@@ -259,6 +286,7 @@ impl App {
                     .when(Compare::absent(&p.key))
                     .and_then(Op::put(&p.key, encode(&p.vm)))
                     .and_then(Op::put(&keys::op(&p.op.id), encode(&p.op)));
+                txn = with_nics(txn, &p.nics);
             }
             let r = match self.repo.txn(txn).await {
                 Ok(r) if r.succeeded => r,
@@ -328,10 +356,13 @@ impl App {
     async fn take_back(&self, planned: &[PlannedCreate], written: &[(usize, u64)]) {
         for &(i, rev) in written {
             let p = &planned[i];
-            let txn = Txn::new()
+            let mut txn = Txn::new()
                 .when(Compare::unchanged(&p.key, rev))
                 .and_then(Op::delete(&p.key))
                 .and_then(Op::delete(&keys::op(&p.op.id)));
+            for op in super::ipam::release_ops(&p.vm) {
+                txn = txn.and_then(op);
+            }
             match self.repo.txn(txn).await {
                 Ok(r) if r.succeeded => {}
                 _ => {
@@ -361,4 +392,15 @@ impl InItem for ApiError {
         self.message = format!("vms[{i}]: {}", self.message);
         self
     }
+}
+
+/// Adds what a VM's NICs take to its create transaction.
+fn with_nics(mut txn: Txn, nics: &super::ipam::PlannedNics) -> Txn {
+    for c in &nics.compares {
+        txn = txn.when(c.clone());
+    }
+    for op in &nics.ops {
+        txn = txn.and_then(op.clone());
+    }
+    txn
 }

@@ -297,6 +297,7 @@ fn dry_run(
             hypervisor: vm.spec.hypervisor,
             placement: &vm.spec.placement,
             volumes: &vm.spec.volumes,
+            networked: !vm.spec.nics.is_empty(),
         };
         let choice = place(
             &req,

@@ -252,6 +252,7 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
             hypervisor: vm.spec.hypervisor,
             placement: &vm.spec.placement,
             volumes: &vm.spec.volumes,
+            networked: !vm.spec.nics.is_empty(),
         };
         let c = &st.cluster;
         let plan = place(

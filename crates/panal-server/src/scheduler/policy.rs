@@ -204,6 +204,8 @@ pub struct Candidate {
     pub hypervisors: Vec<HypervisorInfo>,
     /// Its shared storage pools (their volumes can be opened here).
     pub shared_pools: Vec<String>,
+    /// It carries virtual networks (has a tunnel address).
+    pub networks: bool,
     /// One bit per available hypervisor kind ([`hypervisor_bit`]): the filter every request
     /// runs, answered without following `hypervisors` to the heap (the walk over a large pool
     /// is bound by memory reads, not arithmetic).
@@ -239,6 +241,7 @@ impl Candidate {
             labels: host.labels.clone(),
             zone: host.zone.clone(),
             hypervisors: host.inventory.hypervisors.clone(),
+            networks: host.inventory.tunnel_address.is_some(),
             shared_pools: host
                 .inventory
                 .storage

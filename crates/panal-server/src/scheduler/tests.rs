@@ -27,6 +27,7 @@ fn host(name: &str, cpus: u32, mem_gib: u64, state: HostState) -> Host {
             agent_version: String::new(),
             cpu_flags: Vec::new(),
             storage: Vec::new(),
+            tunnel_address: None,
         },
         allocation: HostAllocation::default(),
         labels: Default::default(),
@@ -47,6 +48,7 @@ fn req(vcpus: u32, mem_gib: u64, placement: &Placement) -> Request<'_> {
         hypervisor: HypervisorKind::Fake,
         placement,
         volumes: &[],
+        networked: false,
     }
 }
 

@@ -5,6 +5,7 @@ mod console;
 mod host;
 mod host_token;
 mod image;
+pub(crate) mod network;
 mod operation;
 mod output;
 mod project;
@@ -77,6 +78,12 @@ pub enum Command {
     /// Manage volumes (disks in storage pools).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Manage virtual networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Manage security groups (stateful firewall rules of NICs).
+    #[command(subcommand)]
+    SecurityGroup(network::SecurityGroupCommand),
     /// Inspect hosts.
     #[command(subcommand)]
     Host(host::HostCommand),
@@ -135,6 +142,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Vm(c) => vm::run(&client(&cli)?, cli.output, c).await,
         Command::Image(c) => image::run(&client(&cli)?, cli.output, c).await,
         Command::Volume(c) => volume::run(&client(&cli)?, cli.output, c).await,
+        Command::Network(c) => network::run(&client(&cli)?, cli.output, c).await,
+        Command::SecurityGroup(c) => network::run_groups(&client(&cli)?, cli.output, c).await,
         Command::Host(c) => host::run(&client(&cli)?, cli.output, c).await,
         Command::Project(c) => project::run(&client(&cli)?, cli.output, c).await,
         Command::Operation(c) => operation::run(&client(&cli)?, cli.output, c).await,

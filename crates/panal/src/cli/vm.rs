@@ -116,6 +116,9 @@ pub struct CreateArgs {
     /// Boot from this volume instead of an image (its root file system at /dev/vda).
     #[arg(long, value_name = "VOLUME", conflicts_with = "image")]
     pub boot_volume: Option<String>,
+    /// A NIC: network=NAME[,ip=ADDR][,mac=MAC][,sg=GROUP+GROUP] (repeatable; eth0, eth1, ...).
+    #[arg(long = "nic", value_name = "network=NAME,...", value_parser = super::network::parse_nic)]
+    pub nics: Vec<panal_types::network::NicRequest>,
     /// Virtual CPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -230,6 +233,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 memory_bytes: a.memory,
                 image: a.image.clone(),
                 boot_volume: a.boot_volume.clone(),
+                nics: a.nics.clone(),
                 hypervisor: a.hypervisor,
                 machine: a.machine,
                 labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
