@@ -290,15 +290,19 @@ fn security_group_opens_and_closes_a_tcp_port() {
     let (ip_a, ip_b) = (Ipv4Addr::new(10, 30, 0, 2), Ipv4Addr::new(10, 30, 0, 3));
     let a = lab.vm("a", &h1, "vpa", mac(0x2a), Some("10.30.0.2/24"));
     let b = lab.vm("b", &h2, "vpb", mac(0x2b), Some("10.30.0.3/24"));
-    // A: open egress; ingress TCP 9090 from B. B: open egress; ingress ICMP only, for now.
+    // C shares A's host: its flows to A never leave the bridge, so A's ingress chain is
+    // checked on the local path too.
+    let c = lab.vm("c", &h1, "vpc", mac(0x2c), Some("10.30.0.4/24"));
+    // A: open egress; ingress TCP 9090 from B only. B: open egress; ingress ICMP only, for now.
     let mut pa = port("vpa", a.mac, ip_a);
     pa.ingress
         .push(rule(Protocol::Tcp, Some((9090, 9090)), "10.30.0.3/32"));
+    let pc = port("vpc", c.mac, Ipv4Addr::new(10, 30, 0, 4));
     let plan_a = plan(vec![network(
         3001,
         &[&h2],
         vec![(b.mac, h2.underlay)],
-        vec![pa],
+        vec![pa, pc],
     )]);
     let plan_b = |ingress_tcp: bool| {
         let mut pb = port("vpb", b.mac, ip_b);
@@ -325,6 +329,14 @@ fn security_group_opens_and_closes_a_tcp_port() {
         b.connects(SocketAddr::from((ip_a, 9090))),
         "B's outbound flow: its replies pass B's closed ingress"
     );
+    assert!(
+        c.pings(ip_a),
+        "C reaches A on the local bridge (ICMP allowed)"
+    );
+    assert!(
+        !c.connects(SocketAddr::from((ip_a, 9090))),
+        "A's TCP 9090 is open to B only, also locally"
+    );
 
     let r = h2.apply(&plan_b(true));
     assert!(
@@ -332,6 +344,7 @@ fn security_group_opens_and_closes_a_tcp_port() {
         "{r:?}"
     );
     assert!(a.connects(to_b), "ingress rule added: TCP 8080 open");
+    assert!(!c.connects(to_b), "the rule names A's address; C stays out");
 
     h2.apply(&plan_b(false));
     assert!(!a.connects(to_b), "ingress rule removed: closed again");
