@@ -18,6 +18,7 @@ declare -A NEED=(
   [gzip]=gzip
   [python3]=python3
   [ip]=iproute2  # the network namespaces of the multi-host test lab
+  [nft]=nftables  # panal-net: anti-spoofing and security groups
 )
 
 missing=()

@@ -21,6 +21,7 @@
 //!     returns on a match, drops otherwise) and `meta mark and 0xffff vmap @ingress` (the receiver
 //!     port's ingress chain accepts on a match, drops otherwise). Vmap dispatch keeps the cost per
 //!     NEW packet to the rules of the two ports involved, however many ports the host has.
+//!
 //! A chain `fp_<hash>` in each table carries a fingerprint of the rendered text, so a re-apply of
 //! the same plan is recognised without touching the kernel's ruleset.
 

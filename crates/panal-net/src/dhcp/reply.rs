@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode};
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 
 use crate::mac::MacAddr;
 use crate::plan::DhcpLease;
@@ -21,15 +21,15 @@ pub(crate) fn reply(req: &Message, mac: MacAddr, lease: &DhcpLease) -> Option<Me
         MessageType::Discover => MessageType::Offer,
         MessageType::Request => {
             // A client that chose another server (option 54) is not ours to answer.
-            if let Some(DhcpOption::ServerIdentifier(id)) =
-                req.opts().get(dhcproto::v4::OptionCode::ServerIdentifier)
-            {
-                if *id != lease.server_id {
-                    return None;
-                }
+            let chosen = match req.opts().get(OptionCode::ServerIdentifier) {
+                Some(DhcpOption::ServerIdentifier(id)) => Some(*id),
+                _ => None,
+            };
+            if chosen.is_some_and(|id| id != lease.server_id) {
+                return None;
             }
             // SELECTING/INIT-REBOOT name the address in option 50; RENEWING/REBINDING in ciaddr.
-            let wanted = match req.opts().get(dhcproto::v4::OptionCode::RequestedIpAddress) {
+            let wanted = match req.opts().get(OptionCode::RequestedIpAddress) {
                 Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
                 _ => req.ciaddr(),
             };
@@ -106,7 +106,6 @@ pub(crate) fn prefix_mask(len: u8) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dhcproto::v4::OptionCode;
 
     fn lease() -> DhcpLease {
         DhcpLease {

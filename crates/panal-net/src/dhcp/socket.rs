@@ -11,10 +11,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-const ETH_P_IP: u16 = 0x0800;
+/// All protocols: a socket bound to one protocol is served after the bridge's rx handler, which
+/// has consumed the frame by then; only "all protocol" taps see a bridge port's frames first.
+const ETH_P_ALL: u16 = 0x0003;
 
 /// `sll_pkttype` of frames this host sends: our own replies, seen again; skipped.
-pub(crate) const PACKET_OUTGOING: u8 = libc::PACKET_OUTGOING as u8;
+pub(crate) const PACKET_OUTGOING: u8 = libc::PACKET_OUTGOING;
 
 /// Accept IPv4, UDP, unfragmented, destination port 67; drop everything else in the kernel.
 fn dhcp_filter() -> [libc::sock_filter; 11] {
@@ -78,7 +80,7 @@ impl PacketSocket {
         // SAFETY: an all-zero sockaddr_ll is a valid value of this plain C struct.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_IP.to_be();
+        sll.sll_protocol = ETH_P_ALL.to_be();
         sll.sll_ifindex = ifindex as i32;
         // SAFETY: `sll` is a valid sockaddr_ll and the length says so.
         let rc = unsafe {

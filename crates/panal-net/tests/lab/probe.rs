@@ -1,0 +1,112 @@
+//! Observation points inside a VM: nftables counters on `eth0` ingress (the netdev family sees
+//! every frame that reaches the guest, ARP and IPv6 included), TCP listeners and connects, UDP
+//! senders, all run on threads that entered the VM's namespace.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::{Vm, enter};
+
+impl Vm {
+    /// Adds a counter `name` of frames arriving at the guest that match `expr` (nft syntax).
+    pub fn count(&self, name: &str, expr: &str) {
+        let script = format!(
+            "table netdev lab {{\n counter {name} {{ }}\n chain in {{ type filter hook ingress device eth0 priority -500; policy accept; }}\n}}\nadd rule netdev lab in {expr} counter name {name}\n"
+        );
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "counter {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Packets counted so far by counter `name`.
+    pub fn counted(&self, name: &str) -> u64 {
+        let out = self.must(&["nft", "-j", "list", "counter", "netdev", "lab", name]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|i| i.get("counter"))
+            .and_then(|c| c["packets"].as_u64())
+            .expect("counter in output")
+    }
+
+    /// Whether a TCP connection to `addr` opens within 2 s, tried from inside the VM.
+    pub fn connects(&self, addr: SocketAddr) -> bool {
+        let ns = self.ns.clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A TCP listener on `port` inside the VM, accepting until dropped.
+    pub fn listen(&self, port: u16) -> TcpServer {
+        let ns = self.ns.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            enter(&ns);
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                if l.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        rx.recv().expect("listener up");
+        TcpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Sends one UDP datagram from `sport` to `dst:dport` (broadcast allowed) from inside the VM.
+    pub fn send_udp(&self, sport: u16, dst: Ipv4Addr, dport: u16) {
+        let ns = self.ns.clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let s = UdpSocket::bind(("0.0.0.0", sport)).expect("bind udp");
+            s.set_broadcast(true).unwrap();
+            for _ in 0..3 {
+                s.send_to(b"offer-ish", (dst, dport)).expect("send udp");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
