@@ -30,6 +30,8 @@ pub(crate) struct LinkInfo {
     pub info_kind: Option<String>,
     #[serde(default)]
     pub info_data: serde_json::Value,
+    #[serde(default)]
+    pub info_slave_data: serde_json::Value,
 }
 
 impl Link {
@@ -39,6 +41,15 @@ impl Link {
 
     fn data(&self, key: &str) -> Option<&serde_json::Value> {
         self.linkinfo.as_ref()?.info_data.get(key)
+    }
+
+    /// Whether the bridge learns source MACs on this port (true when unknown).
+    fn learns(&self) -> bool {
+        self.linkinfo
+            .as_ref()
+            .and_then(|i| i.info_slave_data.get("learning"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true)
     }
 
     fn is_up(&self) -> bool {
@@ -173,6 +184,10 @@ pub(crate) fn diff_links(
             if l.mtu != mtu || l.master.as_deref() != Some(br.as_str()) || !l.is_up() {
                 ch.batch
                     .push(format!("link set dev {vx} mtu {mtu} master {br} up"));
+                ch.batch.push(no_learning(&vx));
+                ch.changed += 1;
+            } else if l.learns() {
+                ch.batch.push(no_learning(&vx));
                 ch.changed += 1;
             }
         } else {
@@ -185,6 +200,7 @@ pub(crate) fn diff_links(
                 net.vni, underlay.local, underlay.port
             ));
             ch.batch.push(format!("link set dev {vx} master {br} up"));
+            ch.batch.push(no_learning(&vx));
             ch.created += 1;
         }
 
@@ -217,6 +233,13 @@ pub(crate) fn diff_links(
 
 fn num(v: Option<&serde_json::Value>) -> Option<u64> {
     v?.as_u64()
+}
+
+/// The bridge must not learn MACs behind the VXLAN port: where remote NICs are is the control
+/// plane's to say (the tunnel's forwarding entries). A learned entry would outlive a VM that
+/// moved onto this host and silently send its traffic to the old one until it aged out.
+fn no_learning(vx: &str) -> String {
+    format!("link set dev {vx} type bridge_slave learning off")
 }
 
 /// Runs `ip -batch -`: one process for all the changes; it stops at the first failing line and
@@ -254,6 +277,7 @@ mod tests {
             linkinfo: Some(LinkInfo {
                 info_kind: Some(kind.into()),
                 info_data: data,
+                info_slave_data: serde_json::json!({ "learning": false }),
             }),
         }
     }
@@ -314,6 +338,7 @@ mod tests {
                 "link set dev pnb7 up",
                 "link add name pnx7 mtu 1450 type vxlan id 7 local 10.250.0.1 dstport 4789 nolearning",
                 "link set dev pnx7 master pnb7 up",
+                "link set dev pnx7 type bridge_slave learning off",
                 "tuntap add dev pnt00000001 mode tap",
                 "link set dev pnt00000001 mtu 1450 master pnb7 up",
             ]

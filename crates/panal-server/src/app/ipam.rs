@@ -133,9 +133,9 @@ impl App {
             }
             let subnet: Ipv4Net = net.value.cidr.parse().map_err(|_| ApiError::internal())?;
             let id = net.value.id;
-            if !ctx.taken.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = ctx.taken.entry(id) {
                 let (ips, macs) = self.taken_in(&id).await?;
-                ctx.taken.insert(id, ips);
+                slot.insert(ips);
                 ctx.macs.insert(id, macs);
             }
             let taken = ctx.taken.get_mut(&id).ok_or_else(ApiError::internal)?;

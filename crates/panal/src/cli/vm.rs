@@ -18,9 +18,9 @@ use std::time::Duration;
 pub enum VmCommand {
     /// Create a VM (and start it unless --no-start).
     #[command(
-        after_help = "Examples:\n  panal vm create web-1 --vcpus 2 --memory 1G --image tiny --wait\n  panal vm create web --count 20 --image tiny   (web-1 .. web-20)"
+        after_help = "Examples:\n  panal vm create web-1 --vcpus 2 --memory 1G --image tiny --wait\n  panal vm create web --count 20 --image tiny   (web-1 .. web-20)\n  panal vm create app --image tiny --nic network=lan,sg=web"
     )]
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List VMs of a project.
     List(ProjectArg),
     /// Show one VM with its status and recent events.

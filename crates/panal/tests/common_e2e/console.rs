@@ -28,7 +28,12 @@ impl Console {
     /// Opens the console and waits for a shell prompt (typing before the shell runs is lost,
     /// so the caller waits for the readiness line first).
     pub async fn open(client: &Client, name: &str) -> Console {
-        let mut conn = client.console(None, name).await.expect("console opens");
+        Self::open_in(client, None, name).await
+    }
+
+    /// Opens the console of a VM of `project`.
+    pub async fn open_in(client: &Client, project: Option<&str>, name: &str) -> Console {
+        let mut conn = client.console(project, name).await.expect("console opens");
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let out = Arc::new(Mutex::new(Vec::new()));
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -48,14 +53,59 @@ impl Console {
             }
             c.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let mut con = Console {
+        Self::with_prompt(Console {
             name: name.into(),
             out,
             closed,
             tx,
             offset: 0,
             task,
-        };
+        })
+        .await
+    }
+
+    /// Opens a VM's console straight on its QEMU's socket (a file: reachable from any network
+    /// namespace), for VMs on remote hosts whose consoles the API does not carry.
+    pub async fn open_socket(path: &std::path::Path, name: &str) -> Console {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::UnixStream::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("console socket {}: {e}", path.display()));
+        let (mut rd, mut wr) = sock.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (o, c) = (out.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(b) => if wr.write_all(&b).await.is_err() { break },
+                        None => break,
+                    },
+                    got = rd.read(&mut buf) => match got {
+                        Ok(n) if n > 0 => o.lock().unwrap().extend_from_slice(&buf[..n]),
+                        _ => break,
+                    },
+                }
+            }
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        Self::with_prompt(Console {
+            name: name.into(),
+            out,
+            closed,
+            tx,
+            offset: 0,
+            task,
+        })
+        .await
+    }
+
+    /// Waits for a shell prompt on a freshly opened console.
+    async fn with_prompt(mut con: Console) -> Console {
+        let name = con.name.clone();
         // An empty line makes the shell print a fresh prompt for this connection.
         for _ in 0..10 {
             con.send_raw(b"\n");

@@ -1,0 +1,442 @@
+//! Virtual networks across two namespace hosts with real QEMU guests: a `panal server` in the
+//! lab's gateway namespace, two `panal agent`s each in its own namespace, VMs on a VXLAN
+//! overlay between them.
+//!
+//! Shows: guests get their planned addresses by DHCP and ping each other across hosts; a
+//! project using the same CIDR cannot reach them; a security-group rule opens a TCP port of a
+//! running guest and its removal closes it again; a guest forging its source address is not
+//! heard; after a VM moves host (a drain: stop here, start there) its peer reaches it again;
+//! deleting everything leaves no bridge, VXLAN device, tap or nftables table on either host.
+
+mod common_e2e;
+mod common_netns;
+
+use common_e2e::console::Console;
+use common_e2e::{Scratch, guest_dir, tiny, wait_vm};
+use common_netns::{NetLab, NsChild};
+use panal_client::Client;
+use panal_types::host::HostState;
+use panal_types::join::JoinTokenCreate;
+use panal_types::network::{NetworkCreate, NicRequest, SecurityGroupCreate, SecurityRuleCreate};
+use panal_types::project::ProjectCreate;
+use panal_types::vm::{Vm, VmCreate, VmPhase};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const API: &str = "127.0.0.1:7180";
+const AGENT_PORT: u16 = 7181;
+const RUNNING: Duration = Duration::from_secs(120);
+const GUEST: Duration = Duration::from_secs(60);
+
+struct Lab<'a> {
+    lab: &'a NetLab,
+    root: PathBuf,
+    server: Option<NsChild>,
+    agents: Vec<NsChild>,
+    _cleanups: Vec<common_e2e::Cleanup>,
+}
+
+impl Lab<'_> {
+    fn log(&self, name: &str) -> Stdio {
+        Stdio::from(std::fs::File::create(self.root.join(format!("{name}.log"))).unwrap())
+    }
+
+    fn host_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("host-{i}"))
+    }
+
+    fn start_server(&mut self) {
+        let gw = self.lab.gateway_ip();
+        let child = self.lab.spawn_gateway(
+            Command::new(env!("CARGO_BIN_EXE_panal"))
+                .args(["server", "--data-dir"])
+                .arg(self.root.join("cp"))
+                .args(["--listen", API])
+                .args(["--agent-listen", &format!("{gw}:{AGENT_PORT}")])
+                .args(["--host-lease-ttl", "6"])
+                .arg("--guest-dir")
+                .arg(guest_dir())
+                .env("PANAL_LOG", "info")
+                .stdout(self.log("server"))
+                .stderr(self.log("server.err")),
+        );
+        self.server = Some(child);
+    }
+
+    fn start_agent(&mut self, i: usize, token: &str) {
+        let url = format!("https://{}:{AGENT_PORT}", self.lab.gateway_ip());
+        let child = self.lab.spawn(
+            i,
+            Command::new(env!("CARGO_BIN_EXE_panal"))
+                .args(["agent", "--join", &url, "--token", token])
+                .args(["--name", &format!("host-{i}")])
+                .arg("--data-dir")
+                .arg(self.host_dir(i))
+                .args(["--heartbeat", "2"])
+                .env("PANAL_LOG", "info,panal_net=debug")
+                .stdout(self.log(&format!("agent-{i}")))
+                .stderr(self.log(&format!("agent-{i}.err"))),
+        );
+        self.agents.push(child);
+    }
+
+    async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.root.join("cp/client.toml"))
+                && let Some(token) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("token = "))
+                    .map(|t| t.trim_matches('"').to_owned())
+            {
+                let c = Client::new(&format!("http://{API}"), &token);
+                if c.image(None, "tiny").await.is_ok() {
+                    return c;
+                }
+            }
+            assert!(Instant::now() < deadline, "the server did not come up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The serial console of a VM, on the socket its QEMU has in its host's data directory.
+    async fn console(&self, vm: &Vm) -> Console {
+        let host: usize = vm
+            .status
+            .host
+            .as_ref()
+            .and_then(|h| h.as_str().strip_prefix("host-"))
+            .and_then(|i| i.parse().ok())
+            .expect("placed on a lab host");
+        let sock = self
+            .host_dir(host)
+            .join("qemu/vms")
+            .join(vm.id.to_string())
+            .join("console.sock");
+        Console::open_socket(&sock, vm.name.as_str()).await
+    }
+
+    /// Links of host `i` that a network made (prefix `pn`), and its nftables tables.
+    fn leftovers(&self, i: usize) -> Vec<String> {
+        let ns = self.lab.netns_name(i);
+        let links = Command::new("ip")
+            .args(["-n", &ns, "-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        let mut left: Vec<String> = String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+            .filter(|n| n.starts_with("pn"))
+            .collect();
+        let tables = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "list", "tables"])
+            .output()
+            .expect("nft");
+        left.extend(
+            String::from_utf8_lossy(&tables.stdout)
+                .lines()
+                .filter(|l| l.contains("panal"))
+                .map(str::to_owned),
+        );
+        left
+    }
+}
+
+/// A tiny guest with one NIC (the server spreads them over the two hosts).
+fn guest(name: &str, project: Option<&str>, nic: NicRequest) -> VmCreate {
+    let mut req = tiny(name, 128);
+    req.project = project.map(str::to_owned);
+    req.nics = vec![nic];
+    req
+}
+
+fn nic(network: &str, groups: &[&str]) -> NicRequest {
+    NicRequest {
+        network: network.into(),
+        security_groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..NicRequest::default()
+    }
+}
+
+/// Creates a VM and waits until it runs and its guest has applied the planned address.
+async fn running_with_address(lab: &Lab<'_>, client: &Client, req: VmCreate) -> (Vm, Console) {
+    let name = req.name.clone();
+    let project = req.project.clone();
+    client.create_vm(&req).await.expect("create accepted");
+    let deadline = Instant::now() + RUNNING;
+    let vm = loop {
+        let v = client.vm(project.as_deref(), &name).await.ok();
+        if let Some(v) = v.filter(|v| v.status.phase == VmPhase::Running) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{name} did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ip = vm.spec.nics[0].ip;
+    let mut console = lab.console(&vm).await;
+    console
+        .wait_for(&format!("PANAL-GUEST-DHCP eth0 {ip}/"), GUEST)
+        .await;
+    (vm, console)
+}
+
+/// Whether `ping` from the console's guest gets an answer from `to` (optionally from `from`).
+async fn pings(console: &mut Console, to: &str, from: Option<&str>) -> bool {
+    let src = from.map(|f| format!("-I {f} ")).unwrap_or_default();
+    let out = console
+        .run(&format!("ping -c 2 -W 2 {src}{to} 2>&1 | tail -2"), GUEST)
+        .await;
+    out.contains(" 0% packet loss") || out.contains("2 packets received")
+}
+
+/// Whether the guest's HTTP GET of `url` (`ADDR PORT`) answers `hello` (busybox `nc`: its
+/// `wget` crashes in a static build).
+async fn http_ok(console: &mut Console, url: &str) -> bool {
+    let out = console
+        .run(
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {url} 2>&1"),
+            GUEST,
+        )
+        .await;
+    out.contains("hello")
+}
+
+#[test]
+fn two_hosts_one_overlay() {
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(&scratch.data).unwrap();
+    let lab = NetLab::new(2);
+    let mut l = Lab {
+        lab: &lab,
+        root: scratch.data.clone(),
+        server: None,
+        agents: Vec::new(),
+        _cleanups: (0..2)
+            .map(|i| common_e2e::Cleanup {
+                dir: scratch.data.join(format!("host-{i}")),
+            })
+            .collect(),
+    };
+    l.start_server();
+    lab.block_on_in_gateway(async {
+        let client = l.client().await;
+        for i in 0..2 {
+            let t = client
+                .create_join_token(&JoinTokenCreate::default())
+                .await
+                .expect("token");
+            l.start_agent(i, &t.token);
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let hosts = client.list_hosts(None).await.expect("hosts").items;
+            if hosts.len() == 2
+                && hosts
+                    .iter()
+                    .all(|h| h.state == HostState::Ready && h.inventory.tunnel_address.is_some())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "hosts never became ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // One network in the default project, the same CIDR in another project.
+        let lan = |project: Option<&str>| NetworkCreate {
+            name: "lan".into(),
+            project: project.map(str::to_owned),
+            cidr: "10.77.0.0/24".into(),
+            ..NetworkCreate::default()
+        };
+        client.create_network(&lan(None)).await.expect("network");
+        client
+            .create_project(&ProjectCreate {
+                name: "other".into(),
+                description: None,
+            })
+            .await
+            .expect("project");
+        client
+            .create_network(&lan(Some("other")))
+            .await
+            .expect("network");
+        // Pings in, everything out; TCP 8080 comes later.
+        let icmp_in = SecurityRuleCreate {
+            direction: "ingress".into(),
+            protocol: Some("icmp".into()),
+            ..SecurityRuleCreate::default()
+        };
+        let group = |project: Option<&str>| SecurityGroupCreate {
+            name: "base".into(),
+            project: project.map(str::to_owned),
+            rules: None,
+        };
+        client
+            .create_security_group(&group(None))
+            .await
+            .expect("group");
+        client
+            .add_security_rule(None, "base", &icmp_in)
+            .await
+            .expect("rule");
+        client
+            .create_security_group(&group(Some("other")))
+            .await
+            .expect("group");
+        client
+            .add_security_rule(Some("other"), "base", &icmp_in)
+            .await
+            .expect("rule");
+
+        // Two guests on two hosts: DHCP gives each its planned address; they ping each other.
+        let (a, mut ca) =
+            running_with_address(&l, &client, guest("a", None, nic("lan", &["base"]))).await;
+        let (b, mut cb) =
+            running_with_address(&l, &client, guest("b", None, nic("lan", &["base"]))).await;
+        let (a_ip, b_ip) = (a.spec.nics[0].ip.to_string(), b.spec.nics[0].ip.to_string());
+        assert_ne!(a_ip, b_ip);
+        assert_ne!(
+            a.status.host, b.status.host,
+            "a and b must run on different hosts"
+        );
+        assert!(
+            pings(&mut ca, &b_ip, None).await,
+            "a cannot reach b across hosts"
+        );
+        assert!(
+            pings(&mut cb, &a_ip, None).await,
+            "b cannot reach a across hosts"
+        );
+
+        // Another project's guest on the same CIDR (it even gets a's address) reaches nobody of
+        // the default project.
+        let (c, mut cc) = running_with_address(
+            &l,
+            &client,
+            guest("c", Some("other"), nic("lan", &["base"])),
+        )
+        .await;
+        assert_eq!(
+            c.spec.nics[0].ip.to_string(),
+            a_ip,
+            "the same CIDR, the same first address"
+        );
+        assert!(
+            !pings(&mut cc, &b_ip, None).await,
+            "project other reached b"
+        );
+
+        // A security group opens TCP 8080 of the running b, and closes it again.
+        cb.run(
+            "mkdir -p /www && echo hello > /www/index.html && httpd -p 8080 -h /www",
+            GUEST,
+        )
+        .await;
+        let url = format!("{b_ip} 8080");
+        assert!(!http_ok(&mut ca, &url).await, "8080 open before any rule");
+        let rule = client
+            .add_security_rule(
+                None,
+                "base",
+                &SecurityRuleCreate {
+                    direction: "ingress".into(),
+                    protocol: Some("tcp".into()),
+                    port_min: Some(8080),
+                    ..SecurityRuleCreate::default()
+                },
+            )
+            .await
+            .expect("rule");
+        let opened = Instant::now() + Duration::from_secs(20);
+        while !http_ok(&mut ca, &url).await {
+            assert!(Instant::now() < opened, "the new rule never opened 8080");
+        }
+        client
+            .delete_security_rule(None, "base", &rule.id)
+            .await
+            .expect("rule removed");
+        let closed = Instant::now() + Duration::from_secs(20);
+        while http_ok(&mut ca, &url).await {
+            assert!(
+                Instant::now() < closed,
+                "removing the rule never closed 8080"
+            );
+        }
+
+        // A forged source address is not heard (the genuine one still is).
+        ca.run("ip addr add 10.77.0.99/24 dev eth0", GUEST).await;
+        assert!(
+            !pings(&mut ca, &b_ip, Some("10.77.0.99")).await,
+            "a forged source was answered"
+        );
+        assert!(
+            pings(&mut ca, &b_ip, None).await,
+            "the genuine source no longer works"
+        );
+
+        // b moves host (a drain stops it on host-1 and starts it on host-0): a reaches it again.
+        drop(cb);
+        drop(cc);
+        let (from, to) = (
+            b.status.host.clone().unwrap(),
+            a.status.host.clone().unwrap(),
+        );
+        client.drain_host(from.as_str()).await.expect("drain");
+        let moved = wait_vm(&client, "b", "running on a's host", RUNNING, |v| {
+            v.status.phase == VmPhase::Running && v.status.host.as_ref() == Some(&to)
+        })
+        .await;
+        assert_eq!(
+            moved.spec.nics[0].ip.to_string(),
+            b_ip,
+            "the address follows the VM"
+        );
+        let mut cb = l.console(&moved).await;
+        cb.wait_for(&format!("PANAL-GUEST-DHCP eth0 {b_ip}/"), GUEST)
+            .await;
+        let back = Instant::now() + Duration::from_secs(30);
+        while !pings(&mut ca, &b_ip, None).await {
+            assert!(Instant::now() < back, "a never reached b after it moved");
+        }
+        drop(cb);
+        drop(ca);
+
+        // Everything deleted: nothing of the networks is left on either host.
+        for (project, name) in [(None, "a"), (None, "b"), (Some("other"), "c")] {
+            client.delete_vm(project, name).await.expect("delete");
+        }
+        let gone = Instant::now() + RUNNING;
+        for (project, name) in [(None, "a"), (None, "b"), (Some("other"), "c")] {
+            while client.vm(project, name).await.is_ok() {
+                assert!(Instant::now() < gone, "{name} was not deleted");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        for project in [None, Some("other")] {
+            client
+                .delete_network(project, "lan")
+                .await
+                .expect("network delete");
+            client
+                .delete_security_group(project, "base")
+                .await
+                .expect("group delete");
+        }
+        let clean = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left: Vec<String> = (0..2).flat_map(|i| l.leftovers(i)).collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < clean, "left behind on the hosts: {left:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    for mut a in l.agents.drain(..) {
+        a.kill();
+    }
+    if let Some(mut s) = l.server.take() {
+        s.kill();
+    }
+}
