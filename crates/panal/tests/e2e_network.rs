@@ -10,138 +10,21 @@
 
 mod common_e2e;
 mod common_netns;
+mod common_pool;
 
 use common_e2e::console::Console;
-use common_e2e::{Scratch, guest_dir, tiny, wait_vm};
-use common_netns::{NetLab, NsChild};
+use common_e2e::{Scratch, tiny, wait_vm};
+use common_netns::NetLab;
+use common_pool::NsPool;
 use panal_client::Client;
-use panal_types::host::HostState;
-use panal_types::join::JoinTokenCreate;
 use panal_types::network::{NetworkCreate, NicRequest, SecurityGroupCreate, SecurityRuleCreate};
 use panal_types::project::ProjectCreate;
 use panal_types::vm::{Vm, VmCreate, VmPhase};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const API: &str = "127.0.0.1:7180";
-const AGENT_PORT: u16 = 7181;
 const RUNNING: Duration = Duration::from_secs(120);
 const GUEST: Duration = Duration::from_secs(60);
-
-struct Lab<'a> {
-    lab: &'a NetLab,
-    root: PathBuf,
-    server: Option<NsChild>,
-    agents: Vec<NsChild>,
-    _cleanups: Vec<common_e2e::Cleanup>,
-}
-
-impl Lab<'_> {
-    fn log(&self, name: &str) -> Stdio {
-        Stdio::from(std::fs::File::create(self.root.join(format!("{name}.log"))).unwrap())
-    }
-
-    fn host_dir(&self, i: usize) -> PathBuf {
-        self.root.join(format!("host-{i}"))
-    }
-
-    fn start_server(&mut self) {
-        let gw = self.lab.gateway_ip();
-        let child = self.lab.spawn_gateway(
-            Command::new(env!("CARGO_BIN_EXE_panal"))
-                .args(["server", "--data-dir"])
-                .arg(self.root.join("cp"))
-                .args(["--listen", API])
-                .args(["--agent-listen", &format!("{gw}:{AGENT_PORT}")])
-                .args(["--host-lease-ttl", "6"])
-                .arg("--guest-dir")
-                .arg(guest_dir())
-                .env("PANAL_LOG", "info")
-                .stdout(self.log("server"))
-                .stderr(self.log("server.err")),
-        );
-        self.server = Some(child);
-    }
-
-    fn start_agent(&mut self, i: usize, token: &str) {
-        let url = format!("https://{}:{AGENT_PORT}", self.lab.gateway_ip());
-        let child = self.lab.spawn(
-            i,
-            Command::new(env!("CARGO_BIN_EXE_panal"))
-                .args(["agent", "--join", &url, "--token", token])
-                .args(["--name", &format!("host-{i}")])
-                .arg("--data-dir")
-                .arg(self.host_dir(i))
-                .args(["--heartbeat", "2"])
-                .env("PANAL_LOG", "info,panal_net=debug")
-                .stdout(self.log(&format!("agent-{i}")))
-                .stderr(self.log(&format!("agent-{i}.err"))),
-        );
-        self.agents.push(child);
-    }
-
-    async fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(self.root.join("cp/client.toml"))
-                && let Some(token) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("token = "))
-                    .map(|t| t.trim_matches('"').to_owned())
-            {
-                let c = Client::new(&format!("http://{API}"), &token);
-                if c.image(None, "tiny").await.is_ok() {
-                    return c;
-                }
-            }
-            assert!(Instant::now() < deadline, "the server did not come up");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The serial console of a VM, on the socket its QEMU has in its host's data directory.
-    async fn console(&self, vm: &Vm) -> Console {
-        let host: usize = vm
-            .status
-            .host
-            .as_ref()
-            .and_then(|h| h.as_str().strip_prefix("host-"))
-            .and_then(|i| i.parse().ok())
-            .expect("placed on a lab host");
-        let sock = self
-            .host_dir(host)
-            .join("qemu/vms")
-            .join(vm.id.to_string())
-            .join("console.sock");
-        Console::open_socket(&sock, vm.name.as_str()).await
-    }
-
-    /// Links of host `i` that a network made (prefix `pn`), and its nftables tables.
-    fn leftovers(&self, i: usize) -> Vec<String> {
-        let ns = self.lab.netns_name(i);
-        let links = Command::new("ip")
-            .args(["-n", &ns, "-o", "link", "show"])
-            .output()
-            .expect("ip link");
-        let mut left: Vec<String> = String::from_utf8_lossy(&links.stdout)
-            .lines()
-            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
-            .filter(|n| n.starts_with("pn"))
-            .collect();
-        let tables = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", "list", "tables"])
-            .output()
-            .expect("nft");
-        left.extend(
-            String::from_utf8_lossy(&tables.stdout)
-                .lines()
-                .filter(|l| l.contains("panal"))
-                .map(str::to_owned),
-        );
-        left
-    }
-}
 
 /// A tiny guest with one NIC (the server spreads them over the two hosts).
 fn guest(name: &str, project: Option<&str>, nic: NicRequest) -> VmCreate {
@@ -160,7 +43,7 @@ fn nic(network: &str, groups: &[&str]) -> NicRequest {
 }
 
 /// Creates a VM and waits until it runs and its guest has applied the planned address.
-async fn running_with_address(lab: &Lab<'_>, client: &Client, req: VmCreate) -> (Vm, Console) {
+async fn running_with_address(lab: &NsPool<'_>, client: &Client, req: VmCreate) -> (Vm, Console) {
     let name = req.name.clone();
     let project = req.project.clone();
     client.create_vm(&req).await.expect("create accepted");
@@ -205,42 +88,12 @@ async fn http_ok(console: &mut Console, url: &str) -> bool {
 #[test]
 fn two_hosts_one_overlay() {
     let scratch = Scratch::new();
-    std::fs::create_dir_all(&scratch.data).unwrap();
     let lab = NetLab::new(2);
-    let mut l = Lab {
-        lab: &lab,
-        root: scratch.data.clone(),
-        server: None,
-        agents: Vec::new(),
-        _cleanups: (0..2)
-            .map(|i| common_e2e::Cleanup {
-                dir: scratch.data.join(format!("host-{i}")),
-            })
-            .collect(),
-    };
+    let mut l = NsPool::new(&lab, scratch.data.clone());
     l.start_server();
     lab.block_on_in_gateway(async {
         let client = l.client().await;
-        for i in 0..2 {
-            let t = client
-                .create_join_token(&JoinTokenCreate::default())
-                .await
-                .expect("token");
-            l.start_agent(i, &t.token);
-        }
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let hosts = client.list_hosts(None).await.expect("hosts").items;
-            if hosts.len() == 2
-                && hosts
-                    .iter()
-                    .all(|h| h.state == HostState::Ready && h.inventory.tunnel_address.is_some())
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "hosts never became ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        l.join_all(&client).await;
 
         // One network in the default project, the same CIDR in another project.
         let lan = |project: Option<&str>| NetworkCreate {
@@ -375,6 +228,35 @@ fn two_hosts_one_overlay() {
             "the genuine source no longer works"
         );
 
+        // The agent of a's host restarts: it converges to the same plan without touching the
+        // running guest's plumbing (same tap, same QEMU), and a still reaches b.
+        let ha = NsPool::host_of(&a);
+        let taps_before = taps(&lab, ha);
+        assert!(!taps_before.is_empty(), "no tap on a's host");
+        let qemu_before = common_e2e::qemu_pid(&l.host_dir(ha), a.id);
+        l.start_agent(ha, None);
+        // The old agent is dead: a later sign of life is the new one's.
+        let seen = client
+            .host(&format!("host-{ha}"))
+            .await
+            .expect("host")
+            .last_seen;
+        let back = Instant::now() + Duration::from_secs(30);
+        loop {
+            let h = client.host(&format!("host-{ha}")).await.expect("host");
+            if h.state == panal_types::host::HostState::Ready && h.last_seen > seen {
+                break;
+            }
+            assert!(Instant::now() < back, "the restarted agent never came back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(taps(&lab, ha), taps_before, "the restart recreated a tap");
+        assert_eq!(common_e2e::qemu_pid(&l.host_dir(ha), a.id), qemu_before);
+        assert!(
+            pings(&mut ca, &b_ip, None).await,
+            "a lost b after its agent restarted"
+        );
+
         // b moves host (a drain stops it on host-1 and starts it on host-0): a reaches it again.
         drop(cb);
         drop(cc);
@@ -433,10 +315,25 @@ fn two_hosts_one_overlay() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    for mut a in l.agents.drain(..) {
-        a.kill();
-    }
-    if let Some(mut s) = l.server.take() {
-        s.kill();
-    }
+}
+
+/// The taps on host `i` with their interface indexes (a recreated tap gets a new index).
+fn taps(lab: &NetLab, i: usize) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", &lab.netns_name(i), "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": pnt"))
+        .map(|l| {
+            l.split('@')
+                .next()
+                .unwrap_or(l)
+                .split(" mtu")
+                .next()
+                .unwrap_or(l)
+                .to_owned()
+        })
+        .collect()
 }
