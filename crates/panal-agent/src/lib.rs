@@ -7,6 +7,7 @@ pub mod boot;
 pub mod inventory;
 pub mod link;
 pub mod remote;
+pub mod transfer;
 mod vm_task;
 pub mod volumes;
 
