@@ -442,3 +442,57 @@ async fn moves_across_hosts_are_refused_with_the_field() {
     }
     assert!(lab.staged().is_empty());
 }
+
+/// Throughput of a move to another host (in-process host to a remote agent over mutual TLS on
+/// loopback) against `qemu-img convert` of the same file in the same run. A measurement, not a
+/// check: `cargo test -p panal --test agent_volumes -- --ignored --nocapture`
+/// (`PANAL_MOVE_MIB`, default 512, bytes written all over the volume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn move_throughput_against_qemu_img_convert() {
+    let mib: u64 = std::env::var("PANAL_MOVE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let lab = lab().await;
+    let c = &lab.tp.client;
+    let a = c
+        .create_volume(&volume_on("big", "local", mib))
+        .await
+        .unwrap();
+    wait_op(c, &a.operation).await;
+    let src = lab.pool_of("local").join(&a.volume.file);
+    // Non-zero data everywhere (qemu-io's pattern write), so neither side can skip holes.
+    write_at(&src, 0x5c, 0, mib << 20);
+    let bytes = std::fs::metadata(&src).unwrap().len();
+    let out = lab.tp.dir.path().join("convert.qcow2");
+    let t0 = std::time::Instant::now();
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "qcow2"])
+        .arg(&src)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let convert = t0.elapsed();
+    std::fs::remove_file(&out).unwrap();
+    let t0 = std::time::Instant::now();
+    let m = c
+        .move_volume_to(None, "big", &to_host("far"))
+        .await
+        .unwrap();
+    let op = wait_op(c, &m.operation).await;
+    let moved = t0.elapsed();
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let rate = |d: Duration| (bytes as f64 / (1 << 20) as f64) / d.as_secs_f64();
+    println!(
+        "{} MiB file: qemu-img convert {:.0} MiB/s ({:.2} s); move to another host {:.0} MiB/s \
+         ({:.2} s); ratio {:.2}",
+        bytes >> 20,
+        rate(convert),
+        convert.as_secs_f64(),
+        rate(moved),
+        moved.as_secs_f64(),
+        convert.as_secs_f64() / moved.as_secs_f64()
+    );
+}
