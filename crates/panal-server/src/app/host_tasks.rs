@@ -3,7 +3,9 @@
 //! transaction and dequeue the task.
 //!
 //! A task stays queued until its agent reports it finished, so an agent that restarts or
-//! reconnects receives it again: agents make every task idempotent.
+//! reconnects receives it again: agents make every task idempotent. A move to another host is
+//! several tasks of one operation (`HostTask.operation`): the report of one step queues the
+//! next in its transaction (see `volume_transfer`).
 
 use super::App;
 use super::volume_transfer as transfer;
