@@ -304,7 +304,7 @@ impl App {
                 };
                 let path = staging(store, task.operation_id());
                 let part = path.with_extension("part");
-                let (size_bytes, sha256) = write_capped(body, &part, cap, declared).await?;
+                let (size_bytes, sha256) = write_capped(body, &part, cap, declared, false).await?;
                 tokio::fs::rename(&part, &path)
                     .await
                     .map_err(|e| io_error("cannot stage the volume", e))?;
@@ -344,7 +344,7 @@ impl App {
                 .map_err(|e| io_error("cannot create the image directory", e))?;
             let disk = partial.join("disk");
             let cap = store.max_virtual_size.saturating_add(FILE_SLACK);
-            let (size_bytes, sha256) = write_capped(body, &disk, cap, declared).await?;
+            let (size_bytes, sha256) = write_capped(body, &disk, cap, declared, true).await?;
             let info = inspect(&store.qemu_img, &disk, "image").await?;
             check_disk(&info, image.format, store.max_virtual_size, "image")?;
             Ok::<_, ApiError>((size_bytes, sha256, info.virtual_size))
@@ -420,12 +420,15 @@ fn staging(store: &ImageStore, op: OperationId) -> PathBuf {
 }
 
 /// Writes `body` to `dst` with its SHA-256, refusing more than `cap` bytes or a length other
-/// than `declared`.
+/// than `declared`; synced to disk when `durable` (a staged file is not: if it is lost or torn
+/// in a crash, the target's checksum refuses it and the move fails, leaving the volume where
+/// it was).
 async fn write_capped<R: AsyncRead + Unpin>(
     mut body: R,
     dst: &Path,
     cap: u64,
     declared: Option<u64>,
+    durable: bool,
 ) -> Result<(u64, String), ApiError> {
     if declared.is_some_and(|d| d > cap) {
         return Err(ApiError::new(
@@ -471,7 +474,12 @@ async fn write_capped<R: AsyncRead + Unpin>(
                 format!("the upload broke off after {done} bytes"),
             ));
         }
-        out.sync_all()
+        if durable {
+            out.sync_all()
+                .await
+                .map_err(|e| io_error("cannot write an upload", e))?;
+        }
+        out.flush()
             .await
             .map_err(|e| io_error("cannot write an upload", e))
     }
