@@ -1,11 +1,16 @@
-//! Turning a VM's image reference into files on this host that the driver can boot.
+//! Turning a VM's image reference into files on this host that the driver can boot, and the
+//! other files a host exchanges with the control plane for its volume tasks (an exported
+//! volume going up as an image, a volume moving to another host going up and coming down).
 
 use async_trait::async_trait;
 use panal_driver::BootSource;
+use panal_types::Name;
 use panal_types::OperationId;
 use panal_types::vm::Vm;
-use panal_types::volume::ImageCopy;
-use std::path::PathBuf;
+use panal_types::volume::{FileDigest, ImageCopy};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// Resolves what a VM boots from.
 #[async_trait]
@@ -20,6 +25,35 @@ pub trait BootResolver: Send + Sync + 'static {
             "this host cannot fetch image \"{}\" for a volume",
             image.name
         ))
+    }
+
+    /// Hands `file`, which task `task` of `host` produced (an export, or a volume moving to
+    /// another host), to the control plane; answers with the length and SHA-256 that arrived,
+    /// checked against what was read. `done` counts the bytes sent.
+    async fn upload(
+        &self,
+        host: &Name,
+        task: OperationId,
+        file: &Path,
+        done: &Arc<AtomicU64>,
+    ) -> Result<FileDigest, String> {
+        let _ = (host, task, file, done);
+        Err("this host cannot send files to the control plane".into())
+    }
+
+    /// Fetches the file that `receive` task `task` of `host` takes into the new file `dst`
+    /// (at most `limit` bytes); answers with the length and SHA-256 written. `done` counts
+    /// the bytes received.
+    async fn download(
+        &self,
+        host: &Name,
+        task: OperationId,
+        dst: &Path,
+        limit: u64,
+        done: &Arc<AtomicU64>,
+    ) -> Result<FileDigest, String> {
+        let _ = (host, task, dst, limit, done);
+        Err("this host cannot fetch files from the control plane".into())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod link;
 pub mod network;
 pub mod remote;
+pub mod transfer;
 mod vm_task;
 pub mod volumes;
 

@@ -1,18 +1,20 @@
 //! Volume files in this host's pools: the host tasks the control plane queues (create, clone,
-//! grow, delete, snapshot), done with `qemu-img` (or through the hypervisor of the VM that has
-//! the volume open), and the paths VMs open.
+//! grow, delete, snapshot, export, the steps of a move to another host), done with `qemu-img`
+//! (or through the hypervisor of the VM that has the volume open), and the paths VMs open.
 //!
 //! Every task is idempotent, because a task whose report was lost is sent again: a new file is
 //! written under a temporary name and renamed into place only when complete, growing to a size
-//! the file already has does nothing, and deleting a missing file succeeds.
+//! the file already has does nothing, deleting a missing file succeeds, and an upload the
+//! control plane already took is answered with the same digest.
 
 use crate::boot::BootResolver;
 use crate::link::{DynLink, LinkError};
 use futures::StreamExt;
 use panal_driver::DynVmHandle;
+use panal_types::image::DiskFormat;
 use panal_types::volume::{
-    CloneFrom, DiskAttachment, HostTaskReport, SnapshotDisk, SnapshotStep, VolumeAction,
-    VolumeFormat,
+    CloneFrom, DiskAttachment, FileDigest, HostTask, HostTaskReport, SnapshotDisk, SnapshotStep,
+    VolumeAction, VolumeFormat,
 };
 use panal_types::{Name, OperationId};
 use panal_types::{VmId, VolumeId};
@@ -20,6 +22,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -138,21 +141,23 @@ async fn follow(
                 host: host.clone(),
                 link: link.clone(),
                 id,
+                range: (0, 100),
             };
-            let outcome = execute(&pools, &open, &*images, &task.action, &progress).await;
+            let outcome = execute(&pools, &open, &*images, &task, &progress).await;
             if let Err(e) = &outcome {
                 tracing::warn!(task = %id, volumes = ?task.volumes, error = %e, "volume task failed");
             }
-            let (message, error) = match outcome {
-                Ok(m) => (m, None),
-                Err(e) => (String::new(), Some(e)),
+            let (done, error) = match outcome {
+                Ok(d) => (d, None),
+                Err(e) => (Done::default(), Some(e)),
             };
             let report = HostTaskReport {
                 id,
                 finished: true,
                 error,
                 percent: Some(100),
-                message,
+                message: done.message,
+                file: done.file,
             };
             // Retried a few times; if the control plane stays away the task comes again
             // with the next stream and is redone (idempotently).
@@ -168,21 +173,37 @@ async fn follow(
     Ok(())
 }
 
-/// Sends progress of one task (best effort).
+/// Sends progress of one task (best effort), its percentages mapped into `range` (the part
+/// of the operation this step is).
 struct Progress {
     host: Name,
     link: DynLink,
     id: OperationId,
+    range: (u8, u8),
 }
 
 impl Progress {
+    /// The same task, reporting its percentages within `lo..hi` of this one's.
+    fn part(&self, lo: u8, hi: u8) -> Progress {
+        let (a, b) = self.range;
+        let at = |p: u8| a + ((b - a) as u16 * p as u16 / 100) as u8;
+        Progress {
+            host: self.host.clone(),
+            link: self.link.clone(),
+            id: self.id,
+            range: (at(lo), at(hi)),
+        }
+    }
+
     async fn send(&self, percent: u8, message: String) {
+        let (lo, hi) = self.range;
         let r = HostTaskReport {
             id: self.id,
             finished: false,
             error: None,
-            percent: Some(percent),
+            percent: Some(lo + ((hi - lo) as u16 * percent.min(100) as u16 / 100) as u8),
             message,
+            file: None,
         };
         if let Err(e) = self.link.report_task(&self.host, r).await {
             tracing::debug!(error = %e, "progress report failed");
@@ -190,21 +211,191 @@ impl Progress {
     }
 }
 
-/// Does one task; the text says how it went where that matters (how long a guest was paused).
+/// What a finished task tells the control plane.
+#[derive(Default)]
+struct Done {
+    /// How it went, where that matters (how long a guest was paused).
+    message: String,
+    /// The file a `send` step sent.
+    file: Option<FileDigest>,
+}
+
+impl Done {
+    fn said(message: String) -> Self {
+        Done {
+            message,
+            file: None,
+        }
+    }
+}
+
+/// Does one task.
 async fn execute(
     pools: &Pools,
     open: &OpenDisks,
     images: &dyn BootResolver,
-    action: &VolumeAction,
+    task: &HostTask,
     progress: &Progress,
-) -> Result<String, String> {
-    match action {
-        VolumeAction::Snapshot { step, name, disks } => {
-            snapshot(pools, open, *step, name, disks).await
+) -> Result<Done, String> {
+    match &task.action {
+        VolumeAction::Snapshot { step, name, disks } => snapshot(pools, open, *step, name, disks)
+            .await
+            .map(Done::said),
+        VolumeAction::Export {
+            pool,
+            file,
+            format,
+            image,
+        } => {
+            let src = pools.path(pool, file)?;
+            let tmp = pools.path(pool, &format!("{}.export", task.id))?;
+            let to = match image.format {
+                DiskFormat::Qcow2 => VolumeFormat::Qcow2,
+                DiskFormat::Raw => VolumeFormat::Raw,
+            };
+            let _ = tokio::fs::remove_file(&tmp).await;
+            let sent = async {
+                full_copy(&src, *format, &tmp, to, &progress.part(0, 50)).await?;
+                upload(images, task, &tmp, &progress.part(50, 100)).await
+            }
+            .await;
+            let _ = tokio::fs::remove_file(&tmp).await;
+            let d = sent?;
+            Ok(Done::said(format!(
+                "exported as image {} ({} bytes, sha256 {})",
+                image.name, d.size_bytes, d.sha256
+            )))
         }
+        VolumeAction::Send { pool, file, .. } => {
+            let path = pools.path(pool, file)?;
+            let d = upload(images, task, &path, &progress.part(0, 50)).await?;
+            Ok(Done {
+                message: format!("sent {} bytes", d.size_bytes),
+                file: Some(d),
+            })
+        }
+        VolumeAction::Receive {
+            to, format, digest, ..
+        } => receive(pools, images, task, to, *format, digest, progress)
+            .await
+            .map(Done::said),
         other => file_task(pools, images, other, progress)
             .await
-            .map(|()| String::new()),
+            .map(|()| Done::default()),
+    }
+}
+
+/// Sends a file to the control plane for `task`, with progress.
+async fn upload(
+    images: &dyn BootResolver,
+    task: &HostTask,
+    file: &Path,
+    progress: &Progress,
+) -> Result<FileDigest, String> {
+    let total = tokio::fs::metadata(file)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .len();
+    let done = Arc::new(AtomicU64::new(0));
+    with_progress(
+        images.upload(&task.host, task.id, file, &done),
+        &done,
+        total,
+        "sent",
+        progress,
+    )
+    .await
+}
+
+/// Step two of a move to another host: fetch the file, check it is what the source read and
+/// a self-contained disk of the volume's format, then put it in place.
+async fn receive(
+    pools: &Pools,
+    images: &dyn BootResolver,
+    task: &HostTask,
+    to: &panal_types::volume::MoveTarget,
+    format: VolumeFormat,
+    want: &FileDigest,
+    progress: &Progress,
+) -> Result<String, String> {
+    let dst = pools.path(&to.pool, &to.file)?;
+    if tokio::fs::try_exists(&dst).await.unwrap_or(false) {
+        // Received before (the file is renamed into place only when verified); the report
+        // was lost.
+        return Ok("received".into());
+    }
+    let tmp = dst.with_extension("part");
+    let done = Arc::new(AtomicU64::new(0));
+    let got = with_progress(
+        images.download(&task.host, task.id, &tmp, want.size_bytes, &done),
+        &done,
+        want.size_bytes,
+        "received",
+        &progress.part(50, 100),
+    )
+    .await;
+    let checked = match got {
+        Ok(got) if got != *want => Err(format!(
+            "the copy does not match the original (got {} bytes, sha256 {}; the source read {}              bytes, sha256 {})",
+            got.size_bytes, got.sha256, want.size_bytes, want.sha256
+        )),
+        Ok(_) => check_self_contained(&tmp, format).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = checked {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, &dst)
+        .await
+        .map_err(|e| format!("cannot move the copy into place: {e}"))?;
+    Ok(format!(
+        "received {} bytes, sha256 verified",
+        want.size_bytes
+    ))
+}
+
+/// Refuses a received file whose header is not `format` or that references other files.
+async fn check_self_contained(path: &Path, format: VolumeFormat) -> Result<(), String> {
+    let v = image_info_as(path, format).await?;
+    if v["format"].as_str() != Some(format.as_str()) {
+        return Err(format!(
+            "the received file is {}, not {}",
+            v["format"],
+            format.as_str()
+        ));
+    }
+    if v.get("backing-filename").is_some() || v["format-specific"]["data"]["data-file"].is_string()
+    {
+        return Err("the received file references other files".into());
+    }
+    Ok(())
+}
+
+/// Runs `work` while reporting `done` of `total` bytes every half second.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    done: &AtomicU64,
+    total: u64,
+    verb: &str,
+    progress: &Progress,
+) -> T {
+    tokio::pin!(work);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                let n = done.load(Ordering::Relaxed);
+                let pct = (n.saturating_mul(100) / total.max(1)).min(100) as u8;
+                if last != Some(pct) {
+                    last = Some(pct);
+                    progress
+                        .send(pct, format!("{verb} {} of {} MiB", n >> 20, total >> 20))
+                        .await;
+                }
+            }
+        }
     }
 }
 
@@ -215,7 +406,10 @@ async fn file_task(
     progress: &Progress,
 ) -> Result<(), String> {
     match action {
-        VolumeAction::Snapshot { .. } => Err("not a file task".into()),
+        VolumeAction::Snapshot { .. }
+        | VolumeAction::Export { .. }
+        | VolumeAction::Send { .. }
+        | VolumeAction::Receive { .. } => Err("not a file task".into()),
         VolumeAction::Create {
             pool,
             file,
@@ -243,6 +437,7 @@ async fn file_task(
                         file: parent,
                         format: pformat,
                         linked: true,
+                        ..
                     }),
                     _,
                 ) => {
@@ -254,10 +449,11 @@ async fn file_task(
                         file: parent,
                         format: pformat,
                         linked: false,
+                        pool: from_pool,
                     }),
                     _,
                 ) => {
-                    let ppath = pools.path(pool, parent)?;
+                    let ppath = pools.path(from_pool.as_deref().unwrap_or(pool), parent)?;
                     full_copy(&ppath, *pformat, &tmp, *format, progress).await?;
                     grow_file(&tmp, *format, *size_bytes).await
                 }
@@ -313,7 +509,7 @@ async fn file_task(
                 .await
                 .map_err(|e| format!("copied, but cannot remove {}: {e}", src.display()))
         }
-        VolumeAction::Delete { pool, file } => {
+        VolumeAction::Delete { pool, file } | VolumeAction::Discard { pool, file } => {
             let path = pools.path(pool, file)?;
             let _ = tokio::fs::remove_file(path.with_extension("part")).await;
             match tokio::fs::remove_file(&path).await {
@@ -388,6 +584,24 @@ async fn snapshot_names(path: &Path) -> Result<Vec<String>, String> {
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// `qemu-img info` of a file read as `format` (not probed), as JSON.
+async fn image_info_as(path: &Path, format: VolumeFormat) -> Result<serde_json::Value, String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", format.as_str()])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the received file is not a readable {} image: {}",
+            format.as_str(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// `qemu-img info` of a file as JSON; `shared` reads it even while another process holds it.

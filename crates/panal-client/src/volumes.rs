@@ -3,7 +3,7 @@
 use crate::{Client, ClientError, page_query, project_query, seg};
 use panal_types::page::Page;
 use panal_types::volume::{
-    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeMove, VolumeResize,
+    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeExport, VolumeMove, VolumeResize,
 };
 use reqwest::Method;
 
@@ -78,11 +78,41 @@ impl Client {
         name: &str,
         pool: &str,
     ) -> Result<VolumeAccepted, ClientError> {
+        let req = VolumeMove {
+            pool: Some(pool.into()),
+            host: None,
+        };
+        self.move_volume_to(project, name, &req).await
+    }
+
+    /// Moves a detached volume to another pool, of its host or of another host.
+    pub async fn move_volume_to(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        req: &VolumeMove,
+    ) -> Result<VolumeAccepted, ClientError> {
         self.call(
             Method::POST,
             &format!("/api/v1/volumes/{}/move", seg(name)),
             &project_query(project),
-            Some(&VolumeMove { pool: pool.into() }),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Exports a volume as a disk image of its project.
+    pub async fn export_volume(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        req: &VolumeExport,
+    ) -> Result<VolumeAccepted, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/volumes/{}/export", seg(name)),
+            &project_query(project),
+            Some(req),
         )
         .await
     }

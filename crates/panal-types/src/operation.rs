@@ -38,6 +38,8 @@ pub enum OperationKind {
     VolumeDetach,
     /// Move a volume to another pool.
     VolumeMove,
+    /// Export a volume as an image.
+    VolumeExport,
     /// Take a snapshot of a volume or of a VM's volumes.
     SnapshotCreate,
     /// Revert volumes to a snapshot.
@@ -65,6 +67,7 @@ impl OperationKind {
             OperationKind::VolumeAttach => "volume_attach",
             OperationKind::VolumeDetach => "volume_detach",
             OperationKind::VolumeMove => "volume_move",
+            OperationKind::VolumeExport => "volume_export",
             OperationKind::SnapshotCreate => "snapshot_create",
             OperationKind::SnapshotRevert => "snapshot_revert",
             OperationKind::SnapshotDelete => "snapshot_delete",

@@ -212,12 +212,28 @@ pub struct VolumeResize {
     pub size_bytes: u64,
 }
 
-/// A request to move a detached volume to another pool of its host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A request to move a detached volume to another pool of its host, or to another host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMove {
-    /// The pool to move it to.
-    pub pool: String,
+    /// The pool to move it to (default: a pool of the same name on the target host).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The host to move it to (default: its own). The file is copied through the control
+    /// plane and verified; the volume switches host only once the copy is complete.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// A request to export a volume's current contents as a disk image of its project.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeExport {
+    /// The new image's name, unique among the project's images.
+    pub image: String,
+    /// The image's format (default qcow2): a standalone file without a backing chain.
+    #[serde(default)]
+    pub format: Option<crate::image::DiskFormat>,
 }
 
 /// A request to attach a volume to a VM.
@@ -320,6 +336,96 @@ pub enum VolumeAction {
         /// The file inside the pool.
         file: String,
     },
+    /// Convert the file into a standalone disk image (no backing chain) and hand it to the
+    /// control plane's image store, which registers it.
+    Export {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+        /// Its format.
+        format: VolumeFormat,
+        /// The image it becomes.
+        image: ExportImage,
+    },
+    /// First step of a move to another host: send the file as it is to the control plane,
+    /// which keeps it until the target host has fetched it.
+    Send {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+        /// Its format.
+        format: VolumeFormat,
+        /// Where it goes.
+        to: MoveTarget,
+    },
+    /// Second step of a move to another host: fetch the file the source host sent, verify it
+    /// against the source's size and SHA-256, and put it into the pool.
+    Receive {
+        /// Where it goes on this host.
+        to: MoveTarget,
+        /// Its format.
+        format: VolumeFormat,
+        /// What the source host read.
+        digest: FileDigest,
+        /// Where it was.
+        from: MoveSource,
+    },
+    /// Last step of a move to another host: remove the original, which the volume no longer
+    /// uses.
+    Discard {
+        /// The file's pool.
+        pool: String,
+        /// The file inside the pool.
+        file: String,
+    },
+}
+
+/// The image a volume export makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExportImage {
+    /// The image's project (the volume's).
+    pub project: Name,
+    /// The image's name.
+    pub name: Name,
+    /// Its id, chosen when the export was asked for (a repeated upload is recognised by it).
+    pub id: crate::ImageId,
+    /// Its format.
+    pub format: crate::image::DiskFormat,
+}
+
+/// Where a volume moving to another host goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MoveTarget {
+    /// The host.
+    pub host: Name,
+    /// Its pool.
+    pub pool: String,
+    /// The pool is shared.
+    pub shared: bool,
+    /// The file's name there (new, so that a stale step can never touch it).
+    pub file: String,
+}
+
+/// Where a volume moving to another host was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MoveSource {
+    /// The host.
+    pub host: Name,
+    /// Its pool.
+    pub pool: String,
+    /// The file.
+    pub file: String,
+}
+
+/// A file's length and content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileDigest {
+    /// Bytes.
+    pub size_bytes: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 /// The image a volume is copied from.
@@ -342,6 +448,9 @@ pub struct CloneFrom {
     pub format: VolumeFormat,
     /// Copy-on-write child (a qcow2 backed by the parent) or a full copy.
     pub linked: bool,
+    /// The parent's pool, when a full copy goes to another pool of the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// One piece of host-side work, queued for a host in the store until its agent reports it done.
@@ -357,6 +466,17 @@ pub struct HostTask {
     pub volumes: Vec<Name>,
     /// What to do.
     pub action: VolumeAction,
+    /// The operation it is one step of, when that is not `id` (the later steps of a move to
+    /// another host, each a task of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationId>,
+}
+
+impl HostTask {
+    /// The operation this task completes or advances.
+    pub fn operation_id(&self) -> OperationId {
+        self.operation.unwrap_or(self.id)
+    }
 }
 
 /// What an agent says about a host task.
@@ -377,4 +497,7 @@ pub struct HostTaskReport {
     /// What it is doing, for people.
     #[serde(default)]
     pub message: String,
+    /// The file a `send` step sent, as the host read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileDigest>,
 }

@@ -677,3 +677,185 @@ async fn a_boot_volume_is_the_vms_for_its_whole_life() {
     wait_op(c, &d.operation).await;
     assert_eq!(c.volume(None, "root").await.unwrap().attached_to, None);
 }
+
+/// Whether the first sector of a file read as `format` is all `byte`.
+fn sector_of_is(path: &std::path::Path, format: &str, byte: u8) -> bool {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", format, "-r", "-c", &format!("read -P {byte} 0 512")])
+        .arg(path)
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_exported_as_an_image_and_copied_back() {
+    use panal_types::image::DiskFormat;
+    use panal_types::volume::VolumeExport;
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c.create_volume(&empty("data", 16)).await.unwrap();
+    wait_op(c, &a.operation).await;
+    write_sector(&pool_file(&tp, &a.volume.file), 0x5a);
+    // A linked clone: its export must be standalone, its parent's bytes flattened in.
+    let l = c
+        .create_volume(&clone_of("child", "data", true))
+        .await
+        .unwrap();
+    wait_op(c, &l.operation).await;
+
+    let export = |volume: &'static str, image: &'static str, format: Option<DiskFormat>| async move {
+        let e = c
+            .export_volume(
+                None,
+                volume,
+                &VolumeExport {
+                    image: image.into(),
+                    format,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            e.operation.kind,
+            panal_types::operation::OperationKind::VolumeExport
+        );
+        assert_eq!(e.volume.operation, Some(e.operation.id), "busy meanwhile");
+        let op = wait_op(c, &e.operation).await;
+        assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+        op
+    };
+    let op = export("child", "golden", None).await;
+    assert!(op.progress.message.contains("golden"), "{op:?}");
+    let image = c.image(None, "golden").await.unwrap();
+    assert_eq!(image.format, Some(DiskFormat::Qcow2));
+    assert_eq!(image.virtual_size_bytes, Some(16 << 20));
+    assert_eq!(image.project.as_str(), "default");
+    let child = c.volume(None, "child").await.unwrap();
+    assert_eq!(child.operation, None, "free again");
+    let stored = tp
+        .dir
+        .path()
+        .join("images")
+        .join(image.id.to_string())
+        .join("disk");
+    assert!(
+        info(&stored).get("backing-filename").is_none(),
+        "no backing chain"
+    );
+    assert!(sector_of_is(&stored, "qcow2", 0x5a));
+
+    // A new volume from the exported image holds the same bytes.
+    let mut req = empty("restored", 1);
+    req.size_bytes = None;
+    req.source = Some(VolumeSource::Image {
+        image: "golden".into(),
+    });
+    let r = c.create_volume(&req).await.unwrap();
+    assert_eq!(
+        wait_op(c, &r.operation).await.state,
+        OperationState::Succeeded
+    );
+    let restored = c.volume(None, "restored").await.unwrap();
+    assert_eq!(restored.size_bytes, 16 << 20);
+    assert!(sector_is(&pool_file(&tp, &restored.file), 0x5a));
+
+    // Raw on request.
+    export("data", "golden-raw", Some(DiskFormat::Raw)).await;
+    let raw_image = c.image(None, "golden-raw").await.unwrap();
+    assert_eq!(raw_image.format, Some(DiskFormat::Raw));
+    assert_eq!(raw_image.virtual_size_bytes, Some(16 << 20));
+    let stored = tp
+        .dir
+        .path()
+        .join("images")
+        .join(raw_image.id.to_string())
+        .join("disk");
+    assert!(sector_of_is(&stored, "raw", 0x5a));
+
+    // Refusals, each with its status, code and field; none leaves anything behind.
+    c.create_project(&panal_types::project::ProjectCreate {
+        name: "other".into(),
+        description: None,
+    })
+    .await
+    .unwrap();
+    let busy = c.create_volume(&empty("busy", 16)).await.unwrap();
+    wait_op(c, &busy.operation).await;
+    fake_vm(&tp, "vm-a").await;
+    let at = c.attach_volume(None, "busy", "vm-a").await.unwrap();
+    wait_op(c, &at.operation).await;
+    let token = tp.platform.token.clone();
+    for (path, body, status, code, field) in [
+        ("nope/export", r#"{"image":"x"}"#, 404, "not_found", "name"),
+        (
+            "data/export?project=other",
+            r#"{"image":"x"}"#,
+            404,
+            "not_found",
+            "name",
+        ),
+        (
+            "data/export?project=ghost",
+            r#"{"image":"x"}"#,
+            404,
+            "not_found",
+            "project",
+        ),
+        (
+            "data/export",
+            r#"{"image":"golden"}"#,
+            409,
+            "already_exists",
+            "image",
+        ),
+        (
+            "data/export",
+            r#"{"image":"x","format":"vmdk"}"#,
+            400,
+            "invalid_value",
+            "format",
+        ),
+        (
+            "data/export",
+            r#"{"image":"Bad Name"}"#,
+            400,
+            "invalid_name",
+            "image",
+        ),
+        ("data/export", r#"{}"#, 400, "invalid_value", ""),
+        (
+            "data/export",
+            r#"{"image":"x","colour":"red"}"#,
+            400,
+            "unknown_field",
+            "",
+        ),
+        ("busy/export", r#"{"image":"x"}"#, 409, "conflict", ""),
+    ] {
+        let (s, v) = raw(
+            &tp,
+            Method::POST,
+            &format!("/api/v1/volumes/{path}"),
+            Some(&token),
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, status, "{path} {body}: {v}");
+        assert_eq!(v["code"], code, "{path} {body}: {v}");
+        if !field.is_empty() {
+            assert_eq!(v["field"], field, "{path} {body}: {v}");
+        }
+    }
+    let images: Vec<String> = c
+        .list_images(None, None)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| i.name.to_string())
+        .collect();
+    assert!(!images.contains(&"x".to_string()), "{images:?}");
+    assert_eq!(c.volume(None, "busy").await.unwrap().operation, None);
+}

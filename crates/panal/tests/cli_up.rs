@@ -499,6 +499,47 @@ fn volumes_from_the_cli() {
     ));
     let out = ok(&panal(&cfg, &["volume", "move", "data", "--pool", "fast"]));
     assert!(out.contains("fast"), "{out}");
+    let bad = panal(&cfg, &["volume", "move", "data", "--host", "ghost"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("ghost") && err.contains("host"), "{err}");
+
+    // Clones: linked by default, full on request (into another pool too).
+    let out = ok(&panal(&cfg, &["volume", "clone", "data", "child"]));
+    assert!(
+        out.contains("Linked clone of") && out.contains("data"),
+        "{out}"
+    );
+    let out = ok(&panal(
+        &cfg,
+        &[
+            "volume", "clone", "data", "copy", "--full", "--pool", "default", "-o", "json",
+        ],
+    ));
+    let copy: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(copy["pool"], "default", "{out}");
+    assert!(copy.get("parent").is_none(), "{out}");
+    let bad = panal(&cfg, &["volume", "clone", "data", "x", "--pool", "default"]);
+    assert!(!bad.status.success(), "--pool goes with --full");
+
+    // Export as an image, then a volume from it.
+    let out = ok(&panal(
+        &cfg,
+        &["volume", "export", "copy", "copy-image", "--wait"],
+    ));
+    assert!(out.contains("copy-image") && out.contains("qcow2"), "{out}");
+    let bad = panal(&cfg, &["volume", "export", "copy", "copy-image"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let images = ok(&panal(&cfg, &["image", "list", "-o", "json"]));
+    assert!(images.contains("copy-image"), "{images}");
+    for v in ["child", "copy"] {
+        ok(&panal(&cfg, &["volume", "delete", v]));
+    }
     ok(&panal(&cfg, &["volume", "delete", "data"]));
     let list = ok(&panal(&cfg, &["volume", "list", "-o", "json"]));
     assert_eq!(list.trim(), "[]");

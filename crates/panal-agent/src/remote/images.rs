@@ -181,4 +181,25 @@ impl BootResolver for RemoteImages {
         let _guard = lock.lock().await;
         self.file(&prefix, manifest.image, f).await
     }
+
+    async fn upload(
+        &self,
+        _host: &panal_types::Name,
+        task: OperationId,
+        file: &Path,
+        done: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<panal_types::volume::FileDigest, String> {
+        super::transfer::upload(&self.link, task, file, done).await
+    }
+
+    async fn download(
+        &self,
+        _host: &panal_types::Name,
+        task: OperationId,
+        dst: &Path,
+        limit: u64,
+        done: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<panal_types::volume::FileDigest, String> {
+        super::transfer::download(&self.link, task, dst, limit, done).await
+    }
 }

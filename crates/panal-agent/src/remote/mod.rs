@@ -9,6 +9,7 @@ mod identity;
 mod images;
 mod join;
 mod link;
+mod transfer;
 
 pub use identity::AgentIdentity;
 pub use images::RemoteImages;

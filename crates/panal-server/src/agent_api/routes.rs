@@ -1,6 +1,7 @@
 //! The agent endpoint's routes: the calls the in-process link makes (register, heartbeat,
-//! assignments, reports, host tasks and their reports) plus boot-image fetches, each bound to
-//! the caller's host.
+//! assignments, reports, host tasks and their reports) plus boot-image fetches and the volume
+//! files of host tasks (uploads of exports and moves, downloads of moves), each bound to the
+//! caller's host.
 
 use super::identity::{AgentHost, require_agent};
 use super::{KEEPALIVE, PREFIX};
@@ -34,6 +35,8 @@ pub fn router(app: App) -> Router {
         .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
         .route("/tasks/{task}/image", get(task_image_manifest))
         .route("/tasks/{task}/image/{role}", get(task_image_file))
+        .route("/tasks/{task}/upload", axum::routing::put(task_upload))
+        .route("/tasks/{task}/volume", get(task_volume))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             require_agent,
@@ -208,6 +211,38 @@ async fn task_image_file(
     Path((task, role)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     stream_file(app.task_image_file(&host, &task, &role).await?).await
+}
+
+/// Takes the file a task of the caller's host sends (an export, or a volume moving away), and
+/// answers with the length and SHA-256 that arrived.
+async fn task_upload(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path(task): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<Json<panal_types::volume::FileDigest>> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let reader = tokio_util::io::StreamReader::new(
+        body.into_data_stream()
+            .map(|c| c.map_err(std::io::Error::other)),
+    );
+    Ok(Json(
+        app.receive_task_file(&host, &task, declared, reader)
+            .await?,
+    ))
+}
+
+/// The staged volume file a `receive` task of the caller's host fetches.
+async fn task_volume(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    Path(task): Path<String>,
+) -> ApiResult<Response> {
+    stream_file(app.task_transfer_file(&host, &task).await?).await
 }
 
 /// Streams an image file with its length.

@@ -69,6 +69,7 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(volumes::get_volume, volumes::delete_volume))
         .routes(routes!(volumes::resize_volume))
         .routes(routes!(volumes::move_volume))
+        .routes(routes!(volumes::export_volume))
         .routes(routes!(volumes::attach_volume))
         .routes(routes!(volumes::detach_volume))
         .routes(routes!(networks::list_networks, networks::create_network))

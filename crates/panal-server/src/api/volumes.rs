@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use panal_types::ApiError;
 use panal_types::page::{Page, PageParams};
 use panal_types::volume::{
-    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeMove, VolumeResize,
+    Volume, VolumeAccepted, VolumeAttach, VolumeCreate, VolumeExport, VolumeMove, VolumeResize,
 };
 
 type Accepted = ApiResult<(StatusCode, Json<VolumeAccepted>)>;
@@ -83,10 +83,12 @@ pub async fn resize_volume(
     ))
 }
 
-/// Move a detached volume to another pool of its host (an operation with progress).
+/// Move a detached volume to another pool of its host, or to another host (an operation with
+/// progress; across hosts the file is copied through the control plane and verified, and the
+/// volume switches host only once the copy is complete).
 #[utoipa::path(post, path = "/api/v1/volumes/{name}/move", tag = "volumes", params(("name" = String, Path), ProjectParam),
     request_body = VolumeMove,
-    responses((status = 202, body = VolumeAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 507, body = ApiError)))]
+    responses((status = 202, body = VolumeAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError), (status = 507, body = ApiError)))]
 pub async fn move_volume(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -94,8 +96,23 @@ pub async fn move_volume(
     ApiJson(req): ApiJson<VolumeMove>,
 ) -> Accepted {
     Ok(accepted(
-        app.move_volume(q.project.as_deref(), &name, &req.pool)
-            .await?,
+        app.move_volume(q.project.as_deref(), &name, &req).await?,
+    ))
+}
+
+/// Export a volume's current contents as a disk image of its project (an operation: its host
+/// converts the file to a standalone image and uploads it; refused while a running VM uses it).
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/export", tag = "volumes", params(("name" = String, Path), ProjectParam),
+    request_body = VolumeExport,
+    responses((status = 202, body = VolumeAccepted), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn export_volume(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectParam>,
+    ApiJson(req): ApiJson<VolumeExport>,
+) -> Accepted {
+    Ok(accepted(
+        app.export_volume(q.project.as_deref(), &name, &req).await?,
     ))
 }
 

@@ -3,9 +3,12 @@
 //! transaction and dequeue the task.
 //!
 //! A task stays queued until its agent reports it finished, so an agent that restarts or
-//! reconnects receives it again: agents make every task idempotent.
+//! reconnects receives it again: agents make every task idempotent. A move to another host is
+//! several tasks of one operation (`HostTask.operation`): the report of one step queues the
+//! next in its transaction (see `volume_transfer`).
 
 use super::App;
+use super::volume_transfer as transfer;
 use crate::codec::{decode, encode};
 use crate::keys;
 use futures::StreamExt;
@@ -49,14 +52,18 @@ impl App {
     /// Takes an agent's report on one of its host's tasks.
     pub async fn report_host_task(&self, host: &str, r: HostTaskReport) -> Result<(), ApiError> {
         let task_key = keys::host_task(host, &r.id);
-        let op_key = keys::op(&r.id);
         if !r.finished {
+            // A later step of a move reports under its own id; its operation is the move's.
+            let op_id = match self.repo.get::<HostTask>(&task_key).await? {
+                Some(t) => t.value.operation_id(),
+                None => return Ok(()),
+            };
             let progress = Progress {
                 percent: r.percent.map(|p| p.min(99)),
                 message: r.message.clone(),
             };
             self.repo
-                .update::<Operation, _>(&op_key, |op| {
+                .update::<Operation, _>(&keys::op(&op_id), |op| {
                     if op.state.is_final() || op.progress == progress {
                         return Ok(false);
                     }
@@ -74,6 +81,9 @@ impl App {
             };
             let task_rev = task.mod_revision;
             let task = task.value;
+            let op_id = task.operation_id();
+            let op_key = keys::op(&op_id);
+            let error = transfer::check_report(&task, &r);
             let mut txn = Txn::new()
                 .when(Compare::unchanged(&task_key, task_rev))
                 .and_then(Op::delete(&task_key));
@@ -82,14 +92,18 @@ impl App {
                 let Some(cur) = self.repo.get::<Volume>(&vkey).await? else {
                     continue;
                 };
-                if cur.value.operation != Some(task.id) {
+                if cur.value.operation != Some(op_id) {
                     continue;
                 }
                 txn = txn.when(Compare::unchanged(&vkey, cur.mod_revision));
                 let mut v = cur.value;
+                if let (VolumeAction::Send { .. }, None) = (&task.action, &error) {
+                    // Still moving: the target host fetches it next.
+                    continue;
+                }
                 v.operation = None;
-                v.reason = r.error.clone();
-                match (&task.action, &r.error) {
+                v.reason = error.clone();
+                match (&task.action, &error) {
                     (VolumeAction::Delete { .. }, None) => {
                         txn = txn.and_then(Op::delete(&vkey));
                         if let Some(parent) = &v.parent {
@@ -121,20 +135,40 @@ impl App {
                         v.pool = to_pool.clone();
                         v.shared = *to_shared;
                     }
+                    (VolumeAction::Receive { to, .. }, None) => {
+                        // The copy is complete and verified: the volume lives there now.
+                        v.phase = VolumePhase::Ready;
+                        v.host = to.host.clone();
+                        v.pool = to.pool.clone();
+                        v.shared = to.shared;
+                        v.file = to.file.clone();
+                    }
                     (VolumeAction::Snapshot { step, name, .. }, None) => {
                         apply_snapshot(&mut v, *step, name);
                     }
+                    // A failed move, export or growth leaves the volume as it was.
                     _ => v.phase = VolumePhase::Ready,
                 }
                 txn = txn.and_then(Op::put(&vkey, encode(&v)));
+            }
+            // The next step of a move to another host, queued in the same transaction.
+            let next = transfer::next_step(&task, &r, error.is_some());
+            if let Some(next) = &next {
+                txn = txn.and_then(Op::put(
+                    &keys::host_task(next.host.as_str(), &next.id),
+                    encode(next),
+                ));
             }
             if let Some(op) = self.repo.get::<Operation>(&op_key).await?
                 && !op.value.state.is_final()
             {
                 let mut done = op.value;
                 done.updated_at = chrono::Utc::now();
-                match &r.error {
-                    None => {
+                match (&next, &error) {
+                    (Some(next), _) => {
+                        done.progress = transfer::step_progress(next);
+                    }
+                    (None, None) => {
                         done.state = OperationState::Succeeded;
                         done.progress = Progress {
                             percent: Some(100),
@@ -145,7 +179,18 @@ impl App {
                             },
                         };
                     }
-                    Some(why) => {
+                    (None, Some(why)) if matches!(task.action, VolumeAction::Discard { .. }) => {
+                        // The volume moved; only the original could not be removed.
+                        done.state = OperationState::Succeeded;
+                        done.progress = Progress {
+                            percent: Some(100),
+                            message: format!(
+                                "moved; the original on host {} stays behind: {why}",
+                                task.host
+                            ),
+                        };
+                    }
+                    (None, Some(why)) => {
                         done.state = OperationState::Failed;
                         done.error = Some(ApiError::new(ErrorCode::Conflict, why.clone()));
                         done.progress = Progress {
@@ -159,6 +204,7 @@ impl App {
                     .and_then(Op::put(&op_key, encode(&done)));
             }
             if self.repo.txn(txn).await?.succeeded {
+                self.after_transfer_step(&task, error.is_some()).await;
                 return Ok(());
             }
         }

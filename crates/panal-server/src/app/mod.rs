@@ -22,6 +22,7 @@ mod validate;
 mod vm_create;
 mod vms;
 mod volume_attach;
+mod volume_transfer;
 mod volumes;
 
 pub use agents::link_error;

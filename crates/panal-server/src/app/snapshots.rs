@@ -224,6 +224,7 @@ impl App {
                     })
                     .collect(),
             },
+            operation: None,
         };
         let mut txn = Txn::new()
             .and_then(Op::put(&keys::op(&op_id), encode(&op)))
@@ -258,7 +259,7 @@ impl App {
 }
 
 /// Whether a VM has (or is about to have) a hypervisor process that holds its disks open.
-fn in_use(vm: &Vm) -> bool {
+pub(super) fn in_use(vm: &Vm) -> bool {
     vm.spec.power_state != PowerState::Stopped
         || !matches!(
             vm.status.phase,

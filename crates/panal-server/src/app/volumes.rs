@@ -22,7 +22,7 @@ use panal_types::size::MIB;
 use panal_types::vm::Vm;
 use panal_types::volume::{
     CloneFrom, DiskAttachment, HostTask, ImageCopy, Volume, VolumeAccepted, VolumeAction,
-    VolumeCreate, VolumeFormat, VolumePhase, VolumeSource,
+    VolumeCreate, VolumeFormat, VolumeMove, VolumePhase, VolumeSource,
 };
 use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId, VolumeId};
 
@@ -117,25 +117,35 @@ impl App {
         let (host, pool) = match &parent {
             // A clone lives beside its parent: the copy is local and a linked child needs
             // its backing file in reach.
-            Some((p, _)) => {
-                if req.pool.as_deref().is_some_and(|x| x != p.value.pool)
-                    || req
-                        .host
-                        .as_deref()
-                        .is_some_and(|x| x != p.value.host.as_str())
+            // A clone is made on its parent's host: the copy is local and a linked child
+            // needs its backing file in reach, in the same pool; a full copy may go to
+            // another pool of that host.
+            Some((p, linked)) => {
+                if req
+                    .host
+                    .as_deref()
+                    .is_some_and(|x| x != p.value.host.as_str())
                 {
                     return Err(ApiError::invalid(
-                        "pool",
-                        "a clone is made in its parent's pool and host; move it afterwards",
+                        "host",
+                        "a clone is made on its parent's host; move it afterwards",
                     ));
                 }
-                let hosts = self.all_hosts_cached().await?;
-                let host = hosts
-                    .iter()
-                    .find(|h| h.name == p.value.host)
-                    .cloned()
-                    .ok_or_else(|| ApiError::unavailable("the parent's host is gone"))?;
-                (host, p.value.pool.clone())
+                let pool = match req.pool.as_deref() {
+                    Some(x) if x != p.value.pool && *linked => {
+                        return Err(ApiError::invalid(
+                            "pool",
+                            "a linked clone lives in its parent's pool; ask for a full copy \
+                             to put it elsewhere",
+                        ));
+                    }
+                    Some(x) => x.to_owned(),
+                    None => p.value.pool.clone(),
+                };
+                let host = self
+                    .host_for_volume(&pool, Some(p.value.host.as_str()))
+                    .await?;
+                (host, pool)
             }
             None => {
                 let pool = req.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
@@ -200,6 +210,12 @@ impl App {
             created_at: chrono::Utc::now(),
             revision: 0,
         };
+        let from = parent.as_ref().map(|(p, linked)| CloneFrom {
+            file: p.value.file.clone(),
+            format: p.value.format,
+            linked: *linked,
+            pool: (p.value.pool != pool).then(|| p.value.pool.clone()),
+        });
         let task = file_task(
             &volume,
             op_id,
@@ -208,11 +224,7 @@ impl App {
                 file,
                 format,
                 size_bytes,
-                from: parent.as_ref().map(|(p, linked)| CloneFrom {
-                    file: p.value.file.clone(),
-                    format: p.value.format,
-                    linked: *linked,
-                }),
+                from,
                 from_image: image.as_ref().map(|(copy, _)| copy.clone()),
             },
         );
@@ -303,7 +315,11 @@ impl App {
 
     /// The ready host that keeps a new volume in `pool`: the one asked for, else the one with
     /// the most free space there.
-    async fn host_for_volume(&self, pool: &str, host: Option<&str>) -> Result<Host, ApiError> {
+    pub(super) async fn host_for_volume(
+        &self,
+        pool: &str,
+        host: Option<&str>,
+    ) -> Result<Host, ApiError> {
         if pool.is_empty()
             || pool.len() > 63
             || !pool
@@ -492,14 +508,15 @@ impl App {
         self.commit_volume_change(txn, volume, op).await
     }
 
-    /// Moves a detached volume to another pool of its host (a copy, then the original goes).
+    /// Moves a detached volume to another pool of its host (a copy, then the original goes),
+    /// or to another host (see `volume_transfer`).
     pub async fn move_volume(
         &self,
         project: Option<&str>,
         name: &str,
-        pool: &str,
+        req: &VolumeMove,
     ) -> Result<VolumeAccepted, ApiError> {
-        retrying(|| self.try_move_volume(project, name, pool)).await
+        retrying(|| self.try_move_volume(project, name, req)).await
     }
 
     /// One attempt; `None` when a concurrent change won the race.
@@ -507,10 +524,24 @@ impl App {
         &self,
         project: Option<&str>,
         name: &str,
-        pool: &str,
+        req: &VolumeMove,
     ) -> Result<Option<VolumeAccepted>, ApiError> {
         let project = project.unwrap_or(DEFAULT_PROJECT);
         let cur = self.volume_versioned(project, name, "name").await?;
+        if let Some(h) = req.host.as_deref() {
+            let h = check_name("host", h)?;
+            if h != cur.value.host {
+                return self
+                    .try_move_to_host(cur, h.as_str(), req.pool.as_deref())
+                    .await;
+            }
+        }
+        let Some(pool) = req.pool.as_deref() else {
+            return Err(ApiError::invalid(
+                "pool",
+                "give the pool to move to (and host, to move to another host)",
+            ));
+        };
         let mut volume = cur.value.clone();
         // The target host check also validates the pool name.
         let host = self
@@ -697,6 +728,7 @@ fn file_task(v: &Volume, id: OperationId, action: VolumeAction) -> HostTask {
         project: v.project.clone(),
         volumes: vec![v.name.clone()],
         action,
+        operation: None,
     }
 }
 

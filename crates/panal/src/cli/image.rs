@@ -190,7 +190,7 @@ pub async fn run(client: &Client, format: Format, cmd: &ImageCommand) -> Result<
     }
 }
 
-fn show(format: Format, i: &Image) -> Result<()> {
+pub(super) fn show(format: Format, i: &Image) -> Result<()> {
     print(format, i, Vec::new)?;
     if format == Format::Table {
         let mut f = vec![

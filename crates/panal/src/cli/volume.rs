@@ -1,14 +1,16 @@
-//! `panal volume ...`: create (empty or cloned), list, show, resize, delete, attach, detach,
-//! snapshot.
+//! `panal volume ...`: create (empty or cloned), clone, list, show, resize, delete, move (to
+//! another pool or host), export (as an image), attach, detach, snapshot.
 
 use super::output::{Format, print, print_fields};
 use super::{api_err, wait};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use panal_client::Client;
+use panal_types::image::DiskFormat;
 use panal_types::size::{format_size, parse_size};
 use panal_types::volume::{
-    SnapshotStep, Volume, VolumeAccepted, VolumeCreate, VolumeFormat, VolumeSource,
+    SnapshotStep, Volume, VolumeAccepted, VolumeCreate, VolumeExport, VolumeFormat, VolumeMove,
+    VolumeSource,
 };
 use std::time::Duration;
 
@@ -20,6 +22,11 @@ pub enum VolumeCommand {
         after_help = "Examples:\n  panal volume create data --size 10G\n  panal volume create data-copy --from data --full\n  panal volume create scratch --size 1G --format raw --pool fast --host node-2"
     )]
     Create(CreateArgs),
+    /// Clone a volume: a linked copy-on-write child (default) or a full copy (--full).
+    #[command(
+        after_help = "Examples:\n  panal volume clone base web-1\n  panal volume clone data data-copy --full --pool fast"
+    )]
+    Clone(CloneArgs),
     /// List volumes.
     List(ProjectArg),
     /// Show a volume.
@@ -28,8 +35,16 @@ pub enum VolumeCommand {
     Resize(ResizeArgs),
     /// Delete a detached volume.
     Delete(WaitTarget),
-    /// Move a detached volume to another pool of its host (with progress).
+    /// Move a detached volume to another pool of its host, or to another host (with progress).
+    #[command(
+        after_help = "Examples:\n  panal volume move data --pool fast\n  panal volume move data --host node-2\n  panal volume move data --host node-2 --pool fast"
+    )]
     Move(MoveArgs),
+    /// Export a volume's contents as a disk image of its project (with progress).
+    #[command(
+        after_help = "Examples:\n  panal volume export data data-image\n  panal volume export root golden --format raw"
+    )]
+    Export(ExportArgs),
     /// Attach a volume to a VM (hot-plugged when it runs).
     Attach(AttachArgs),
     /// Detach a volume from its VM.
@@ -132,6 +147,54 @@ pub struct CreateArgs {
     no_wait: bool,
 }
 
+/// Arguments of `volume clone`.
+#[derive(Args, Debug)]
+pub struct CloneArgs {
+    /// The volume to clone.
+    pub source: String,
+    /// The new volume's name.
+    pub name: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Copy every block instead of making a linked copy-on-write child.
+    #[arg(long)]
+    full: bool,
+    /// With --full: put the copy in this pool of the source's host (default: the source's).
+    #[arg(long, requires = "full")]
+    pool: Option<String>,
+    /// With --full: file format of the copy (qcow2 or raw; default: the source's).
+    #[arg(long, value_parser = parse_format, requires = "full")]
+    format: Option<VolumeFormat>,
+    /// Virtual size, if larger than the source's.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Return at once instead of waiting for the file.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Arguments of `volume export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The volume.
+    pub volume: String,
+    /// The new image's name (in the volume's project).
+    pub image: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// The image's format: qcow2 (default) or raw.
+    #[arg(long, value_parser = parse_disk_format)]
+    format: Option<DiskFormat>,
+    /// Wait for the export, with progress (the default).
+    #[arg(long, conflicts_with = "no_wait")]
+    wait: bool,
+    /// Return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
 /// Arguments of `volume resize`.
 #[derive(Args, Debug)]
 pub struct ResizeArgs {
@@ -150,9 +213,13 @@ pub struct ResizeArgs {
 pub struct MoveArgs {
     #[command(flatten)]
     target: Target,
-    /// The pool to move it to.
+    /// The pool to move it to (with --host: default the same pool name there).
+    #[arg(long, required_unless_present = "host")]
+    pool: Option<String>,
+    /// The host to move it to: the file is copied through the control plane and verified,
+    /// then the original is removed.
     #[arg(long)]
-    pool: String,
+    host: Option<String>,
     /// Return at once.
     #[arg(long)]
     no_wait: bool,
@@ -169,6 +236,14 @@ pub struct AttachArgs {
     /// Return at once.
     #[arg(long)]
     no_wait: bool,
+}
+
+fn parse_disk_format(s: &str) -> Result<DiskFormat, String> {
+    match s {
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        "raw" => Ok(DiskFormat::Raw),
+        _ => Err(format!("unknown format {s:?} (expected qcow2 or raw)")),
+    }
 }
 
 fn parse_format(s: &str) -> Result<VolumeFormat, String> {
@@ -200,6 +275,49 @@ pub async fn run(client: &Client, format: Format, cmd: &VolumeCommand) -> Result
             };
             let accepted = client.create_volume(&req).await.map_err(api_err)?;
             finish(client, format, &a.target, accepted, a.no_wait).await
+        }
+        VolumeCommand::Clone(a) => {
+            let req = VolumeCreate {
+                name: a.name.clone(),
+                project: a.project.clone(),
+                size_bytes: a.size,
+                format: a.format,
+                pool: a.pool.clone(),
+                host: None,
+                source: Some(VolumeSource::Volume {
+                    volume: a.source.clone(),
+                    linked: !a.full,
+                }),
+            };
+            let accepted = client.create_volume(&req).await.map_err(api_err)?;
+            let t = Target {
+                name: a.name.clone(),
+                project: a.project.clone(),
+            };
+            finish(client, format, &t, accepted, a.no_wait).await
+        }
+        VolumeCommand::Export(a) => {
+            let req = VolumeExport {
+                image: a.image.clone(),
+                format: a.format,
+            };
+            let accepted = client
+                .export_volume(a.project.as_deref(), &a.volume, &req)
+                .await
+                .map_err(api_err)?;
+            if a.no_wait {
+                eprintln!(
+                    "exporting {} as image {} (operation {})",
+                    a.volume, a.image, accepted.operation.id
+                );
+                return Ok(());
+            }
+            wait::follow(client, &accepted.operation, Duration::from_secs(3600)).await?;
+            let image = client
+                .image(a.project.as_deref(), &a.image)
+                .await
+                .map_err(api_err)?;
+            super::image::show(format, &image)
         }
         VolumeCommand::List(p) => {
             let all = panal_client::all_pages(|t| async move {
@@ -266,8 +384,12 @@ pub async fn run(client: &Client, format: Format, cmd: &VolumeCommand) -> Result
             Ok(())
         }
         VolumeCommand::Move(a) => {
+            let req = VolumeMove {
+                pool: a.pool.clone(),
+                host: a.host.clone(),
+            };
             let accepted = client
-                .move_volume(a.target.project.as_deref(), &a.target.name, &a.pool)
+                .move_volume_to(a.target.project.as_deref(), &a.target.name, &req)
                 .await
                 .map_err(api_err)?;
             finish(client, format, &a.target, accepted, a.no_wait).await
