@@ -96,6 +96,7 @@ impl HostNetwork {
                         break;
                     }
                 };
+                tracing::debug!(networks = plan.networks.len(), "network plan received");
                 if plan.networks.is_empty() && !touched {
                     continue;
                 }
@@ -112,7 +113,14 @@ impl HostNetwork {
         for attempt in 0..5 {
             match self.net.apply(&converted).await {
                 Ok(report) => {
-                    tracing::debug!(?report, "network plan applied");
+                    if report.changes() > 0 {
+                        tracing::info!(
+                            networks = plan.networks.len(),
+                            changes = report.changes(),
+                            ?report,
+                            "network plan applied"
+                        );
+                    }
                     let nics: HashSet<String> = plan
                         .networks
                         .iter()

@@ -67,6 +67,8 @@ pub struct VmTask {
     applied: Option<(u32, u64)>,
     /// Volumes the running hypervisor has (to notice attach, detach and growth).
     disks: Vec<DiskAttachment>,
+    /// NICs the running hypervisor has (to notice plugs and unplugs).
+    nics: Vec<panal_types::network::Nic>,
     /// The hypervisor last ended uncleanly, or this agent never saw it end: check the volumes
     /// (`qemu-img check`) before they are opened again.
     check_disks: bool,
@@ -93,6 +95,7 @@ impl VmTask {
             handle,
             applied: None,
             disks: Vec::new(),
+            nics: Vec::new(),
             check_disks: true,
             restarts: 0,
             restart_at: None,
@@ -128,6 +131,7 @@ impl VmTask {
                     Some(VmCommand::Release) => {
                         self.release().await;
                         self.disks.clear();
+                        self.nics.clear();
                         self.publish_disks();
                         return;
                     }
@@ -171,6 +175,7 @@ impl VmTask {
         self.handle = None;
         self.applied = None;
         self.disks.clear();
+        self.nics.clear();
         if exit.is_failure() {
             self.check_disks = true;
         }
@@ -263,6 +268,7 @@ impl VmTask {
                     self.handle = Some(h);
                     self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
                     self.disks = vm.spec.volumes.clone();
+                    self.nics = vm.spec.nics.clone();
                     self.check_disks = false;
                     self.restart_nonce = vm.spec.restart_nonce;
                     self.failure = None;
@@ -291,6 +297,7 @@ impl VmTask {
         // Disk changes first: every later report carries this generation, which completes the
         // operation that asked for them.
         self.apply_disks(vm, &h).await;
+        self.apply_nics(vm, &h).await;
         if vm.spec.restart_nonce > self.restart_nonce {
             let r = h.reboot().await;
             self.restart_nonce = vm.spec.restart_nonce;
@@ -375,6 +382,7 @@ impl VmTask {
             }
             self.applied = None;
             self.disks.clear();
+            self.nics.clear();
             let how = if vm.spec.force_stop {
                 "powered off"
             } else {
@@ -406,7 +414,10 @@ impl VmTask {
         let (pools, check_disks) = (self.ctx.pools.clone(), self.check_disks);
         let network = self.ctx.network.clone();
         async move {
-            let nics = launch_nics(network.as_ref(), &vm).await?;
+            let mut nics = Vec::with_capacity(vm.spec.nics.len());
+            for n in &vm.spec.nics {
+                nics.push(nic_for_driver(network.as_ref(), n).await?);
+            }
             let boot = if vm.spec.volumes.first().is_some_and(|d| d.boot) {
                 BootSource::FirstDisk
             } else {
@@ -513,6 +524,50 @@ impl VmTask {
         }
     }
 
+    /// Brings the running VM's NICs to the spec: unplug what left, plug what came (once the
+    /// host's network has its tap). Each change is an event; a failed one fails the operation.
+    async fn apply_nics(&mut self, vm: &Vm, h: &DynVmHandle) {
+        if self.nics == vm.spec.nics {
+            return;
+        }
+        let gone: Vec<panal_types::network::Nic> = self
+            .nics
+            .iter()
+            .filter(|n| !vm.spec.nics.iter().any(|w| w.id == n.id))
+            .cloned()
+            .collect();
+        for n in gone {
+            let event = match h.detach_nic(&n.id).await {
+                Ok(()) => {
+                    self.nics.retain(|x| x.id != n.id);
+                    (
+                        "NicRemoved",
+                        format!("NIC {} on {} unplugged", n.id, n.network),
+                    )
+                }
+                Err(e) => ("NicRemoveFailed", format!("unplugging NIC {}: {e}", n.id)),
+            };
+            self.report(vm, VmPhase::Running, Some(event), false).await;
+        }
+        for w in &vm.spec.nics {
+            if self.nics.iter().any(|n| n.id == w.id) {
+                continue;
+            }
+            let plugged = match nic_for_driver(self.ctx.network.as_ref(), w).await {
+                Ok(nic) => h.attach_nic(&nic).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let event = match plugged {
+                Ok(()) => {
+                    self.nics.push(w.clone());
+                    ("NicAdded", format!("NIC {} on {} plugged", w.id, w.network))
+                }
+                Err(e) => ("NicAddFailed", format!("plugging NIC {}: {e}", w.id)),
+            };
+            self.report(vm, VmPhase::Running, Some(event), false).await;
+        }
+    }
+
     fn base_report(&self, vm: &Vm, phase: VmPhase) -> VmStatusReport {
         VmStatusReport {
             id: vm.id,
@@ -571,34 +626,25 @@ impl VmTask {
 
 /// A volume's file, grown to the size the spec asks (it may have been resized while the VM was
 /// stopped), as the driver opens it.
-/// The VM's NICs as the driver takes them, once the host's network has their taps.
-async fn launch_nics(
+/// A NIC as the driver takes it, once the host's network has its tap.
+async fn nic_for_driver(
     network: Option<&crate::network::HostNetwork>,
-    vm: &Vm,
-) -> Result<Vec<panal_driver::NetNic>, DriverError> {
-    if vm.spec.nics.is_empty() {
-        return Ok(Vec::new());
-    }
+    n: &panal_types::network::Nic,
+) -> Result<panal_driver::NetNic, DriverError> {
     let Some(net) = network else {
         return Err(DriverError::Launch(
             "this host carries no virtual networks (agent started without them)".into(),
         ));
     };
-    let ids: Vec<String> = vm.spec.nics.iter().map(|n| n.id.clone()).collect();
-    net.wait_ports(&ids, NIC_READY_TIMEOUT)
+    net.wait_ports(std::slice::from_ref(&n.id), NIC_READY_TIMEOUT)
         .await
         .map_err(DriverError::Launch)?;
-    Ok(vm
-        .spec
-        .nics
-        .iter()
-        .map(|n| panal_driver::NetNic {
-            id: n.id.clone(),
-            tap: net.tap(&n.id),
-            mac: n.mac.clone(),
-            mtu: n.mtu,
-        })
-        .collect())
+    Ok(panal_driver::NetNic {
+        id: n.id.clone(),
+        tap: net.tap(&n.id),
+        mac: n.mac.clone(),
+        mtu: n.mtu,
+    })
 }
 
 async fn prepare_disk(

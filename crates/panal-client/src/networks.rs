@@ -160,3 +160,37 @@ impl Client {
         .map(|_| ())
     }
 }
+
+impl Client {
+    /// Plugs a NIC into a VM.
+    pub async fn add_nic(
+        &self,
+        project: Option<&str>,
+        vm: &str,
+        req: &panal_types::network::NicRequest,
+    ) -> Result<panal_types::vm::VmAccepted, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/vms/{}/nics", seg(vm)),
+            &project_query(project),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Unplugs a NIC from a VM.
+    pub async fn remove_nic(
+        &self,
+        project: Option<&str>,
+        vm: &str,
+        nic: &str,
+    ) -> Result<panal_types::vm::VmAccepted, ClientError> {
+        self.call::<(), _>(
+            Method::DELETE,
+            &format!("/api/v1/vms/{}/nics/{}", seg(vm), seg(nic)),
+            &project_query(project),
+            None,
+        )
+        .await
+    }
+}

@@ -38,6 +38,10 @@ pub enum OperationKind {
     VolumeDetach,
     /// Move a volume to another pool.
     VolumeMove,
+    /// Plug a NIC into a VM.
+    NicAdd,
+    /// Unplug a NIC from a VM.
+    NicRemove,
     /// Export a volume as an image.
     VolumeExport,
     /// Take a snapshot of a volume or of a VM's volumes.
@@ -67,6 +71,8 @@ impl OperationKind {
             OperationKind::VolumeAttach => "volume_attach",
             OperationKind::VolumeDetach => "volume_detach",
             OperationKind::VolumeMove => "volume_move",
+            OperationKind::NicAdd => "nic_add",
+            OperationKind::NicRemove => "nic_remove",
             OperationKind::VolumeExport => "volume_export",
             OperationKind::SnapshotCreate => "snapshot_create",
             OperationKind::SnapshotRevert => "snapshot_revert",

@@ -647,10 +647,12 @@ async fn security_groups_rules_and_what_protects_them() {
     ]}))
     .await;
     assert_err(&got, 400, "invalid_value", Some("rules[1].protocol"));
-    assert!(matches!(
-        c.security_group(None, "x").await.unwrap_err().code(),
-        Some("not_found")
-    ));
+    let e = c.security_group(None, "x").await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some("not_found"),
+        "the refused group was not written"
+    );
 
     // Rule refusals, one at a time.
     let rule = |extra: Value| {

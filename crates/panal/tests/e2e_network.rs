@@ -337,3 +337,94 @@ fn taps(lab: &NetLab, i: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// A NIC plugged into a running q35 guest appears as `eth1`, gets its address by DHCP and
+/// reaches a peer on that network; unplugged, it disappears from the guest and its address is
+/// released.
+#[test]
+fn a_nic_is_hot_plugged_and_unplugged() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(1);
+    let mut l = NsPool::new(&lab, scratch.data.clone());
+    l.start_server();
+    lab.block_on_in_gateway(async {
+        let client = l.client().await;
+        l.join_all(&client).await;
+        for (name, cidr) in [("front", "10.78.0.0/24"), ("back", "10.79.0.0/24")] {
+            client
+                .create_network(&NetworkCreate {
+                    name: name.into(),
+                    cidr: cidr.into(),
+                    ..NetworkCreate::default()
+                })
+                .await
+                .expect("network");
+        }
+        let mut req = guest("q", None, nic("front", &[]));
+        req.machine = Some(panal_types::vm::MachineProfile::Q35);
+        let (_, mut cq) = running_with_address(&l, &client, req).await;
+        // The peer accepts pings (a group with an inbound ICMP rule).
+        client
+            .create_security_group(&SecurityGroupCreate {
+                name: "ping".into(),
+                project: None,
+                rules: Some(vec![SecurityRuleCreate {
+                    direction: "ingress".into(),
+                    protocol: Some("icmp".into()),
+                    ..SecurityRuleCreate::default()
+                }]),
+            })
+            .await
+            .expect("group");
+        let (peer, _cp) =
+            running_with_address(&l, &client, guest("peer", None, nic("back", &["ping"]))).await;
+        let peer_ip = peer.spec.nics[0].ip.to_string();
+
+        let added = client
+            .add_nic(None, "q", &nic("back", &[]))
+            .await
+            .expect("plug accepted");
+        common_e2e::operation_ok(&client, &added.operation, GUEST).await;
+        let plugged = added.vm.spec.nics[1].clone();
+        let seen = Instant::now() + GUEST;
+        while !cq.run("ls /sys/class/net", GUEST).await.contains("eth1") {
+            if Instant::now() > seen {
+                let why = cq.run("ls /sys/class/net; ls /sys/bus/pci/devices; dmesg | grep -i -E \"pcie|hp|virtio|eth|slot\" | tail -30", GUEST).await;
+                let vm = client.vm(None, "q").await.expect("vm");
+                panic!("the guest never saw eth1: {why}\nevents: {:?}", vm.status.events);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let lease = cq
+            .run(
+                "ip link set eth1 up; udhcpc -i eth1 -s /etc/panal/udhcpc.script -q -n -t 5 -T 1 2>&1; ip -4 -o addr show eth1",
+                GUEST,
+            )
+            .await;
+        assert!(
+            lease.contains(&format!("{}/24", plugged.ip)),
+            "eth1 did not get {}: {lease}",
+            plugged.ip
+        );
+        assert!(
+            pings(&mut cq, &peer_ip, None).await,
+            "no reply over the plugged NIC"
+        );
+
+        let removed = client
+            .remove_nic(None, "q", &plugged.id)
+            .await
+            .expect("unplug accepted");
+        common_e2e::operation_ok(&client, &removed.operation, GUEST).await;
+        let gone = Instant::now() + GUEST;
+        while cq.run("ls /sys/class/net", GUEST).await.contains("eth1") {
+            assert!(Instant::now() < gone, "eth1 stayed in the guest");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let ports = client.network_ports(None, "back").await.expect("ports");
+        assert!(
+            ports.iter().all(|p| p.ip != plugged.ip),
+            "the unplugged NIC's address is still taken: {ports:?}"
+        );
+    });
+}

@@ -453,7 +453,7 @@ mod tests {
             a.iter()
                 .filter(|s| s.starts_with("pcie-root-port,"))
                 .count(),
-            HOTPLUG_PORTS as usize
+            (HOTPLUG_PORTS + NIC_PORTS) as usize
         );
         let dev = a
             .iter()

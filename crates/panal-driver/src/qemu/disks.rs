@@ -1,8 +1,8 @@
 //! Disk hot-plug on a running QEMU: add a block node and a virtio-blk device on a free PCIe
 //! root port, remove them again once the guest has let go, and grow a disk live.
 //!
-//! Which port is free is not remembered anywhere: `device_add` refuses an occupied port, so the
-//! ports are tried in order. That stays right after the agent restarts and re-attaches.
+//! Which port is free is not remembered anywhere: QEMU is asked (`query-pci`) which ports have
+//! nothing behind them, which stays right after the agent restarts and re-attaches.
 
 use super::cmdline::{self, HOTPLUG_PORTS};
 use super::handle::QemuVm;
@@ -27,9 +27,12 @@ impl QemuVm {
             self.qmp("blockdev-add", Some(cmdline::data_disk_node(d, cache)))
                 .await?;
         }
-        let mut last = None;
-        for i in 0..HOTPLUG_PORTS {
-            let r = self
+        // The port comes from what QEMU says is empty (see `free_port`: a refused plug into
+        // an occupied port makes the guest drop the device already there).
+        let port = self.free_port("hp", HOTPLUG_PORTS).await?;
+        let r = match port {
+            None => Err(DriverError::Hypervisor("no free hot-plug port".into())),
+            Some(port) => self
                 .qmp(
                     "device_add",
                     Some(json!({
@@ -37,20 +40,19 @@ impl QemuVm {
                         "drive": node,
                         "id": device,
                         "serial": cmdline::disk_serial(&d.id),
-                        "bus": cmdline::port(i),
+                        "bus": port,
                     })),
                 )
+                .await
+                .map(drop),
+        };
+        if r.is_err() {
+            // Leave nothing half-added behind.
+            let _ = self
+                .qmp("blockdev-del", Some(json!({ "node-name": node })))
                 .await;
-            match r {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
         }
-        // No port took it: leave nothing half-added behind.
-        let _ = self
-            .qmp("blockdev-del", Some(json!({ "node-name": node })))
-            .await;
-        Err(last.unwrap_or_else(|| DriverError::Hypervisor("no free hot-plug port".into())))
+        r
     }
 
     pub(super) async fn unplug_disk(&self, id: &str) -> Result<(), DriverError> {

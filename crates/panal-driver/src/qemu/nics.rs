@@ -1,6 +1,6 @@
 //! NIC hot-plug on a running QEMU: a tap netdev and a virtio-net device on a free NIC port,
-//! removed again once the guest has let go. As with disks, which port is free is found by
-//! trying them in order, so nothing needs remembering across agent restarts.
+//! removed again once the guest has let go. As with disks, QEMU is asked which port is free,
+//! so nothing needs remembering across agent restarts.
 
 use super::cmdline::{self, NIC_PORTS};
 use super::handle::QemuVm;
@@ -27,28 +27,57 @@ impl QemuVm {
             Err(DriverError::Hypervisor(m)) if m.contains("Duplicate") => {}
             Err(e) => return Err(e),
         }
-        let mut last = None;
-        for i in 0..NIC_PORTS {
-            let r = self
-                .qmp(
-                    "device_add",
-                    Some(json!({
-                        "driver": "virtio-net-pci",
-                        "netdev": netdev,
-                        "id": device,
-                        "mac": n.mac,
-                        "host_mtu": n.mtu,
-                        "bus": cmdline::nic_port(i),
-                    })),
-                )
-                .await;
-            match r {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
+        // A port is picked from what QEMU says is empty, not by trying `device_add` on each:
+        // a refused plug into an occupied port still signals that port's slot to the guest,
+        // which then loses the NIC already there.
+        let Some(port) = self.free_port("np", NIC_PORTS).await? else {
+            let _ = self.qmp("netdev_del", Some(json!({ "id": netdev }))).await;
+            return Err(DriverError::Hypervisor("no free NIC port".into()));
+        };
+        let r = self
+            .qmp(
+                "device_add",
+                Some(json!({
+                    "driver": "virtio-net-pci",
+                    "netdev": netdev,
+                    "id": device,
+                    "mac": n.mac,
+                    "host_mtu": n.mtu,
+                    "bus": port,
+                })),
+            )
+            .await;
+        if let Err(e) = r {
+            let _ = self.qmp("netdev_del", Some(json!({ "id": netdev }))).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The first of the root ports `{prefix}0..{prefix}{count}` with no device behind it.
+    pub(super) async fn free_port(
+        &self,
+        prefix: &str,
+        count: u32,
+    ) -> Result<Option<String>, DriverError> {
+        let buses = self.qmp("query-pci", None).await?;
+        let mut occupied = std::collections::HashSet::new();
+        for bus in buses.as_array().into_iter().flatten() {
+            for dev in bus["devices"].as_array().into_iter().flatten() {
+                let Some(id) = dev["qdev_id"].as_str() else {
+                    continue;
+                };
+                let behind = dev["pci_bridge"]["devices"]
+                    .as_array()
+                    .is_some_and(|d| !d.is_empty());
+                if behind {
+                    occupied.insert(id.to_owned());
+                }
             }
         }
-        let _ = self.qmp("netdev_del", Some(json!({ "id": netdev }))).await;
-        Err(last.unwrap_or_else(|| DriverError::Hypervisor("no free NIC port".into())))
+        Ok((0..count)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|p| !occupied.contains(p)))
     }
 
     pub(super) async fn unplug_nic(&self, id: &str) -> Result<(), DriverError> {

@@ -16,6 +16,7 @@ mod operations;
 mod projects;
 mod security_groups;
 mod snapshots;
+mod vm_nics;
 mod vms;
 mod volumes;
 
@@ -75,6 +76,8 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(networks::list_networks, networks::create_network))
         .routes(routes!(networks::get_network, networks::delete_network))
         .routes(routes!(networks::network_ports))
+        .routes(routes!(vm_nics::add_nic))
+        .routes(routes!(vm_nics::remove_nic))
         .routes(routes!(
             security_groups::list_security_groups,
             security_groups::create_security_group

@@ -43,7 +43,8 @@ pub(super) fn parse_mac(field: &str, s: &str) -> Result<String, ApiError> {
             parts
                 .iter()
                 .map(|p| {
-                    (p.len() == 2)
+                    // Hex digits only: `from_str_radix` would also take a sign (`+1`).
+                    (p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
                         .then(|| u8::from_str_radix(p, 16).ok())
                         .flatten()
                 })
@@ -319,6 +320,7 @@ mod tests {
             "ff:ff:ff:ff:ff:ff",
             "52:54:00:00:00",
             "52:54:00:00:00:0g",
+            "52:54:00:+1:00:01",
             "525400000001",
         ] {
             assert_eq!(

@@ -20,6 +20,7 @@ mod security_groups;
 mod snapshots;
 mod validate;
 mod vm_create;
+mod vm_nics;
 mod vms;
 mod volume_attach;
 mod volume_transfer;

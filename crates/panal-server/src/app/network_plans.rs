@@ -26,6 +26,12 @@ use std::time::Duration;
 /// computation, not one per VM.
 const SETTLE: Duration = Duration::from_millis(30);
 
+/// The longest a burst is gathered before the plan is recomputed anyway.
+const MAX_GATHER: Duration = Duration::from_millis(200);
+
+/// How often a plan is recomputed without a change seen: a safety net, not the mechanism.
+const RESYNC: Duration = Duration::from_secs(15);
+
 /// Whether a VM's NICs need their host's plumbing now: it runs, or is about to start, or is
 /// still stopping.
 fn needs_ports(vm: &Vm) -> bool {
@@ -278,24 +284,8 @@ impl App {
                     return Some((Ok(p), (app, host, changes, None, last)));
                 }
                 loop {
-                    match changes.next().await {
-                        None => return None,
-                        Some(Err(e)) => {
-                            return Some((
-                                Err(LinkError::Unavailable(e.to_string())),
-                                (app, host, changes, None, last),
-                            ));
-                        }
-                        Some(Ok(_)) => {}
-                    }
-                    // Gather the rest of a burst.
-                    while let Ok(Some(ev)) = tokio::time::timeout(SETTLE, changes.next()).await {
-                        if let Err(e) = ev {
-                            return Some((
-                                Err(LinkError::Unavailable(e.to_string())),
-                                (app, host, changes, None, last),
-                            ));
-                        }
+                    if let Err(e) = next_change(&mut changes).await? {
+                        return Some((Err(e), (app, host, changes, None, last)));
                     }
                     let plan = match app.network_state().await {
                         Ok(s) => plan_for(&host, &s),
@@ -307,12 +297,40 @@ impl App {
                         }
                     };
                     if plan != last {
+                        tracing::debug!(%host, networks = plan.networks.len(), "network plan changed");
                         return Some((Ok(plan.clone()), (app, host, changes, None, plan)));
                     }
                 }
             },
         );
         Ok(stream.boxed())
+    }
+}
+
+/// Waits for a change worth a new plan: a relevant event (and the rest of its burst, for a
+/// bounded time, so a steady trickle of changes cannot hold the plan back), or the periodic
+/// look that corrects whatever a missed event would have left. `None` when the watch ended.
+async fn next_change<S>(changes: &mut S) -> Option<Result<(), LinkError>>
+where
+    S: futures::Stream<Item = Result<WatchEvent, panal_store::StoreError>> + Unpin,
+{
+    tokio::select! {
+        ev = changes.next() => {
+            if let Err(e) = ev? {
+                return Some(Err(LinkError::Unavailable(e.to_string())));
+            }
+        }
+        () = tokio::time::sleep(RESYNC) => return Some(Ok(())),
+    }
+    let until = tokio::time::Instant::now() + MAX_GATHER;
+    loop {
+        let next = (tokio::time::Instant::now() + SETTLE).min(until);
+        match tokio::time::timeout_at(next, changes.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Some(Err(LinkError::Unavailable(e.to_string()))),
+            Ok(None) => return None,
+            Err(_) => return Some(Ok(())),
+        }
     }
 }
 

@@ -169,7 +169,11 @@ pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiErro
 fn is_disk_change(kind: OperationKind) -> bool {
     matches!(
         kind,
-        OperationKind::VolumeAttach | OperationKind::VolumeDetach | OperationKind::VolumeResize
+        OperationKind::VolumeAttach
+            | OperationKind::VolumeDetach
+            | OperationKind::VolumeResize
+            | OperationKind::NicAdd
+            | OperationKind::NicRemove
     )
 }
 
@@ -185,7 +189,11 @@ fn settle_disk_change(
         && ev.at >= op.created_at
         && matches!(
             ev.reason.as_str(),
-            "AttachFailed" | "DetachFailed" | "DiskResizeFailed"
+            "AttachFailed"
+                | "DetachFailed"
+                | "DiskResizeFailed"
+                | "NicAddFailed"
+                | "NicRemoveFailed"
         )
     {
         return Some((

@@ -30,6 +30,10 @@ use std::sync::Arc;
 
 use super::vms::{DEFAULT_MEMORY_BYTES, new_operation};
 
+/// Times a single create plans its NICs again after losing their addresses to concurrent
+/// creates: this many creates racing on one network all succeed.
+const NIC_ROUNDS: usize = 64;
+
 /// What validating a create reads from the store, read once per request or per batch.
 #[derive(Default)]
 pub(super) struct CreateContext {
@@ -180,14 +184,20 @@ impl App {
     /// Creates a VM (and starts it unless `start: false`).
     pub async fn create_vm(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {
         // A NIC's address can be taken by a concurrent create between planning and writing:
-        // plan again (the lost address is then seen as taken).
-        for _ in 0..7 {
+        // plan again (the lost address is then seen as taken). Concurrent creates on one
+        // network all plan the same lowest free address and one wins each round, so the last
+        // of N needs N rounds.
+        for _ in 0..NIC_ROUNDS {
             match self.create_vm_once(req.clone()).await {
                 Err(e) if e.code == ErrorCode::Internal && !req.nics.is_empty() => continue,
                 r => return r,
             }
         }
-        self.create_vm_once(req).await
+        Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            "concurrent creates kept taking the addresses planned for the NICs; retry",
+        )
+        .with_field("nics"))
     }
 
     async fn create_vm_once(&self, req: VmCreate) -> Result<VmAccepted, ApiError> {

@@ -57,6 +57,86 @@ pub enum RuleCommand {
     Delete(RuleDeleteArgs),
 }
 
+/// NIC commands of a VM.
+#[derive(Subcommand, Debug)]
+pub enum NicCommand {
+    /// Plug a NIC into a VM.
+    #[command(
+        after_help = "Examples:\n  panal vm nic add web --nic network=lan,sg=web\n  panal vm nic add db --nic network=back,ip=10.1.0.10"
+    )]
+    Add(NicAddArgs),
+    /// Unplug a NIC (by its id, see `vm show`); its address is released.
+    Remove(NicRemoveArgs),
+}
+
+/// Arguments of `vm nic add`.
+#[derive(Args, Debug)]
+pub struct NicAddArgs {
+    /// The VM.
+    vm: String,
+    /// The NIC: network=NAME[,ip=ADDR][,mac=MAC][,sg=GROUP+GROUP].
+    #[arg(long, value_parser = parse_nic)]
+    nic: NicRequest,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    project: Option<String>,
+    /// Return at once instead of waiting for the plug.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Arguments of `vm nic remove`.
+#[derive(Args, Debug)]
+pub struct NicRemoveArgs {
+    /// The VM.
+    vm: String,
+    /// The NIC's id.
+    nic: String,
+    /// Project (default `default`).
+    #[arg(long, short = 'p')]
+    project: Option<String>,
+    /// Return at once instead of waiting for the unplug.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Runs a NIC command.
+pub async fn run_nic(client: &Client, cmd: &NicCommand) -> Result<()> {
+    let (accepted, no_wait) = match cmd {
+        NicCommand::Add(a) => (
+            client
+                .add_nic(a.project.as_deref(), &a.vm, &a.nic)
+                .await
+                .map_err(api_err)?,
+            a.no_wait,
+        ),
+        NicCommand::Remove(a) => (
+            client
+                .remove_nic(a.project.as_deref(), &a.vm, &a.nic)
+                .await
+                .map_err(api_err)?,
+            a.no_wait,
+        ),
+    };
+    if let NicCommand::Add(_) = cmd
+        && let Some(n) = accepted.vm.spec.nics.last()
+    {
+        println!("NIC {} on {}: {} {}", n.id, n.network, n.ip, n.mac);
+    }
+    if no_wait {
+        eprintln!("operation {}", accepted.operation.id);
+        return Ok(());
+    }
+    let done = super::wait::follow(
+        client,
+        &accepted.operation,
+        std::time::Duration::from_secs(300),
+    )
+    .await?;
+    eprintln!("{}: {}", done.kind.as_str(), done.progress.message);
+    Ok(())
+}
+
 /// Selects a project.
 #[derive(Args, Debug)]
 pub struct ProjectArg {

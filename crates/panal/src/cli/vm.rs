@@ -46,6 +46,9 @@ pub enum VmCommand {
     /// Take, revert to or delete a snapshot of all the VM's volumes at one instant.
     #[command(subcommand)]
     Snapshot(super::volume::SnapshotCommand),
+    /// Plug or unplug NICs (live on a running q35 VM).
+    #[command(subcommand)]
+    Nic(super::network::NicCommand),
 }
 
 /// Arguments of `vm logs`.
@@ -415,6 +418,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
             eprintln!("{}: {}", op.kind.as_str(), done.progress.message);
             Ok(())
         }
+        VmCommand::Nic(cmd) => super::network::run_nic(client, cmd).await,
         VmCommand::Logs(l) => {
             super::console::logs(
                 client,
@@ -577,6 +581,16 @@ fn show(format: Format, vm: &Vm) -> Result<()> {
                 .map(|d| format!("{} ({})", d.volume, format_size(d.size_bytes)))
                 .collect();
             fields.push(("Volumes", disks.join(", ")));
+        }
+        if !vm.spec.nics.is_empty() {
+            // eth0, eth1, ... in this order.
+            let nics: Vec<String> = vm
+                .spec
+                .nics
+                .iter()
+                .map(|n| format!("{} {} {} on {}", n.id, n.ip, n.mac, n.network))
+                .collect();
+            fields.push(("NICs", nics.join(", ")));
         }
         print_fields(&fields);
         if !vm.status.events.is_empty() {

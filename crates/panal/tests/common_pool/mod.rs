@@ -27,11 +27,29 @@ pub struct NsPool<'a> {
     pub root: PathBuf,
     server: Option<NsChild>,
     agents: Vec<Option<NsChild>>,
+    /// Labels each host's agent registers with (`--label KEY=VALUE`), see [`NsPool::label_host`].
+    labels: Vec<Vec<(String, String)>>,
     _cleanups: Vec<common_e2e::Cleanup>,
 }
 
 impl Drop for NsPool<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The scratch directory goes with the test: what the processes said is printed.
+            for entry in std::fs::read_dir(&self.root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log" || e == "err") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                    eprintln!("--- {} (last 40 lines)\n{tail}", path.display());
+                }
+            }
+        }
         for a in self.agents.iter_mut().flatten() {
             a.kill();
         }
@@ -52,6 +70,7 @@ impl<'a> NsPool<'a> {
                 })
                 .collect(),
             agents: (0..lab.hosts()).map(|_| None).collect(),
+            labels: (0..lab.hosts()).map(|_| Vec::new()).collect(),
             lab,
             root,
             server: None,
@@ -79,11 +98,17 @@ impl<'a> NsPool<'a> {
                 .args(["--host-lease-ttl", "6"])
                 .arg("--guest-dir")
                 .arg(guest_dir())
-                .env("PANAL_LOG", "info")
+                .env("PANAL_LOG", "info,panal_server::app::network_plans=debug")
                 .stdout(self.log("server"))
                 .stderr(self.log("server.err")),
         );
         self.server = Some(child);
+    }
+
+    /// Gives host `i` a label its agent registers with from its next start on (so that a VM's
+    /// `host_selector` can pin it to that host).
+    pub fn label_host(&mut self, i: usize, key: &str, value: &str) {
+        self.labels[i].push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts (or restarts) host `i`'s agent; `token` joins it the first time.
@@ -97,13 +122,16 @@ impl<'a> NsPool<'a> {
         if let Some(t) = token {
             cmd.args(["--join", &url, "--token", t]);
         }
+        for (k, v) in &self.labels[i] {
+            cmd.args(["--label", &format!("{k}={v}")]);
+        }
         let child = self.lab.spawn(
             i,
             cmd.args(["--name", &format!("host-{i}")])
                 .arg("--data-dir")
                 .arg(self.host_dir(i))
                 .args(["--heartbeat", "2"])
-                .env("PANAL_LOG", "info")
+                .env("PANAL_LOG", "info,panal_agent::network=debug")
                 .stdout(self.log(&format!("agent-{i}")))
                 .stderr(self.log(&format!("agent-{i}.err"))),
         );
