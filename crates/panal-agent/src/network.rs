@@ -153,6 +153,12 @@ impl HostNetwork {
                         .filter_map(|(m, t)| m.parse().ok().map(|m| (m, *t)))
                         .collect(),
                     ports: n.ports.iter().filter_map(|p| self.port(p, n.mtu)).collect(),
+                    router: n.router.as_ref().and_then(|(subnet, gateway)| {
+                        Some(panal_net::RouterPlan {
+                            subnet: subnet.parse().ok()?,
+                            gateway: *gateway,
+                        })
+                    }),
                 })
                 .collect(),
         }

@@ -54,6 +54,7 @@ fn plan() -> HostPlan {
             mtu: 1450,
             peers: vec![Ipv4Addr::new(10, 251, 0, 2), Ipv4Addr::new(10, 251, 0, 3)],
             remote_macs: vec![],
+            router: None,
             ports: (0..PORTS_PER_NETWORK)
                 .map(|i| {
                     let ip = Ipv4Addr::new(10, 60 + net as u8, 0, 10 + i as u8);

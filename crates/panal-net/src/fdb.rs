@@ -112,6 +112,7 @@ mod tests {
                 peers: vec![peer_a, peer_b],
                 remote_macs: vec![(vm, peer_b)],
                 ports: vec![],
+                router: None,
             }],
         };
         let mut current = Fdb::new();

@@ -109,6 +109,8 @@ impl HostNet {
             links::read_links().await?
         };
 
+        report.devices_changed += crate::router::apply(&cfg.prefix, plan).await?;
+
         if !plan.networks.is_empty() {
             let have = fdb::read_fdb().await?;
             let (lines, removed, added) = fdb::diff_fdb(&cfg.prefix, plan, &have);

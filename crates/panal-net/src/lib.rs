@@ -22,10 +22,11 @@ mod names;
 mod nft;
 mod plan;
 mod report;
+mod router;
 
 pub use error::NetError;
 pub use hostnet::{HostNet, HostNetConfig};
 pub use mac::{MacAddr, ParseMacError};
 pub use names::{bridge_name, tap_name, vxlan_name};
-pub use plan::{DhcpLease, HostPlan, NetworkPlan, PortPlan, Protocol, RulePlan};
+pub use plan::{DhcpLease, HostPlan, NetworkPlan, PortPlan, Protocol, RouterPlan, RulePlan};
 pub use report::ApplyReport;

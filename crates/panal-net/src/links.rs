@@ -297,6 +297,7 @@ mod tests {
                 peers: vec![],
                 remote_macs: vec![],
                 ports: vec![port("pnt00000001", 2)],
+                router: None,
             }],
         }
     }

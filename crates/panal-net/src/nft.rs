@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 
 use crate::names::{bridge_name, fnv1a64, vxlan_name};
 use crate::plan::{HostPlan, PortPlan, Protocol, RulePlan};
+use crate::router::{fwmark, gateway_mac};
 
 /// One rendered transaction.
 #[derive(Debug, Clone)]
@@ -121,17 +122,39 @@ fn render_bridge(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> String {
     map(&mut s, "map", "guard", "iifname : verdict", &guard);
     map(&mut s, "map", "port_out", "oifname : meta mark", &out_ids);
     map(&mut s, "map", "port_in", "iifname : verdict", &in_ids);
-    s.push_str(
-        "\tchain prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tiifname vmap @guard\n\t}\n",
+    // A routed network's gateway is each host's own: its frames never cross the tunnel and
+    // ARP for it from the tunnel is not answered here.
+    let mut tunnel = String::new();
+    let mut out = String::new();
+    for n in &plan.networks {
+        if let Some(r) = &n.router {
+            let (vx, gmac, gw) = (vxlan_name(prefix, n.vni), gateway_mac(n.vni), r.gateway);
+            let _ = write!(
+                tunnel,
+                "\t\tiifname \"{vx}\" ether saddr {gmac} drop\n\
+                 \t\tiifname \"{vx}\" arp daddr ip {gw} drop\n"
+            );
+            let _ = writeln!(out, "\t\toifname \"{vx}\" ether saddr {gmac} drop");
+        }
+    }
+    let _ = write!(
+        s,
+        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
+         {tunnel}\t\tiifname vmap @guard\n\t}}\n"
     );
+    if !out.is_empty() {
+        let _ = write!(
+            s,
+            "\tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n{out}\t}}\n"
+        );
+    }
     s.push_str(
         "\tchain classify {\n\t\ttype filter hook forward priority -250; policy accept;\n\
          \t\tmeta mark set oifname map @port_out\n\t\tiifname vmap @port_in\n\t}\n",
     );
     for (i, p) in ports.iter().enumerate() {
         let id = i + 1;
-        let (mac, ip) = (p.mac, p.ipv4);
+        let (mac, ip, mark) = (p.mac, p.ipv4, id << 16);
         let _ = write!(
             s,
             "\tchain port{id}_guard {{\n\
@@ -139,7 +162,7 @@ fn render_bridge(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> String {
              \t\tarp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether {mac} arp saddr ip {{ {ip}, 0.0.0.0 }} accept\n\
              \t\tether type ip udp sport 67 drop\n\
              \t\tether type ip udp sport 68 udp dport 67 drop\n\
-             \t\tip saddr {ip} accept\n\
+             \t\tip saddr {ip} meta mark set {mark:#010x} accept\n\
              \t\tdrop\n\t}}\n"
         );
         let _ = write!(
@@ -156,8 +179,34 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
     let zones: Vec<String> = plan
         .networks
         .iter()
+        .filter(|n| n.router.is_none())
         .map(|n| format!("\"{}\" : {}", bridge_name(prefix, n.vni), ct_zone(n.vni)))
         .collect();
+    // Routed networks: flows inside the network keep their zone both ways; flows leaving it
+    // have it in the original direction only, so their NATed replies (which arrive from the
+    // uplink, zone-less) find them. Masquerade keeps reply tuples unique across networks.
+    let mut routed_zones = String::new();
+    let mut routed_marks = String::new();
+    let mut masquerade = String::new();
+    for n in &plan.networks {
+        if let Some(r) = &n.router {
+            let (br, z, fw) = (bridge_name(prefix, n.vni), ct_zone(n.vni), fwmark(n.vni));
+            let _ = write!(
+                routed_zones,
+                "\t\tiifname \"{br}\" ip daddr {} ct zone set {z}\n\
+                 \t\tiifname \"{br}\" ct original zone set {z}\n",
+                r.subnet
+            );
+            let _ = writeln!(
+                routed_marks,
+                "\t\tiifname \"{br}\" oifname != @bridges ct mark set {fw:#010x}"
+            );
+            let _ = writeln!(
+                masquerade,
+                "\t\tiifname \"{br}\" oifname != \"{br}\" masquerade"
+            );
+        }
+    }
     let bridges: Vec<String> = plan
         .networks
         .iter()
@@ -173,18 +222,40 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
     map(&mut s, "set", "bridges", "iifname", &bridges);
     map(&mut s, "map", "egress", "meta mark : verdict", &egress);
     map(&mut s, "map", "ingress", "meta mark : verdict", &ingress);
-    s.push_str(
-        "\tchain prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tct zone set iifname map @zone\n\t}\n",
+    let _ = write!(
+        s,
+        "\tchain prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
+         {routed_zones}\t\tct zone set iifname map @zone\n\t}}\n"
     );
-    s.push_str(
-        "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\
+    let _ = write!(
+        s,
+        "\tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\toifname @bridges iifname != @bridges ct state established,related accept\n\
+         \t\toifname @bridges iifname != @bridges drop\n\
          \t\tiifname != @bridges return\n\
          \t\tct state established,related accept\n\
          \t\tct state invalid drop\n\
          \t\tmeta mark and 0xffff0000 vmap @egress\n\
-         \t\tmeta mark and 0x0000ffff vmap @ingress\n\t}\n",
+         \t\tmeta mark and 0x0000ffff vmap @ingress\n\
+         {routed_marks}\t}}\n"
     );
+    // Guests reach the host only as their gateway to elsewhere, never its own services.
+    s.push_str(
+        "\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tiifname @bridges ct state established,related accept\n\
+         \t\tiifname @bridges drop\n\t}\n",
+    );
+    if !masquerade.is_empty() {
+        // Replies carry the network's conntrack mark back into its routing table.
+        s.push_str(
+            "\tchain mark_replies {\n\t\ttype filter hook prerouting priority -150; policy accept;\n\
+             \t\tct mark and 0xff000000 == 0x5a000000 meta mark set ct mark\n\t}\n",
+        );
+        let _ = write!(
+            s,
+            "\tchain nat_out {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{masquerade}\t}}\n"
+        );
+    }
     let mut count = 0;
     for (i, p) in ports.iter().enumerate() {
         let id = i + 1;
@@ -301,6 +372,7 @@ mod tests {
                 peers: vec![],
                 remote_macs: vec![],
                 ports: vec![b, a],
+                router: None,
             }],
         };
         let rs = render("pt", &plan, "pn");
@@ -319,7 +391,7 @@ mod tests {
         assert!(s.contains("chain port2_mark {\n\t\tmeta mark set meta mark or 0x00020000\n"));
         assert!(s.contains("ether saddr != 52:54:00:00:00:03 drop"));
         assert!(s.contains("arp saddr ip { 10.0.0.3, 0.0.0.0 } accept"));
-        assert!(s.contains("ip saddr 10.0.0.2 accept"));
+        assert!(s.contains("ip saddr 10.0.0.2 meta mark set 0x00010000 accept"));
         assert!(s.contains("\"pnb9\" : 10"), "zone of VNI 9: {s}");
         assert!(s.contains("0x00010000 : jump port1_egress, 0x00020000 : jump port2_egress"));
         assert!(s.contains("chain port1_egress {\n\t\treturn\n\t\tdrop\n\t}"));

@@ -29,6 +29,18 @@ pub struct NetworkPlan {
     /// MACs of NICs on other hosts and the underlay address of their host.
     pub remote_macs: Vec<(MacAddr, Ipv4Addr)>,
     pub ports: Vec<PortPlan>,
+    /// Outbound NAT through this host's uplink (see `router.rs`); `None`: an isolated network.
+    #[serde(default)]
+    pub router: Option<RouterPlan>,
+}
+
+/// The gateway of a routed network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPlan {
+    /// The network's subnet.
+    pub subnet: Ipv4Net,
+    /// Its gateway address (inside the subnet), present on this host's bridge.
+    pub gateway: Ipv4Addr,
 }
 
 /// One guest NIC on this host.
@@ -268,6 +280,7 @@ pub(crate) mod tests {
                 peers: vec![],
                 remote_macs: vec![],
                 ports,
+                router: None,
             }],
         }
     }

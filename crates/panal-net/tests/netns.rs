@@ -54,6 +54,7 @@ fn network(
         peers: peers.iter().map(|h| h.underlay).collect(),
         remote_macs,
         ports,
+        router: None,
     }
 }
 
@@ -559,4 +560,88 @@ fn empty_plan_and_teardown_leave_nothing() {
     h.teardown();
     assert!(h.prefixed_links().is_empty());
     assert!(h.tables().is_empty());
+}
+
+/// Outbound NAT: a guest of a routed network reaches an address outside (the other host's
+/// underlay address stands in for the world), masqueraded behind its host; a guest of the same
+/// CIDR in an isolated network does not; the outside cannot open a connection to the guest;
+/// and the gateway's frames never cross the tunnel.
+#[test]
+fn routed_network_reaches_outside_through_nat() {
+    if !root_or_skip("routed_network_reaches_outside_through_nat") {
+        return;
+    }
+    let mut lab = Lab::new("nat");
+    let (h1, h2) = lab.hosts(3);
+    let ip = Ipv4Addr::new(10, 30, 0, 2);
+    let a = lab.vm("a", &h1, "vna", mac(0x2a), Some("10.30.0.2/24"));
+    let c = lab.vm("c", &h1, "vnc", mac(0x2c), Some("10.30.0.2/24"));
+    for vm in [&a, &c] {
+        vm.must(&["ip", "route", "add", "default", "via", "10.30.0.1"]);
+    }
+    let mut routed = network(3001, &[], vec![], vec![port("vna", a.mac, ip)]);
+    routed.router = Some(panal_net::RouterPlan {
+        subnet: "10.30.0.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 30, 0, 1),
+    });
+    let isolated = network(3002, &[], vec![], vec![port("vnc", c.mac, ip)]);
+    h1.apply(&plan(vec![routed.clone(), isolated.clone()]));
+
+    // The outside: h2's underlay address; it sees the host's address, not the guest's.
+    let outside = h2.underlay;
+    let server = h2.listen(7001);
+    assert!(
+        a.connects(std::net::SocketAddr::from((outside, 7001))),
+        "the routed guest cannot reach the outside"
+    );
+    for _ in 0..50 {
+        if !server.peers().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.peers(),
+        vec![h1.underlay],
+        "the connection was not masqueraded behind the host"
+    );
+    assert!(
+        !c.connects(std::net::SocketAddr::from((outside, 7001))),
+        "the isolated guest reached the outside"
+    );
+    // The guest cannot reach the host's own services through its gateway.
+    let local = h1.listen(7002);
+    assert!(
+        !a.connects(std::net::SocketAddr::from((
+            Ipv4Addr::new(10, 30, 0, 1),
+            7002
+        ))),
+        "the guest reached a service of its host"
+    );
+    drop(local);
+    // Nothing from outside opens a connection to the guest (there is no route, and no rule).
+    h2.must(&[
+        "ip",
+        "route",
+        "add",
+        "10.30.0.0/24",
+        "via",
+        &h1.underlay.to_string(),
+    ]);
+    let guest_server = a.listen(7003);
+    assert!(
+        !h2.connects(std::net::SocketAddr::from((ip, 7003))),
+        "the outside opened a connection to the guest"
+    );
+    drop(guest_server);
+
+    // Re-applying changes nothing; an empty plan removes the gateway's rules and address.
+    let again = h1.apply(&plan(vec![routed, isolated]));
+    assert_eq!(again.changes(), 0, "{again:?}");
+    let table = format!("lookup {}", 0x5000_0000u32 + 3001);
+    let rules = h1.must(&["ip", "rule", "show"]);
+    assert_eq!(rules.matches(&table).count(), 2, "{rules}");
+    h1.apply(&plan(vec![]));
+    let rules = h1.must(&["ip", "rule", "show"]);
+    assert!(!rules.contains(&table), "{rules}");
 }

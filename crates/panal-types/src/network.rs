@@ -41,6 +41,10 @@ pub struct Network {
     pub mtu: u32,
     /// The VXLAN network identifier carrying it between hosts.
     pub vni: u32,
+    /// Guests reach beyond the network through their host's uplink (masqueraded), with the
+    /// gateway present on every host that runs one of its VMs.
+    #[serde(default)]
+    pub outbound_nat: bool,
     /// Deletion has begun: no new NIC may join.
     #[serde(default)]
     pub deleting: bool,
@@ -68,6 +72,10 @@ pub struct NetworkCreate {
     /// MTU, 576 to 9000 (default 1450).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Let guests reach beyond the network through their host's uplink, masqueraded (needs a
+    /// gateway). Default false: an isolated network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_nat: Option<bool>,
 }
 
 /// A NIC asked for when a VM is created or one is plugged in.
@@ -229,6 +237,9 @@ pub struct NetworkPlan {
     pub remote_macs: Vec<(String, Ipv4Addr)>,
     /// This host's NICs on the network.
     pub ports: Vec<PortPlan>,
+    /// For outbound NAT: the subnet and the gateway this host carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<(String, Ipv4Addr)>,
 }
 
 /// One NIC on its host.

@@ -256,6 +256,18 @@ async fn bad_networks_are_refused_and_change_nothing() {
             "invalid_value",
             Some("gateway"),
         ),
+        (
+            json!({"name": "n", "cidr": "192.168.0.0/24", "gateway": "none", "outbound_nat": true}),
+            400,
+            "invalid_value",
+            Some("outbound_nat"),
+        ),
+        (
+            with("outbound_nat", json!("yes")),
+            400,
+            "invalid_value",
+            Some("outbound_nat"),
+        ),
         (with("mtu", json!(100)), 400, "invalid_value", Some("mtu")),
         (with("mtu", json!(10000)), 400, "invalid_value", Some("mtu")),
         (with("mtu", json!(-1)), 400, "invalid_value", Some("mtu")),

@@ -102,7 +102,14 @@ fn two_hosts_one_overlay() {
             cidr: "10.77.0.0/24".into(),
             ..NetworkCreate::default()
         };
-        client.create_network(&lan(None)).await.expect("network");
+        // The default project's network lets guests out (NAT); the other project's is isolated.
+        client
+            .create_network(&NetworkCreate {
+                outbound_nat: Some(true),
+                ..lan(None)
+            })
+            .await
+            .expect("network");
         client
             .create_project(&ProjectCreate {
                 name: "other".into(),
@@ -178,6 +185,20 @@ fn two_hosts_one_overlay() {
         assert!(
             !pings(&mut cc, &b_ip, None).await,
             "project other reached b"
+        );
+
+        // Outbound NAT: a reaches a service outside the overlay (the control plane's agent
+        // endpoint in the lab's gateway namespace); c, on an isolated network, does not.
+        let outside = format!("{} {}", lab.gateway_ip(), common_pool::AGENT_PORT);
+        let reach = |out: String| out.contains("rc=0");
+        let probe = format!("nc -w 3 {outside} </dev/null >/dev/null 2>&1; echo rc=$?");
+        assert!(
+            reach(ca.run(&probe, GUEST).await),
+            "a cannot get out through NAT"
+        );
+        assert!(
+            !reach(cc.run(&probe, GUEST).await),
+            "c got out of an isolated network"
         );
 
         // A security group opens TCP 8080 of the running b, and closes it again.

@@ -48,37 +48,12 @@ impl Vm {
 
     /// Whether a TCP connection to `addr` opens within 2 s, tried from inside the VM.
     pub fn connects(&self, addr: SocketAddr) -> bool {
-        let ns = self.ns.clone();
-        std::thread::spawn(move || {
-            enter(&ns);
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-        })
-        .join()
-        .unwrap()
+        connects_from(&self.ns, addr)
     }
 
     /// A TCP listener on `port` inside the VM, accepting until dropped.
     pub fn listen(&self, port: u16) -> TcpServer {
-        let ns = self.ns.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            enter(&ns);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                if l.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        });
-        rx.recv().expect("listener up");
-        TcpServer {
-            stop,
-            thread: Some(thread),
-        }
+        listen_in(&self.ns, port)
     }
 
     /// Sends one UDP datagram from `sport` to `dst:dport` (broadcast allowed) from inside the VM.
@@ -97,9 +72,66 @@ impl Vm {
     }
 }
 
+impl super::Host {
+    /// Whether a TCP connection to `addr` opens within 2 s, tried from the host's namespace.
+    pub fn connects(&self, addr: SocketAddr) -> bool {
+        connects_from(&self.ns, addr)
+    }
+
+    /// A TCP listener on `port` in the host's namespace, accepting until dropped.
+    pub fn listen(&self, port: u16) -> TcpServer {
+        listen_in(&self.ns, port)
+    }
+}
+
+fn connects_from(ns: &str, addr: SocketAddr) -> bool {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
+fn listen_in(ns: &str, port: u16) -> TcpServer {
+    let ns = ns.to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (flag, seen) = (stop.clone(), peers.clone());
+    let thread = std::thread::spawn(move || {
+        enter(&ns);
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !flag.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((_, SocketAddr::V4(peer))) => seen.lock().unwrap().push(*peer.ip()),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    rx.recv().expect("listener up");
+    TcpServer {
+        stop,
+        peers,
+        thread: Some(thread),
+    }
+}
+
 pub struct TcpServer {
     stop: Arc<AtomicBool>,
+    peers: Arc<std::sync::Mutex<Vec<Ipv4Addr>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// The source addresses of the connections accepted so far.
+    pub fn peers(&self) -> Vec<Ipv4Addr> {
+        self.peers.lock().unwrap().clone()
+    }
 }
 
 impl Drop for TcpServer {

@@ -87,6 +87,7 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
     }
     let mut local: BTreeMap<u32, Vec<PortPlan>> = BTreeMap::new();
     let mut mtus: HashMap<u32, u32> = HashMap::new();
+    let mut routers: HashMap<u32, (String, Ipv4Addr)> = HashMap::new();
     let mut remote: HashMap<u32, Vec<(String, Ipv4Addr)>> = HashMap::new();
     for vm in state.vms.iter().filter(|v| needs_ports(v)) {
         let on = vm.status.host.as_ref().map(|h| h.as_str()).unwrap_or("");
@@ -95,6 +96,9 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 continue;
             };
             mtus.insert(net.vni, net.mtu);
+            if let (true, Some(gw)) = (net.outbound_nat, net.gateway) {
+                routers.insert(net.vni, (net.cidr.clone(), gw));
+            }
             if on != host {
                 if let Some(t) = tunnels.get(on) {
                     remote
@@ -140,6 +144,7 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 peers: peers.into_iter().collect(),
                 remote_macs,
                 ports,
+                router: routers.get(&vni).cloned(),
             }
         })
         .collect();

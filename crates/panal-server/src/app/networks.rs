@@ -95,6 +95,13 @@ impl App {
                 format!("an MTU is 576 to 9000, not {mtu}"),
             ));
         }
+        let outbound_nat = req.outbound_nat.unwrap_or(false);
+        if outbound_nat && gateway.is_none() {
+            return Err(ApiError::invalid(
+                "outbound_nat",
+                "outbound NAT routes through the gateway; the network needs one",
+            ));
+        }
         let key = keys::network(project_name, name.as_str());
         let guard = keys::network_guard(project_name);
         for _ in 0..16 {
@@ -133,6 +140,7 @@ impl App {
                 dns: dns.clone(),
                 mtu,
                 vni,
+                outbound_nat,
                 deleting: false,
                 created_at: chrono::Utc::now(),
             };

@@ -172,6 +172,9 @@ pub struct NetworkCreateArgs {
     /// MTU (default 1450).
     #[arg(long)]
     mtu: Option<u32>,
+    /// Let guests reach beyond the network through their host's uplink (masqueraded).
+    #[arg(long)]
+    outbound_nat: bool,
 }
 
 /// Arguments of `security-group create`.
@@ -310,6 +313,7 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
                     gateway: a.gateway.clone(),
                     dns: a.dns.clone(),
                     mtu: a.mtu,
+                    outbound_nat: a.outbound_nat.then_some(true),
                 })
                 .await
                 .map_err(api_err)?;
@@ -357,6 +361,7 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
                 ("dns", dns.join(", ")),
                 ("mtu", n.mtu.to_string()),
                 ("vni", n.vni.to_string()),
+                ("outbound NAT", n.outbound_nat.to_string()),
                 ("created", n.created_at.to_rfc3339()),
             ]);
             Ok(())
