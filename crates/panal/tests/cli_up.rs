@@ -544,3 +544,133 @@ fn volumes_from_the_cli() {
     let list = ok(&panal(&cfg, &["volume", "list", "-o", "json"]));
     assert_eq!(list.trim(), "[]");
 }
+
+/// Networks and security groups from the CLI: create, list, show, a VM with a NIC (not started:
+/// no host plumbing in this test's namespace), the address it took, readable refusals with a
+/// non-zero exit, and the cleanup order (VM, then network and group).
+#[test]
+fn networks_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let _platform = up_with(&data, free_port(), &[]);
+    let cfg = data.join("client.toml");
+    let out = ok(&panal(
+        &cfg,
+        &[
+            "network",
+            "create",
+            "lan",
+            "--cidr",
+            "10.60.0.0/24",
+            "--outbound-nat",
+        ],
+    ));
+    assert!(
+        out.contains("10.60.0.0/24") && out.contains("10.60.0.1"),
+        "{out}"
+    );
+    let shown = ok(&panal(&cfg, &["network", "show", "lan"]));
+    assert!(shown.contains("outbound NAT  true"), "{shown}");
+    let out = ok(&panal(&cfg, &["security-group", "create", "web"]));
+    assert!(out.contains("egress") && out.contains("0.0.0.0/0"), "{out}");
+    let out = ok(&panal(
+        &cfg,
+        &[
+            "security-group",
+            "rule",
+            "add",
+            "web",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "tcp",
+            "--port",
+            "8000-8100",
+        ],
+    ));
+    assert!(out.contains("8000-8100"), "{out}");
+    ok(&panal(
+        &cfg,
+        &[
+            "vm",
+            "create",
+            "box",
+            "--hypervisor",
+            "fake",
+            "--no-start",
+            "--nic",
+            "network=lan,sg=web",
+        ],
+    ));
+    let shown = ok(&panal(&cfg, &["vm", "show", "box"]));
+    assert!(
+        shown.contains("NICs") && shown.contains("10.60.0.2"),
+        "{shown}"
+    );
+    let ports = ok(&panal(&cfg, &["network", "ports", "lan"]));
+    assert!(
+        ports.contains("10.60.0.2") && ports.contains("box"),
+        "{ports}"
+    );
+
+    // Readable refusals with a non-zero exit.
+    let refused = |args: &[&str], needles: &[&str]| {
+        let out = panal(&cfg, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err}");
+        }
+    };
+    refused(
+        &["network", "create", "dup", "--cidr", "10.60.0.0/25"],
+        &["overlaps", "cidr"],
+    );
+    refused(
+        &["network", "create", "bad", "--cidr", "10.61.0.1/24"],
+        &["host bits"],
+    );
+    refused(&["network", "delete", "lan"], &["still has NICs"]);
+    refused(
+        &["security-group", "delete", "web"],
+        &["used by VM \"box\""],
+    );
+    refused(
+        &[
+            "security-group",
+            "rule",
+            "add",
+            "web",
+            "--direction",
+            "ingress",
+            "--protocol",
+            "tcp",
+            "--port",
+            "90-80",
+        ],
+        &["port_max"],
+    );
+    refused(
+        &[
+            "vm",
+            "create",
+            "b2",
+            "--hypervisor",
+            "fake",
+            "--no-start",
+            "--nic",
+            "network=lan,ip=10.60.0.2",
+        ],
+        &["already taken", "nics[0].ip"],
+    );
+    refused(
+        &["vm", "create", "b3", "--nic", "ip=10.60.0.9"],
+        &["network=NAME"],
+    );
+
+    ok(&panal(&cfg, &["vm", "delete", "box", "--wait"]));
+    ok(&panal(&cfg, &["network", "delete", "lan"]));
+    ok(&panal(&cfg, &["security-group", "delete", "web"]));
+    let list = ok(&panal(&cfg, &["network", "list", "-o", "json"]));
+    assert_eq!(list.trim(), "[]");
+}
