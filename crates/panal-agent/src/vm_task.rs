@@ -445,6 +445,7 @@ impl VmTask {
                 boot,
                 disks,
                 nics,
+                incoming: None,
             };
             driver.launch(&spec).await
         }

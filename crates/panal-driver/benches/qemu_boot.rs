@@ -116,6 +116,7 @@ async fn main() {
             boot: g.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
             nics: vec![],
+            incoming: None,
         };
         let t0 = Instant::now();
         let (vm, timings) = match d.launch_qemu(&spec).await {

@@ -404,6 +404,7 @@ mod tests {
             boot: BootSource::None,
             disks: vec![],
             nics: vec![],
+            incoming: None,
         }
     }
 

@@ -6,7 +6,10 @@
 //! Backends: [`fake`] (simulated, for control-plane tests at scale) and `qemu` (the reference).
 
 pub mod fake;
+mod migration;
 pub mod qemu;
+
+pub use migration::{Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget};
 
 use async_trait::async_trait;
 use panal_types::VmId;
@@ -79,6 +82,9 @@ pub struct VmLaunch {
     pub disks: Vec<DataDisk>,
     /// Network interfaces, in order (`eth0`, `eth1`, ...).
     pub nics: Vec<NetNic>,
+    /// `Some`: start as the destination of a live migration instead of booting. The VM waits,
+    /// paused ([`RuntimeState::Incoming`]), for the source's state and runs once it has arrived.
+    pub incoming: Option<Incoming>,
 }
 
 /// A virtio network interface backed by a tap device the agent created.
@@ -115,6 +121,9 @@ pub enum RuntimeState {
     Paused,
     /// Guest panicked; the process may still exist.
     GuestPanicked,
+    /// Launched as a migration destination and waiting for the source's state (vCPUs paused;
+    /// there is no guest yet to pause, resume or reboot).
+    Incoming,
     /// The hypervisor process is gone.
     Exited(VmExit),
 }
@@ -258,6 +267,30 @@ pub trait VmHandle: Send + Sync + 'static {
     ) -> Result<Duration, DriverError> {
         let _ = (ids, name, step);
         Err(DriverError::Unsupported("live disk snapshots".into()))
+    }
+
+    /// Starts a live migration of this VM to a destination launched with
+    /// [`VmLaunch::incoming`], after applying `params`. Returns once the migration has started;
+    /// follow it with [`VmHandle::migration_status`]. When it completes, this VM is left paused
+    /// (it can no longer be resumed here) for the caller to stop.
+    async fn migrate(
+        &self,
+        to: &MigrationTarget,
+        params: &MigrationParams,
+    ) -> Result<(), DriverError> {
+        let _ = (to, params);
+        Err(DriverError::Unsupported("live migration".into()))
+    }
+
+    /// Progress of the latest outgoing (or, on a destination, incoming) migration.
+    async fn migration_status(&self) -> Result<MigrationStatus, DriverError> {
+        Err(DriverError::Unsupported("live migration".into()))
+    }
+
+    /// Cancels the outgoing migration; returns once it has stopped and the VM runs (or stays
+    /// paused, if it was) here. Nothing to cancel is not an error.
+    async fn cancel_migration(&self) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("live migration".into()))
     }
 
     /// Path of the serial console's history file, where the driver keeps one.

@@ -25,6 +25,7 @@ fn q35_disk(env: &Env) -> VmLaunch {
         },
         disks: vec![],
         nics: vec![],
+        incoming: None,
     }
 }
 

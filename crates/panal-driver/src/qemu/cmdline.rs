@@ -98,6 +98,9 @@ pub struct Plan {
     pub run_as: Option<String>,
     /// TCG translation cache size in MiB (bounds QEMU's memory under TCG).
     pub tcg_tb_size_mib: u32,
+    /// Start as a migration destination: `-incoming defer`, the listening address given later
+    /// over QMP (`migrate-incoming`), so capabilities can be set before the stream arrives.
+    pub incoming: bool,
 }
 
 /// Hot-plug ports of a q35 VM: as many as a VM can have volumes.
@@ -361,6 +364,12 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         push("-runas");
         push(user);
     }
+    if plan.incoming {
+        // No `-S`: QEMU runs the guest as soon as its state has arrived, which keeps the
+        // switch-over (the downtime) free of a QMP round trip through the agent.
+        push("-incoming");
+        push("defer");
+    }
     push("-pidfile");
     a.push(p.pid().into());
     a.push("-daemonize".into());
@@ -405,7 +414,20 @@ mod tests {
             sandbox: true,
             run_as: None,
             tcg_tb_size_mib: 64,
+            incoming: false,
         }
+    }
+
+    #[test]
+    fn incoming_defers_the_address_to_qmp() {
+        let mut p = plan(MachineProfile::Microvm);
+        assert!(!joined(&p).iter().any(|a| a == "-incoming"));
+        p.incoming = true;
+        let a = joined(&p);
+        let i = a.iter().position(|x| x == "-incoming").expect("-incoming");
+        assert_eq!(a[i + 1], "defer");
+        // Paused at start would need a `cont` through QMP at switch-over.
+        assert!(!a.iter().any(|x| x == "-S"));
     }
 
     fn joined(p: &Plan) -> Vec<String> {

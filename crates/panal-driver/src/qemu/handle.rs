@@ -93,7 +93,16 @@ impl QemuVm {
         self.qmp.execute(command, args).await
     }
 
-    fn live(&self) -> Result<(), DriverError> {
+    /// QEMU's run state (`query-status`), e.g. `running`, `paused`, `inmigrate`, `postmigrate`.
+    pub(super) async fn run_status(&self) -> Result<String, DriverError> {
+        let s = self.qmp.execute("query-status", None).await?;
+        Ok(s.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string())
+    }
+
+    pub(super) fn live(&self) -> Result<(), DriverError> {
         if self.shared.exit_tx.borrow().is_some() {
             return Err(DriverError::NotRunning(self.id));
         }
@@ -207,14 +216,13 @@ impl VmHandle for QemuVm {
         if let Some(exit) = self.shared.exit_tx.borrow().clone() {
             return Ok(RuntimeState::Exited(exit));
         }
-        let s = self.qmp.execute("query-status", None).await?;
-        Ok(
-            match s.get("status").and_then(Value::as_str).unwrap_or("") {
-                "running" | "debug" => RuntimeState::Running,
-                "guest-panicked" => RuntimeState::GuestPanicked,
-                _ => RuntimeState::Paused,
-            },
-        )
+        Ok(match self.run_status().await?.as_str() {
+            "running" | "debug" => RuntimeState::Running,
+            "guest-panicked" => RuntimeState::GuestPanicked,
+            "inmigrate" => RuntimeState::Incoming,
+            // Includes `postmigrate`: a source whose guest now runs elsewhere.
+            _ => RuntimeState::Paused,
+        })
     }
 
     async fn shutdown(&self, timeout: Duration) -> Result<(), DriverError> {
@@ -222,6 +230,18 @@ impl VmHandle for QemuVm {
             return Ok(());
         }
         self.shared.requested_stop.store(true, Ordering::SeqCst);
+        if matches!(
+            self.run_status().await.as_deref(),
+            Ok("postmigrate" | "inmigrate")
+        ) {
+            // No guest to power off here: it moved away (resuming it would run it twice, on
+            // shared disks) or never arrived. QEMU closes its files and exits.
+            let _ = self.qmp.execute("quit", None).await;
+            if self.wait_exit(timeout.min(Duration::from_secs(10))).await {
+                return Ok(());
+            }
+            return self.kill().await;
+        }
         // A paused guest cannot see the power button.
         let _ = self.qmp.execute("cont", None).await;
         // Press the power button again every few seconds: a guest still booting (or one whose
@@ -263,6 +283,12 @@ impl VmHandle for QemuVm {
 
     async fn resume(&self) -> Result<(), DriverError> {
         self.live()?;
+        if self.run_status().await? == "postmigrate" {
+            // QEMU would run it, while the destination runs the same guest on the same disks.
+            return Err(DriverError::Invalid(
+                "the VM has migrated to another host; it cannot be resumed here".into(),
+            ));
+        }
         self.qmp.execute("cont", None).await.map(drop)
     }
 
@@ -350,6 +376,25 @@ impl VmHandle for QemuVm {
     ) -> Result<Duration, DriverError> {
         self.live()?;
         self.snapshot(ids, name, step).await
+    }
+
+    async fn migrate(
+        &self,
+        to: &crate::MigrationTarget,
+        params: &crate::MigrationParams,
+    ) -> Result<(), DriverError> {
+        self.live()?;
+        self.start_migration(to, params).await
+    }
+
+    async fn migration_status(&self) -> Result<crate::MigrationStatus, DriverError> {
+        self.live()?;
+        self.query_migration().await
+    }
+
+    async fn cancel_migration(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.cancel().await
     }
 
     fn console_log(&self) -> Option<PathBuf> {

@@ -47,6 +47,13 @@ fn validate(spec: &VmLaunch) -> Result<(), DriverError> {
             "kernel command line contains control characters".into(),
         ));
     }
+    if spec.incoming.is_some() && matches!(spec.boot, BootSource::Disk { .. }) {
+        // The overlay is local to the source host: a fresh one here over the same base would
+        // show the guest a disk without its writes. Moving it needs the disk copy (not yet).
+        return Err(DriverError::Invalid(
+            "an incoming migration cannot take a VM with a local disk overlay yet".into(),
+        ));
+    }
     if let BootSource::Disk { format, .. } = &spec.boot
         && !matches!(format.as_str(), "qcow2" | "raw")
     {
@@ -168,6 +175,7 @@ impl QemuDriver {
             sandbox: cfg.sandbox,
             run_as: cfg.run_as_user.clone(),
             tcg_tb_size_mib: cfg.tcg_tb_size_mib,
+            incoming: spec.incoming.is_some(),
         };
         let meta = VmMeta {
             id: spec.id,
@@ -233,6 +241,14 @@ impl QemuDriver {
             }
         };
         let vm = QemuVm::start(spec.id, pid, paths, qmp, rx, meta, cgroup);
+        if let Some(incoming) = &spec.incoming
+            && let Err(e) = vm.listen_incoming(incoming).await
+        {
+            let _ = crate::VmHandle::kill(&*vm).await;
+            return Err(DriverError::Launch(format!(
+                "cannot wait for the incoming migration: {e}"
+            )));
+        }
         Ok((
             vm,
             LaunchTimings {

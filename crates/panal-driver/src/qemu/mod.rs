@@ -14,6 +14,7 @@ mod disks;
 mod guest;
 mod handle;
 mod launch;
+mod migrate;
 mod nics;
 mod probe;
 mod process;
@@ -267,6 +268,7 @@ impl Driver for QemuDriver {
             caps::CONSOLE,
             caps::REATTACH,
             caps::DISK_HOTPLUG,
+            caps::MIGRATE,
         ];
         HypervisorInfo {
             kind: HypervisorKind::Qemu,

@@ -58,6 +58,7 @@ impl Env {
             boot: self.guest.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
             nics: vec![],
+            incoming: None,
         }
     }
 
@@ -176,21 +177,27 @@ impl Console {
         if self.stream.is_none() {
             // Typing before the shell has started loses the input: wait for its first prompt.
             self.wait_for("panal# ", Duration::from_secs(30)).await;
-            let stream = UnixStream::connect(&self.sock)
-                .await
-                .expect("console socket");
-            // QEMU stalls the guest's serial output while a connected client does not read:
-            // drain it (the history file has everything).
-            let (mut rd, wr) = stream.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut rd, &mut tokio::io::sink()).await;
-            });
-            self.stream = Some(wr);
+            self.connect().await;
         }
         let s = self.stream.as_mut().expect("stream");
         s.write_all(format!("{line}\n").as_bytes())
             .await
             .expect("console write");
+    }
+
+    /// Connects to the console socket now, without waiting for a prompt in this QEMU's history
+    /// (a migrated guest's shell started on another QEMU, whose history this is not).
+    pub async fn connect(&mut self) {
+        let stream = UnixStream::connect(&self.sock)
+            .await
+            .expect("console socket");
+        // QEMU stalls the guest's serial output while a connected client does not read:
+        // drain it (the history file has everything).
+        let (mut rd, wr) = stream.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut rd, &mut tokio::io::sink()).await;
+        });
+        self.stream = Some(wr);
     }
 
     /// Runs a command and returns its output, framed by unique markers.

@@ -1,0 +1,106 @@
+//! Live migration types shared by every backend: where a destination listens, where a source
+//! sends, the knobs of one migration and its progress. Only the driver-level primitive: which
+//! host, the authenticated channel and the persisted multi-step operation live above the driver.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a destination VM receives the migration stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Listen on this TCP address (plain TCP: the channel's security is the caller's).
+    Tcp(SocketAddr),
+}
+
+/// Where a source VM sends the migration stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrationTarget {
+    /// The TCP address a destination launched with [`Incoming::Tcp`] listens on.
+    Tcp(SocketAddr),
+}
+
+/// The knobs of one migration. Every call sets all of them, so a value from an earlier attempt
+/// (e.g. a tiny bandwidth limit) never carries over to the next one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationParams {
+    /// The longest the guest may be paused for the final switch-over.
+    pub downtime_limit: Duration,
+    /// Bytes per second the stream may use; `None`: unthrottled.
+    pub max_bandwidth: Option<u64>,
+    /// Slow the guest's vCPUs down when pre-copy does not converge.
+    pub auto_converge: bool,
+}
+
+impl MigrationParams {
+    /// The longest downtime limit accepted (QEMU's own ceiling is 2000 s; anything near it is a
+    /// mistake, not a wish).
+    pub const MAX_DOWNTIME_LIMIT: Duration = Duration::from_secs(60);
+}
+
+impl Default for MigrationParams {
+    /// QEMU's own default downtime limit (300 ms), unthrottled, no auto-converge.
+    fn default() -> Self {
+        MigrationParams {
+            downtime_limit: Duration::from_millis(300),
+            max_bandwidth: None,
+            auto_converge: false,
+        }
+    }
+}
+
+/// The phase of a migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrationPhase {
+    /// No migration has been started (or is incoming) on this VM.
+    None,
+    /// Connecting and setting up.
+    Setup,
+    /// Copying memory while the guest runs.
+    Active,
+    /// The guest is paused for the final copy of state.
+    Device,
+    /// Done: the destination has the guest.
+    Completed,
+    /// Failed; the guest still runs here. The text is the hypervisor's reason.
+    Failed(String),
+    /// A cancel is in progress.
+    Cancelling,
+    /// Cancelled; the guest still runs here.
+    Cancelled,
+    /// Another hypervisor-specific phase (e.g. post-copy), by its name.
+    Other(String),
+}
+
+impl MigrationPhase {
+    /// Whether the migration has ended, one way or another.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            MigrationPhase::None
+                | MigrationPhase::Completed
+                | MigrationPhase::Failed(_)
+                | MigrationPhase::Cancelled
+        )
+    }
+}
+
+/// Progress of a migration, as the hypervisor reports it. Byte counts are of guest memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// The phase.
+    pub phase: MigrationPhase,
+    /// Guest memory to move.
+    pub total_bytes: Option<u64>,
+    /// Bytes sent so far (pages re-sent after being dirtied count again).
+    pub transferred_bytes: Option<u64>,
+    /// Bytes still to send in this pass.
+    pub remaining_bytes: Option<u64>,
+    /// How fast the guest dirties memory, in bytes per second (once pre-copy has measured it).
+    pub dirty_rate: Option<u64>,
+    /// The downtime the hypervisor expects if it switched over now.
+    pub expected_downtime: Option<Duration>,
+    /// The measured downtime of a completed migration.
+    pub downtime: Option<Duration>,
+    /// Time since the migration started (its whole duration once completed).
+    pub total_time: Option<Duration>,
+}

@@ -1,0 +1,211 @@
+//! Live migration on QEMU, over QMP: the destination is launched with `-incoming defer` and
+//! told where to listen (`migrate-incoming`); the source gets its capabilities and parameters
+//! and then `migrate`; progress is `query-migrate`; cancel is `migrate_cancel`.
+//!
+//! What each side is left as: a completed source sits in QEMU's `postmigrate` state (paused; it
+//! refuses to resume, see `handle.rs`, and `shutdown` makes QEMU quit without running the guest);
+//! the destination runs the guest by itself once the state has arrived (no `-S`), unless the source
+//! guest was paused, which QEMU carries over. A failed or cancelled migration leaves the source
+//! running as before, and the destination QEMU exits by itself (QEMU ends an incoming migration
+//! that fails), which its exit watch reports as a crash: the caller cleans it up either way.
+
+use super::handle::QemuVm;
+use crate::{
+    DriverError, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// What "unthrottled" is sent as: QEMU has no "no limit" value for `max-bandwidth`, and its
+/// default (128 MiB/s) is slower than loopback or a datacentre link.
+const UNTHROTTLED: u64 = 1 << 40;
+
+/// How long a cancel may take to wind the migration down.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn uri(addr: &std::net::SocketAddr) -> String {
+    // `SocketAddr` prints IPv6 in brackets, which is what QEMU's `tcp:` URI expects.
+    format!("tcp:{addr}")
+}
+
+fn validate(p: &MigrationParams) -> Result<(), DriverError> {
+    if p.downtime_limit < Duration::from_millis(1) {
+        return Err(DriverError::Invalid(
+            "the downtime limit must be at least 1 ms".into(),
+        ));
+    }
+    if p.downtime_limit > MigrationParams::MAX_DOWNTIME_LIMIT {
+        return Err(DriverError::Invalid(format!(
+            "the downtime limit must be at most {} s",
+            MigrationParams::MAX_DOWNTIME_LIMIT.as_secs()
+        )));
+    }
+    if p.max_bandwidth == Some(0) {
+        return Err(DriverError::Invalid(
+            "a bandwidth limit of 0 would never finish".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn ms(v: &Value, key: &str) -> Option<Duration> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(Duration::from_millis)
+}
+
+/// Maps a `query-migrate` reply.
+fn parse_status(q: &Value) -> MigrationStatus {
+    let status = q.get("status").and_then(Value::as_str).unwrap_or("none");
+    let phase = match status {
+        "none" => MigrationPhase::None,
+        "setup" => MigrationPhase::Setup,
+        "active" => MigrationPhase::Active,
+        // QEMU's `device` and `pre-switchover` are both the paused final copy.
+        "device" | "pre-switchover" => MigrationPhase::Device,
+        "completed" => MigrationPhase::Completed,
+        "failed" => MigrationPhase::Failed(
+            q.get("error-desc")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_string(),
+        ),
+        "cancelling" => MigrationPhase::Cancelling,
+        "cancelled" => MigrationPhase::Cancelled,
+        other => MigrationPhase::Other(other.to_string()),
+    };
+    let ram = q.get("ram").cloned().unwrap_or(Value::Null);
+    let field = |k: &str| ram.get(k).and_then(Value::as_u64);
+    // QEMU reports the dirty rate in pages per second.
+    let dirty_rate = field("dirty-pages-rate")
+        .zip(field("page-size"))
+        .map(|(pages, size)| pages.saturating_mul(size));
+    MigrationStatus {
+        phase,
+        total_bytes: field("total"),
+        transferred_bytes: field("transferred"),
+        remaining_bytes: field("remaining"),
+        dirty_rate,
+        expected_downtime: ms(q, "expected-downtime"),
+        downtime: ms(q, "downtime"),
+        total_time: ms(q, "total-time"),
+    }
+}
+
+impl QemuVm {
+    /// On a QEMU started with `-incoming defer`: starts listening for the migration stream.
+    pub(super) async fn listen_incoming(&self, incoming: &Incoming) -> Result<(), DriverError> {
+        let Incoming::Tcp(addr) = incoming;
+        self.qmp("migrate-incoming", Some(json!({ "uri": uri(addr) })))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn start_migration(
+        &self,
+        to: &MigrationTarget,
+        p: &MigrationParams,
+    ) -> Result<(), DriverError> {
+        validate(p)?;
+        let status = self.run_status().await?;
+        if status == "inmigrate" || status == "postmigrate" {
+            return Err(DriverError::Invalid(format!(
+                "the VM cannot migrate from here (QEMU state {status})"
+            )));
+        }
+        self.qmp(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [
+                { "capability": "auto-converge", "state": p.auto_converge },
+            ]})),
+        )
+        .await?;
+        self.qmp(
+            "migrate-set-parameters",
+            Some(json!({
+                "downtime-limit": u64::try_from(p.downtime_limit.as_millis()).unwrap_or(u64::MAX),
+                "max-bandwidth": p.max_bandwidth.unwrap_or(UNTHROTTLED),
+            })),
+        )
+        .await?;
+        let MigrationTarget::Tcp(addr) = to;
+        self.qmp("migrate", Some(json!({ "uri": uri(addr) })))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn query_migration(&self) -> Result<MigrationStatus, DriverError> {
+        Ok(parse_status(&self.qmp("query-migrate", None).await?))
+    }
+
+    pub(super) async fn cancel(&self) -> Result<(), DriverError> {
+        self.qmp("migrate_cancel", None).await?;
+        // The cancel is asynchronous in QEMU; the caller wants to know the source runs again.
+        let deadline = tokio::time::Instant::now() + CANCEL_TIMEOUT;
+        loop {
+            let s = self.query_migration().await?;
+            if s.phase.is_finished() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(DriverError::Hypervisor(format!(
+                    "the migration did not stop within {} s of the cancel (phase {:?})",
+                    CANCEL_TIMEOUT.as_secs(),
+                    s.phase
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_migrate_is_mapped_with_dirty_rate_in_bytes() {
+        let q = json!({
+            "status": "active",
+            "expected-downtime": 12,
+            "total-time": 350,
+            "ram": {
+                "total": 268_435_456u64, "transferred": 1000, "remaining": 2000,
+                "dirty-pages-rate": 10, "page-size": 4096,
+            },
+        });
+        let s = parse_status(&q);
+        assert_eq!(s.phase, MigrationPhase::Active);
+        assert_eq!(s.total_bytes, Some(268_435_456));
+        assert_eq!(s.remaining_bytes, Some(2000));
+        assert_eq!(s.dirty_rate, Some(40960));
+        assert_eq!(s.expected_downtime, Some(Duration::from_millis(12)));
+        assert_eq!(s.downtime, None);
+        let f = parse_status(&json!({ "status": "failed", "error-desc": "Connection refused" }));
+        assert_eq!(f.phase, MigrationPhase::Failed("Connection refused".into()));
+        assert!(f.phase.is_finished());
+        assert_eq!(parse_status(&json!({})).phase, MigrationPhase::None);
+    }
+
+    #[test]
+    fn absurd_parameters_are_refused() {
+        let ok = MigrationParams::default();
+        assert!(validate(&ok).is_ok());
+        for bad in [
+            MigrationParams {
+                downtime_limit: Duration::ZERO,
+                ..ok.clone()
+            },
+            MigrationParams {
+                downtime_limit: Duration::from_secs(3600),
+                ..ok.clone()
+            },
+            MigrationParams {
+                max_bandwidth: Some(0),
+                ..ok.clone()
+            },
+        ] {
+            assert!(matches!(validate(&bad), Err(DriverError::Invalid(_))));
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Real-QEMU (TCG) live migration tests of the `qemu` driver: a guest moves between two QEMU
+//! processes over loopback TCP and keeps running on the destination, and a throttled migration
+//! is cancelled with the guest still running on the source. Each side is its own "host": its
+//! own driver and state directory (one `Env` each), so both can hold the same VM id, and each
+//! `Env` kills its QEMUs on drop, also when an assertion fails.
+
+mod common;
+
+use common::{BOOT, Env};
+use panal_driver::qemu::{QemuDriver, READY_LINE};
+use panal_driver::{
+    Driver, DriverError, DynVmHandle, Incoming, MigrationParams, MigrationPhase, MigrationStatus,
+    MigrationTarget, RuntimeState, VmExit,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released: the destination binds it right after).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The destination host's driver. No cgroups: the two "hosts" share this machine's cgroup
+/// tree, where a VM's cgroup is named by its id, which both sides share.
+fn destination_driver(env: &Env) -> QemuDriver {
+    let mut c = env.config();
+    c.cgroups = false;
+    QemuDriver::new(c)
+}
+
+async fn wait_finished(vm: &DynVmHandle, timeout: Duration) -> MigrationStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = vm.migration_status().await.expect("status");
+        if s.phase.is_finished() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "migration still {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_state(vm: &DynVmHandle, want: RuntimeState, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = vm.state().await.expect("state");
+        if s == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "state {s:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The highest `TICK-n` in a console text.
+fn last_tick(text: &str) -> Option<u64> {
+    text.split("TICK-")
+        .skip(1)
+        .filter_map(|t| {
+            let n: String = t.chars().take_while(char::is_ascii_digit).collect();
+            n.parse().ok()
+        })
+        .max()
+}
+
+const COUNTER: &str = "i=0; while true; do echo TICK-$i; i=$((i+1)); sleep 0.2; done &";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_migrates_and_keeps_running_on_the_destination() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let src = src_env.driver();
+    let dst = destination_driver(&dst_env);
+    let spec = src_env.microvm(256);
+    let vm = src.launch(&spec).await.expect("launch source");
+    let mut con = src_env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    con.send(COUNTER).await;
+    con.wait_for("TICK-3", Duration::from_secs(20)).await;
+
+    let addr = free_addr();
+    let mut dspec = spec.clone();
+    dspec.incoming = Some(Incoming::Tcp(addr));
+    let dvm = dst.launch(&dspec).await.expect("launch destination");
+    assert_eq!(dvm.state().await.unwrap(), RuntimeState::Incoming);
+
+    let params = MigrationParams {
+        downtime_limit: Duration::from_millis(300),
+        ..MigrationParams::default()
+    };
+    let t = Instant::now();
+    vm.migrate(&MigrationTarget::Tcp(addr), &params)
+        .await
+        .expect("migrate");
+    let done = wait_finished(&vm, Duration::from_secs(120)).await;
+    let took = t.elapsed();
+    assert_eq!(done.phase, MigrationPhase::Completed, "{done:?}");
+    let downtime = done.downtime.expect("measured downtime reported");
+    assert!(downtime < Duration::from_secs(1), "downtime {downtime:?}");
+    assert!(done.total_bytes.unwrap_or(0) >= 200 << 20, "{done:?}");
+    eprintln!(
+        "migrated in {took:?} (QEMU: {:?}), downtime {downtime:?}",
+        done.total_time
+    );
+
+    // The destination runs the guest by itself; the source holds it paused and will not resume.
+    wait_state(&dvm, RuntimeState::Running, Duration::from_secs(10)).await;
+    assert_eq!(vm.state().await.unwrap(), RuntimeState::Paused);
+    assert!(matches!(vm.resume().await, Err(DriverError::Invalid(_))));
+    let before = last_tick(&std::fs::read_to_string(vm.console_log().unwrap()).unwrap())
+        .expect("ticks on the source");
+
+    // The same guest, still counting from where it was (not booted afresh), and answering.
+    let mut dcon = dst_env.console(spec.id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = last_tick(&dcon.since_offset()).unwrap_or(0);
+        if after > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the destination's guest did not continue counting past {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !dcon.since_offset().contains(READY_LINE),
+        "the guest rebooted"
+    );
+    dcon.connect().await;
+    dcon.send("echo moved-$((6*7))").await;
+    dcon.wait_for("moved-42", Duration::from_secs(20)).await;
+
+    // Stopping the source quits it without running the guest there again.
+    vm.shutdown(Duration::from_secs(10))
+        .await
+        .expect("stop source");
+    assert_eq!(
+        vm.exit_watch().borrow().clone(),
+        Some(VmExit::Shutdown),
+        "source"
+    );
+    src.cleanup(spec.id).await.expect("cleanup source");
+    assert_eq!(dvm.state().await.unwrap(), RuntimeState::Running);
+    dvm.kill().await.expect("kill destination");
+    dst.cleanup(spec.id).await.expect("cleanup destination");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let src = src_env.driver();
+    let dst = destination_driver(&dst_env);
+    let spec = src_env.microvm(256);
+    let vm = src.launch(&spec).await.expect("launch source");
+    let mut con = src_env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    con.send(COUNTER).await;
+    con.wait_for("TICK-3", Duration::from_secs(20)).await;
+
+    let addr = free_addr();
+    let mut dspec = spec.clone();
+    dspec.incoming = Some(Incoming::Tcp(addr));
+    let dvm = dst.launch(&dspec).await.expect("launch destination");
+
+    // 1 MiB/s: the guest's non-zero memory alone takes far longer than this test waits.
+    let params = MigrationParams {
+        downtime_limit: Duration::from_millis(300),
+        max_bandwidth: Some(1 << 20),
+        auto_converge: false,
+    };
+    vm.migrate(&MigrationTarget::Tcp(addr), &params)
+        .await
+        .expect("migrate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = vm.migration_status().await.expect("status");
+        assert!(!s.phase.is_finished(), "finished before the cancel: {s:?}");
+        if s.phase == MigrationPhase::Active && s.transferred_bytes.unwrap_or(0) > 0 {
+            assert!(s.remaining_bytes.unwrap_or(0) > 0, "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became active: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    vm.cancel_migration().await.expect("cancel");
+    let s = vm.migration_status().await.expect("status");
+    assert_eq!(s.phase, MigrationPhase::Cancelled, "{s:?}");
+    assert_eq!(vm.state().await.unwrap(), RuntimeState::Running);
+    let before = last_tick(&con.since_offset()).unwrap_or(0);
+    con.wait_for(&format!("TICK-{}", before + 5), Duration::from_secs(20))
+        .await;
+    let out = con
+        .run("echo still-$((6*7))", Duration::from_secs(20))
+        .await;
+    assert!(out.contains("still-42"), "{out}");
+
+    // The destination (QEMU ends a failed incoming migration by itself) is stopped and gone.
+    dvm.kill().await.expect("kill destination");
+    assert!(dvm.exit_watch().borrow().is_some());
+    dst.cleanup(spec.id).await.expect("cleanup destination");
+    assert!(dst.list_running().await.unwrap().is_empty());
+    assert!(!dst_env.run_dir(spec.id).exists());
+
+    // Nothing carried over: an unthrottled retry to a fresh destination completes.
+    let addr = free_addr();
+    dspec.incoming = Some(Incoming::Tcp(addr));
+    let dvm = dst.launch(&dspec).await.expect("relaunch destination");
+    vm.migrate(&MigrationTarget::Tcp(addr), &MigrationParams::default())
+        .await
+        .expect("migrate again");
+    let done = wait_finished(&vm, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, MigrationPhase::Completed, "{done:?}");
+    wait_state(&dvm, RuntimeState::Running, Duration::from_secs(10)).await;
+    vm.kill().await.unwrap();
+    dvm.kill().await.unwrap();
+}
