@@ -57,11 +57,33 @@ async fn running_with_address(lab: &NsPool<'_>, client: &Client, req: VmCreate) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let ip = vm.spec.nics[0].ip;
-    let mut console = lab.console(&vm).await;
-    console
-        .wait_for(&format!("PANAL-GUEST-DHCP eth0 {ip}/"), GUEST)
-        .await;
+    wait_lease(lab, &vm, &ip.to_string()).await;
+    let console = lab.console(&vm).await;
     (vm, console)
+}
+
+/// Waits for the guest's DHCP line in its console history on its host (a live console opened
+/// later would miss a line printed before it connected).
+async fn wait_lease(lab: &NsPool<'_>, vm: &Vm, ip: &str) {
+    let log = lab
+        .host_dir(NsPool::host_of(vm))
+        .join("qemu/vms")
+        .join(vm.id.to_string())
+        .join("console.log");
+    let line = format!("PANAL-GUEST-DHCP eth0 {ip}/");
+    let deadline = Instant::now() + GUEST;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&line)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}: no {line:?} in {}",
+            vm.name,
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Whether `ping` from the console's guest gets an answer from `to` (optionally from `from`).
@@ -295,9 +317,8 @@ fn two_hosts_one_overlay() {
             b_ip,
             "the address follows the VM"
         );
-        let mut cb = l.console(&moved).await;
-        cb.wait_for(&format!("PANAL-GUEST-DHCP eth0 {b_ip}/"), GUEST)
-            .await;
+        wait_lease(&l, &moved, &b_ip).await;
+        let cb = l.console(&moved).await;
         let back = Instant::now() + Duration::from_secs(30);
         while !pings(&mut ca, &b_ip, None).await {
             assert!(Instant::now() < back, "a never reached b after it moved");
