@@ -320,19 +320,13 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
             print(format, &n, || vec![header(), network_row(&n)])
         }
         NetworkCommand::List(a) => {
-            let mut all = Vec::new();
-            let mut token = None;
-            loop {
-                let page = client
-                    .list_networks(a.project.as_deref(), token.as_deref())
+            let all = panal_client::all_pages(|t| async move {
+                client
+                    .list_networks(a.project.as_deref(), t.as_deref())
                     .await
-                    .map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            })
+            .await
+            .map_err(api_err)?;
             print(format, &all, || {
                 std::iter::once(header())
                     .chain(all.iter().map(network_row))
@@ -419,19 +413,13 @@ pub async fn run_groups(client: &Client, format: Format, cmd: &SecurityGroupComm
             show(&g)
         }
         SecurityGroupCommand::List(a) => {
-            let mut all = Vec::new();
-            let mut token = None;
-            loop {
-                let page = client
-                    .list_security_groups(a.project.as_deref(), token.as_deref())
+            let all = panal_client::all_pages(|t| async move {
+                client
+                    .list_security_groups(a.project.as_deref(), t.as_deref())
                     .await
-                    .map_err(api_err)?;
-                all.extend(page.items);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            })
+            .await
+            .map_err(api_err)?;
             print(format, &all, || {
                 std::iter::once(vec!["NAME".into(), "RULES".into()])
                     .chain(
