@@ -9,12 +9,16 @@ pub mod fake;
 mod migration;
 pub mod qemu;
 
-pub use migration::{Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget};
+pub use migration::{
+    DiskMirrorStatus, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
+    ROOT_DISK,
+};
 
 use async_trait::async_trait;
 use panal_types::VmId;
 use panal_types::host::HypervisorInfo;
 use panal_types::vm::{HypervisorKind, MachineProfile};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,7 +276,9 @@ pub trait VmHandle: Send + Sync + 'static {
     /// Starts a live migration of this VM to a destination launched with
     /// [`VmLaunch::incoming`], after applying `params`. Returns once the migration has started;
     /// follow it with [`VmHandle::migration_status`]. When it completes, this VM is left paused
-    /// (it can no longer be resumed here) for the caller to stop.
+    /// (it can no longer be resumed here) for the caller to stop. With disk copies running
+    /// ([`VmHandle::mirror_disks`]) it refuses until every disk is ready, and the switch-over
+    /// waits (guest paused) for the driver to finish the copies.
     async fn migrate(
         &self,
         to: &MigrationTarget,
@@ -291,6 +297,50 @@ pub trait VmHandle: Send + Sync + 'static {
     /// paused, if it was) here. Nothing to cancel is not an error.
     async fn cancel_migration(&self) -> Result<(), DriverError> {
         Err(DriverError::Unsupported("live migration".into()))
+    }
+
+    /// Destination of a migration with local disks: serves these disks ([`ROOT_DISK`] for the
+    /// boot-image overlay, data disk ids) writable over NBD on `addr`, each as an export named
+    /// by its disk id, for the source's [`VmHandle::mirror_disks`]. Only on a VM launched with
+    /// [`VmLaunch::incoming`]. Already serving is not an error.
+    async fn export_disks(&self, addr: SocketAddr, disks: &[String]) -> Result<(), DriverError> {
+        let _ = (addr, disks);
+        Err(DriverError::Unsupported("disk migration".into()))
+    }
+
+    /// Destination: stops serving the disks (once the migration completed, or to give up).
+    /// Nothing served is not an error.
+    async fn unexport_disks(&self) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("disk migration".into()))
+    }
+
+    /// Source of a migration with local disks: starts copying these disks to the destination's
+    /// [`VmHandle::export_disks`] at `to` (the boot-image overlay only with what the guest
+    /// changed, since the base image is on both hosts; data disks whole), each throttled to
+    /// `max_bandwidth` bytes per second. Returns once the copies have started; follow them with
+    /// [`VmHandle::disk_mirror_status`] and call [`VmHandle::migrate`] once every disk is ready.
+    /// New guest writes keep being copied until the migration switches over, when the driver
+    /// finishes the copies while the guest is paused.
+    async fn mirror_disks(
+        &self,
+        to: SocketAddr,
+        disks: &[String],
+        max_bandwidth: Option<u64>,
+    ) -> Result<(), DriverError> {
+        let _ = (to, disks, max_bandwidth);
+        Err(DriverError::Unsupported("disk migration".into()))
+    }
+
+    /// Source: progress of each disk copy started by [`VmHandle::mirror_disks`] ([`ROOT_DISK`]
+    /// first, then by disk id); a failed copy stays listed with its error until cancelled.
+    async fn disk_mirror_status(&self) -> Result<Vec<DiskMirrorStatus>, DriverError> {
+        Err(DriverError::Unsupported("disk migration".into()))
+    }
+
+    /// Source: abandons the disk copies (and the memory migration, if one runs) and lets go of
+    /// the destination; the VM runs on here on its own disks. Nothing to cancel is not an error.
+    async fn cancel_disk_mirror(&self) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("disk migration".into()))
     }
 
     /// Path of the serial console's history file, where the driver keeps one.

@@ -1,6 +1,7 @@
 //! Live migration types shared by every backend: where a destination listens, where a source
-//! sends, the knobs of one migration and its progress. Only the driver-level primitive: which
-//! host, the authenticated channel and the persisted multi-step operation live above the driver.
+//! sends, the knobs of one migration and its progress, and the progress of copying a VM's local
+//! disks along with it. Only the driver-level primitive: which host, the authenticated channel
+//! and the persisted multi-step operation live above the driver.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,4 +104,25 @@ pub struct MigrationStatus {
     pub downtime: Option<Duration>,
     /// Time since the migration started (its whole duration once completed).
     pub total_time: Option<Duration>,
+}
+
+/// The id that names a VM's boot-image overlay ([`crate::BootSource::Disk`]) among its disks
+/// in a disk migration; data disks go by their own ids ([`crate::DataDisk::id`]).
+pub const ROOT_DISK: &str = "root";
+
+/// Progress of copying one local disk to a migration destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskMirrorStatus {
+    /// The disk: [`ROOT_DISK`] or a data disk's id.
+    pub disk: String,
+    /// Bytes copied so far.
+    pub done_bytes: u64,
+    /// Bytes to copy in all; grows while the guest writes, so `done_bytes / total_bytes` is the
+    /// progress to show.
+    pub total_bytes: u64,
+    /// The destination holds the whole disk and every new guest write is copied too. The memory
+    /// migration may start only once every disk is ready (`migrate` refuses before).
+    pub ready: bool,
+    /// The copy failed (the hypervisor's reason); the disk cannot move in this attempt.
+    pub error: Option<String>,
 }

@@ -140,9 +140,18 @@ pub fn nic_netdev_args(n: &crate::NetNic) -> serde_json::Value {
     })
 }
 
+/// The block node of the boot-image overlay (the root disk).
+pub const ROOT_NODE: &str = "disk0";
+
 /// The block node of a data disk (QEMU node names are at most 31 characters).
 pub fn disk_node(id: &str) -> String {
     format!("v{}", short(id, 24))
+}
+
+/// The NBD client node through which a disk migration writes a disk to the destination (on
+/// the source; `mig-root` for the root disk).
+pub fn mirror_target_node(id: &str) -> String {
+    format!("mig-{}", short(id, 24))
 }
 
 /// The device id of a data disk.
@@ -248,7 +257,7 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         // The cache object is inherited by the file node and the backing chain.
         let node = json!({
             "driver": d.format,
-            "node-name": "disk0",
+            "node-name": ROOT_NODE,
             "cache": d.cache.cache_json(),
             "file": {
                 "driver": "file",
@@ -259,7 +268,7 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         push("-blockdev");
         push(&node.to_string());
         push("-device");
-        push(&format!("{},drive=disk0,id=vda", dev("virtio-blk")));
+        push(&format!("{},drive={ROOT_NODE},id=vda", dev("virtio-blk")));
     }
     if !micro {
         // Empty PCIe root ports: where disks are hot-plugged later (one device per port).

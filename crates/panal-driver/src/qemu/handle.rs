@@ -43,6 +43,9 @@ pub struct QemuVm {
     shared: Arc<Shared>,
     meta: Mutex<VmMeta>,
     cgroup: Option<VmCgroup>,
+    /// Serialises the disk-migration switch-over step with itself and with starting or
+    /// abandoning disk copies (see `disk_mirror.rs`).
+    switch_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl QemuVm {
@@ -79,6 +82,7 @@ impl QemuVm {
             shared,
             meta: Mutex::new(meta),
             cgroup,
+            switch_lock: Arc::default(),
         })
     }
 
@@ -100,6 +104,15 @@ impl QemuVm {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string())
+    }
+
+    /// The QMP session itself (for tasks that must not keep the handle alive).
+    pub(super) fn qmp_session(&self) -> &Arc<Qmp> {
+        &self.qmp
+    }
+
+    pub(super) fn switch_lock(&self) -> &Arc<tokio::sync::Mutex<()>> {
+        &self.switch_lock
     }
 
     pub(super) fn live(&self) -> Result<(), DriverError> {
@@ -395,6 +408,40 @@ impl VmHandle for QemuVm {
     async fn cancel_migration(&self) -> Result<(), DriverError> {
         self.live()?;
         self.cancel().await
+    }
+
+    async fn export_disks(
+        &self,
+        addr: std::net::SocketAddr,
+        disks: &[String],
+    ) -> Result<(), DriverError> {
+        self.live()?;
+        self.export(addr, disks).await
+    }
+
+    async fn unexport_disks(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.unexport().await
+    }
+
+    async fn mirror_disks(
+        &self,
+        to: std::net::SocketAddr,
+        disks: &[String],
+        max_bandwidth: Option<u64>,
+    ) -> Result<(), DriverError> {
+        self.live()?;
+        self.start_mirrors(to, disks, max_bandwidth).await
+    }
+
+    async fn disk_mirror_status(&self) -> Result<Vec<crate::DiskMirrorStatus>, DriverError> {
+        self.live()?;
+        self.mirror_status().await
+    }
+
+    async fn cancel_disk_mirror(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.abandon_mirrors().await
     }
 
     fn console_log(&self) -> Option<PathBuf> {

@@ -47,13 +47,6 @@ fn validate(spec: &VmLaunch) -> Result<(), DriverError> {
             "kernel command line contains control characters".into(),
         ));
     }
-    if spec.incoming.is_some() && matches!(spec.boot, BootSource::Disk { .. }) {
-        // The overlay is local to the source host: a fresh one here over the same base would
-        // show the guest a disk without its writes. Moving it needs the disk copy (not yet).
-        return Err(DriverError::Invalid(
-            "an incoming migration cannot take a VM with a local disk overlay yet".into(),
-        ));
-    }
     if let BootSource::Disk { format, .. } = &spec.boot
         && !matches!(format.as_str(), "qcow2" | "raw")
     {
@@ -139,6 +132,19 @@ impl QemuDriver {
                 None,
             ),
             BootSource::Disk { base, format } => {
+                if spec.incoming.is_some() {
+                    // The guest's disk arrives from the source (disk_mirror.rs: only what the
+                    // overlay holds there is copied), so it must land on an empty overlay: one
+                    // left here by an earlier stay or attempt would add stale blocks.
+                    for stale in [paths.overlay(), paths.disk_in_use()] {
+                        match tokio::fs::remove_file(&stale).await {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                return Err(e.into());
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 let disk = self.overlay(&paths, base, format).await?;
                 (disk_kernel(cfg, &args, micro)?, Some(disk))
             }

@@ -8,12 +8,19 @@
 //! guest was paused, which QEMU carries over. A failed or cancelled migration leaves the source
 //! running as before, and the destination QEMU exits by itself (QEMU ends an incoming migration
 //! that fails), which its exit watch reports as a crash: the caller cleans it up either way.
+//!
+//! With local disks being copied (`disk_mirror.rs`), `migrate` refuses until every copy is
+//! ready and turns on `pause-before-switchover`, so that the copies are finished while the guest
+//! is paused and before the destination may run it; without, that capability is turned off, so
+//! nothing carries over from an earlier attempt.
 
+use super::disk_mirror;
 use super::handle::QemuVm;
 use crate::{
     DriverError, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
 };
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What "unthrottled" is sent as: QEMU has no "no limit" value for `max-bandwidth`, and its
@@ -113,10 +120,12 @@ impl QemuVm {
                 "the VM cannot migrate from here (QEMU state {status})"
             )));
         }
+        let disks = self.mirrors_ready().await?;
         self.qmp(
             "migrate-set-capabilities",
             Some(json!({ "capabilities": [
                 { "capability": "auto-converge", "state": p.auto_converge },
+                { "capability": "pause-before-switchover", "state": !disks.is_empty() },
             ]})),
         )
         .await?;
@@ -130,12 +139,26 @@ impl QemuVm {
         .await?;
         let MigrationTarget::Tcp(addr) = to;
         self.qmp("migrate", Some(json!({ "uri": uri(addr) })))
-            .await
-            .map(drop)
+            .await?;
+        if !disks.is_empty() {
+            disk_mirror::spawn_switchover_task(
+                Arc::downgrade(self.qmp_session()),
+                self.switch_lock().clone(),
+            );
+        }
+        Ok(())
     }
 
     pub(super) async fn query_migration(&self) -> Result<MigrationStatus, DriverError> {
-        Ok(parse_status(&self.qmp("query-migrate", None).await?))
+        let q = self.qmp("query-migrate", None).await?;
+        if q["status"] == "pre-switchover" {
+            // Normally the switch-over task is already at it; after a re-attach it is gone.
+            let _held = self.switch_lock().lock().await;
+            disk_mirror::switch_over(self.qmp_session()).await?;
+            drop(_held);
+            return Ok(parse_status(&self.qmp("query-migrate", None).await?));
+        }
+        Ok(parse_status(&q))
     }
 
     pub(super) async fn cancel(&self) -> Result<(), DriverError> {

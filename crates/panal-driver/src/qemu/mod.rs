@@ -5,10 +5,13 @@
 //! needs to re-attach). QEMU runs in its own session and outlives the agent; [`Driver::attach`]
 //! finds it again from the pid file and QMP socket. See `process.rs` for liveness, `handle.rs`
 //! for the per-VM protocol, `cmdline.rs` for argument safety rules, `probe.rs` for how the
-//! accelerator is chosen, `disk_safety.rs` for the disk cache mode and the check after a crash.
+//! accelerator is chosen, `disk_safety.rs` for the disk cache mode and the check after a crash,
+//! `migrate.rs` and `disk_mirror.rs` for live migration (memory, and local disks over NBD).
 
 mod cgroup;
 mod cmdline;
+mod disk_export;
+mod disk_mirror;
 mod disk_safety;
 mod disks;
 mod guest;
