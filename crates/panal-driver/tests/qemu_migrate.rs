@@ -6,52 +6,13 @@
 
 mod common;
 
-use common::{BOOT, Env};
-use panal_driver::qemu::{QemuDriver, READY_LINE};
+use common::{BOOT, Env, destination_driver, free_addr, wait_finished, wait_state};
+use panal_driver::qemu::READY_LINE;
 use panal_driver::{
-    Driver, DriverError, DynVmHandle, Incoming, MigrationParams, MigrationPhase, MigrationStatus,
-    MigrationTarget, RuntimeState, VmExit,
+    Driver, DriverError, Incoming, MigrationParams, MigrationPhase, MigrationTarget, RuntimeState,
+    VmExit,
 };
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// A free loopback port (bound then released: the destination binds it right after).
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// The destination host's driver. No cgroups: the two "hosts" share this machine's cgroup
-/// tree, where a VM's cgroup is named by its id, which both sides share.
-fn destination_driver(env: &Env) -> QemuDriver {
-    let mut c = env.config();
-    c.cgroups = false;
-    QemuDriver::new(c)
-}
-
-async fn wait_finished(vm: &DynVmHandle, timeout: Duration) -> MigrationStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = vm.migration_status().await.expect("status");
-        if s.phase.is_finished() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "migration still {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_state(vm: &DynVmHandle, want: RuntimeState, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = vm.state().await.expect("state");
-        if s == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "state {s:?}, want {want:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The highest `TICK-n` in a console text.
 fn last_tick(text: &str) -> Option<u64> {

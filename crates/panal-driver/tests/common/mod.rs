@@ -4,10 +4,11 @@
 
 #![allow(dead_code)]
 
-use panal_driver::VmLaunch;
 use panal_driver::qemu::{AccelMode, GuestImage, QemuConfig, QemuDriver};
+use panal_driver::{DynVmHandle, MigrationStatus, RuntimeState, VmLaunch};
 use panal_types::VmId;
 use panal_types::vm::MachineProfile;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -230,3 +231,43 @@ fn rand_tag() -> u64 {
 
 /// Boot timeout for one TCG guest on a busy 2-core machine.
 pub const BOOT: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound then released: the destination binds it right after).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The destination host's driver in a migration test. No cgroups: the two "hosts" share this
+/// machine's cgroup tree, where a VM's cgroup is named by its id, which both sides share.
+pub fn destination_driver(env: &Env) -> QemuDriver {
+    let mut c = env.config();
+    c.cgroups = false;
+    QemuDriver::new(c)
+}
+
+/// Polls a migration until it has ended one way or another.
+pub async fn wait_finished(vm: &DynVmHandle, timeout: Duration) -> MigrationStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = vm.migration_status().await.expect("status");
+        if s.phase.is_finished() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "migration still {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a VM's state until it is `want`.
+pub async fn wait_state(vm: &DynVmHandle, want: RuntimeState, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = vm.state().await.expect("state");
+        if s == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "state {s:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
