@@ -264,6 +264,15 @@ async fn a_guest_booted_from_a_disk_image_moves_with_its_overlay_only() {
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![ROOT_DISK.to_string()];
     dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(nbd, &disks).await.expect("export twice");
+    // Moving memory alone would leave the guest's writes behind in the local overlay.
+    let refused = vm
+        .migrate(&MigrationTarget::Tcp(mig), &MigrationParams::default())
+        .await;
+    assert!(
+        matches!(refused, Err(DriverError::Invalid(_))),
+        "{refused:?}"
+    );
 
     vm.mirror_disks(nbd, &disks, None).await.expect("mirror");
     let ready = wait_mirrors_ready(&vm, Duration::from_secs(120)).await;

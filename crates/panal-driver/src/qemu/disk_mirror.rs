@@ -373,9 +373,28 @@ impl QemuVm {
     }
 
     /// The disks whose copies run, once every one of them is ready; an error naming the first
-    /// that is not. Empty: a migration without disk copies.
+    /// that is not. Empty: a migration without disk copies. A root overlay is always local (it
+    /// lives in the run directory), so a migration that does not copy it is refused: the
+    /// destination's fresh overlay would show the guest its base image without its writes.
+    /// Whether data disks are local or shared is the caller's knowledge, not the driver's.
     pub(super) async fn mirrors_ready(&self) -> Result<Vec<String>, DriverError> {
-        let js = jobs(self.qmp_session()).await?;
+        let qmp = self.qmp_session();
+        let js = jobs(qmp).await?;
+        if !js.iter().any(|j| j.public.disk == ROOT_DISK) {
+            let nodes = qmp
+                .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+                .await?;
+            if nodes
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n["node-name"] == ROOT_NODE))
+            {
+                return Err(DriverError::Invalid(
+                    "the VM's disk overlay is local to this host: copy it with the disk \
+                     migration (mirror_disks) first"
+                        .into(),
+                ));
+            }
+        }
         if let Some(j) = js.iter().find(|j| !j.ready()) {
             return Err(DriverError::Invalid(format!(
                 "disk {} is not in sync with the destination yet ({}, {} of {} bytes): \
