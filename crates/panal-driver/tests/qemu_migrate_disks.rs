@@ -435,3 +435,79 @@ async fn a_throttled_disk_copy_is_cancelled_and_the_source_keeps_running_on_its_
     vm.kill().await.unwrap();
     dvm.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_copy_that_breaks_before_the_switch_over_keeps_the_guest_here() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let src = src_env.driver();
+    let dst = destination_driver(&dst_env);
+    let src_file = raw_disk(&src_env, "vol.raw");
+    let dst_file = raw_disk(&dst_env, "vol.raw");
+    let mut spec = src_env.microvm(256);
+    spec.disks = vec![data_disk(&src_file)];
+    let vm = src.launch(&spec).await.expect("launch source");
+    let mut con = src_env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    find_data_disk(&mut con).await;
+
+    let (nbd, mig) = (free_addr(), free_addr());
+    let mut dspec = spec.clone();
+    dspec.disks = vec![data_disk(&dst_file)];
+    dspec.incoming = Some(Incoming::Tcp(mig));
+    let dvm = dst.launch(&dspec).await.expect("launch destination");
+    let disks = vec![VOL.to_string()];
+    dvm.export_disks(nbd, &disks).await.expect("export");
+    vm.mirror_disks(nbd, &disks, None).await.expect("mirror");
+    wait_mirrors_ready(&vm, Duration::from_secs(120)).await;
+    con.send(WRITER).await;
+
+    // Memory moves slowly (4 MiB/s) while the destination drops the disk copy's connection and
+    // the guest keeps writing: the copy fails long before memory converges.
+    let params = MigrationParams {
+        max_bandwidth: Some(4 << 20),
+        ..MigrationParams::default()
+    };
+    vm.migrate(&MigrationTarget::Tcp(mig), &params)
+        .await
+        .expect("migrate");
+    dvm.unexport_disks().await.expect("unexport");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = vm.disk_mirror_status().await.expect("status");
+        if s[0].error.is_some() {
+            eprintln!("the copy broke: {s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy did not notice: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The guest must not move without its disk: QEMU fails the migration when it cannot flush
+    // the broken copy as it stops the vCPUs (the driver's switch-over step would cancel it
+    // otherwise); either way the reason names the disk.
+    let done = wait_finished(&vm, Duration::from_secs(180)).await;
+    match &done.phase {
+        MigrationPhase::Failed(why) => {
+            assert!(
+                why.contains("disk copy failed") && why.contains(VOL),
+                "{why}"
+            );
+            eprintln!("{why}");
+        }
+        other => panic!("the migration was not refused: {other:?}"),
+    }
+    assert_eq!(vm.state().await.unwrap(), RuntimeState::Running);
+    let out = con
+        .run(
+            "touch /tmp/stop; echo here-$((6*7))",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.contains("here-42"), "{out}");
+    vm.cancel_disk_mirror()
+        .await
+        .expect("clear the failed copy");
+    assert!(vm.disk_mirror_status().await.unwrap().is_empty());
+    dvm.kill().await.expect("kill destination");
+    vm.kill().await.unwrap();
+}

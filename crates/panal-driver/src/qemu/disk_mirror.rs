@@ -192,10 +192,18 @@ async fn delete_target_nodes(qmp: &Qmp) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// The lock around the switch-over step, holding why the driver refused the latest switch-over
+/// (QEMU itself reports such a migration as failed, without a reason).
+pub(super) type SwitchLock = Arc<tokio::sync::Mutex<Option<String>>>;
+
 /// The switch-over step (see the module header): on a source paused in `pre-switchover`,
-/// finishes the disk copies and continues the migration, or cancels it if a copy failed.
-/// Anything else: nothing to do. Idempotent; the caller holds the switch-over lock.
-pub(super) async fn switch_over(qmp: &Qmp) -> Result<(), DriverError> {
+/// finishes the disk copies and continues the migration, or cancels it if a copy failed (and
+/// says why in `refused`). Anything else: nothing to do. Idempotent; the caller holds the
+/// switch-over lock, whose content `refused` is.
+pub(super) async fn switch_over(
+    qmp: &Qmp,
+    refused: &mut Option<String>,
+) -> Result<(), DriverError> {
     let m = qmp.execute("query-migrate", None).await?;
     if m["status"] != "pre-switchover" {
         return Ok(());
@@ -214,11 +222,7 @@ pub(super) async fn switch_over(qmp: &Qmp) -> Result<(), DriverError> {
         })
         .collect();
     if !broken.is_empty() {
-        tracing::warn!(
-            ?broken,
-            "a disk copy failed before the switch-over: cancelling the migration"
-        );
-        return qmp.execute("migrate_cancel", None).await.map(drop);
+        return refuse(qmp, refused, broken).await;
     }
     for j in js.iter().filter(|j| j.ready()) {
         qmp.execute(
@@ -229,11 +233,7 @@ pub(super) async fn switch_over(qmp: &Qmp) -> Result<(), DriverError> {
     }
     let failed = end_jobs(qmp).await?;
     if !failed.is_empty() {
-        tracing::warn!(
-            ?failed,
-            "a disk copy failed at the switch-over: cancelling the migration"
-        );
-        return qmp.execute("migrate_cancel", None).await.map(drop);
+        return refuse(qmp, refused, failed).await;
     }
     delete_target_nodes(qmp).await?;
     qmp.execute(
@@ -244,9 +244,24 @@ pub(super) async fn switch_over(qmp: &Qmp) -> Result<(), DriverError> {
     .map(drop)
 }
 
+/// Cancels a migration whose disks cannot follow (the guest runs on here), remembering why.
+async fn refuse(
+    qmp: &Qmp,
+    refused: &mut Option<String>,
+    broken: Vec<String>,
+) -> Result<(), DriverError> {
+    let why = format!(
+        "cancelled at the switch-over: the disk copy failed ({})",
+        broken.join("; ")
+    );
+    tracing::warn!(reason = %why, "disk migration");
+    *refused = Some(why);
+    qmp.execute("migrate_cancel", None).await.map(drop)
+}
+
 /// The task that runs [`switch_over`] as soon as the migration reaches `pre-switchover`. Ends
 /// with the migration, or when the handle (and so the QMP session) is dropped.
-pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: Arc<tokio::sync::Mutex<()>>) {
+pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: SwitchLock) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(SWITCHOVER_POLL).await;
@@ -257,8 +272,8 @@ pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: Arc<tokio::sync::Mutex
             };
             match status.as_str() {
                 "pre-switchover" => {
-                    let _held = lock.lock().await;
-                    if let Err(e) = switch_over(&qmp).await {
+                    let mut refused = lock.lock().await;
+                    if let Err(e) = switch_over(&qmp, &mut refused).await {
                         tracing::warn!(error = %e, "disk migration switch-over step failed");
                     }
                 }
@@ -406,6 +421,15 @@ impl QemuVm {
             )));
         }
         Ok(js.into_iter().map(|j| j.public.disk).collect())
+    }
+
+    /// The disk copies that failed, with QEMU's reasons.
+    pub(super) async fn mirror_failures(&self) -> Result<Vec<String>, DriverError> {
+        Ok(jobs(self.qmp_session())
+            .await?
+            .into_iter()
+            .filter_map(|j| Some(format!("disk {}: {}", j.public.disk, j.public.error?)))
+            .collect())
     }
 
     pub(super) async fn abandon_mirrors(&self) -> Result<(), DriverError> {

@@ -44,8 +44,8 @@ pub struct QemuVm {
     meta: Mutex<VmMeta>,
     cgroup: Option<VmCgroup>,
     /// Serialises the disk-migration switch-over step with itself and with starting or
-    /// abandoning disk copies (see `disk_mirror.rs`).
-    switch_lock: Arc<tokio::sync::Mutex<()>>,
+    /// abandoning disk copies, and remembers why a switch-over was refused (`disk_mirror.rs`).
+    switch_lock: super::disk_mirror::SwitchLock,
 }
 
 impl QemuVm {
@@ -111,7 +111,7 @@ impl QemuVm {
         &self.qmp
     }
 
-    pub(super) fn switch_lock(&self) -> &Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn switch_lock(&self) -> &super::disk_mirror::SwitchLock {
         &self.switch_lock
     }
 

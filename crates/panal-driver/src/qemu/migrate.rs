@@ -30,6 +30,9 @@ const UNTHROTTLED: u64 = 1 << 40;
 /// How long a cancel may take to wind the migration down.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The failure reason when QEMU gives none.
+const NO_REASON: &str = "no reason given";
+
 fn uri(addr: &std::net::SocketAddr) -> String {
     // `SocketAddr` prints IPv6 in brackets, which is what QEMU's `tcp:` URI expects.
     format!("tcp:{addr}")
@@ -74,7 +77,7 @@ fn parse_status(q: &Value) -> MigrationStatus {
         "failed" => MigrationPhase::Failed(
             q.get("error-desc")
                 .and_then(Value::as_str)
-                .unwrap_or("no reason given")
+                .unwrap_or(NO_REASON)
                 .to_string(),
         ),
         "cancelling" => MigrationPhase::Cancelling,
@@ -121,6 +124,8 @@ impl QemuVm {
             )));
         }
         let disks = self.mirrors_ready().await?;
+        // A new attempt: an earlier refusal no longer explains anything.
+        *self.switch_lock().lock().await = None;
         self.qmp(
             "migrate-set-capabilities",
             Some(json!({ "capabilities": [
@@ -151,14 +156,32 @@ impl QemuVm {
 
     pub(super) async fn query_migration(&self) -> Result<MigrationStatus, DriverError> {
         let q = self.qmp("query-migrate", None).await?;
-        if q["status"] == "pre-switchover" {
-            // Normally the switch-over task is already at it; after a re-attach it is gone.
-            let _held = self.switch_lock().lock().await;
-            disk_mirror::switch_over(self.qmp_session()).await?;
-            drop(_held);
-            return Ok(parse_status(&self.qmp("query-migrate", None).await?));
+        let mut q = parse_status(&q);
+        if q.phase == MigrationPhase::Device || q.phase.is_finished() {
+            let mut refused = self.switch_lock().lock().await;
+            if q.phase == MigrationPhase::Device {
+                // At `pre-switchover` the switch-over task is normally at it already; after a
+                // re-attach it is gone. Either way nothing is left to do once this returns.
+                disk_mirror::switch_over(self.qmp_session(), &mut refused).await?;
+                q = parse_status(&self.qmp("query-migrate", None).await?);
+            }
+            if let (MigrationPhase::Failed(_) | MigrationPhase::Cancelled, Some(why)) =
+                (&q.phase, refused.as_ref())
+            {
+                q.phase = MigrationPhase::Failed(why.clone());
+            } else if q.phase == MigrationPhase::Failed(NO_REASON.into()) {
+                // QEMU fails a migration without a word when it cannot flush a broken disk
+                // copy's target as it stops the vCPUs: say so.
+                let broken = self.mirror_failures().await?;
+                if !broken.is_empty() {
+                    q.phase = MigrationPhase::Failed(format!(
+                        "the disk copy failed ({})",
+                        broken.join("; ")
+                    ));
+                }
+            }
         }
-        Ok(parse_status(&q))
+        Ok(q)
     }
 
     pub(super) async fn cancel(&self) -> Result<(), DriverError> {
