@@ -288,7 +288,8 @@ pub trait VmHandle: Send + Sync + 'static {
         Err(DriverError::Unsupported("live migration".into()))
     }
 
-    /// Progress of the latest outgoing (or, on a destination, incoming) migration.
+    /// Progress of the latest outgoing migration (on a destination still waiting, of the
+    /// incoming one; once a guest has arrived here, `None`: nothing has left).
     async fn migration_status(&self) -> Result<MigrationStatus, DriverError> {
         Err(DriverError::Unsupported("live migration".into()))
     }
@@ -375,6 +376,12 @@ pub trait Driver: Send + Sync + 'static {
 
     /// VMs whose hypervisor processes are running on this host (for re-attach and orphan checks).
     async fn list_running(&self) -> Result<Vec<VmId>, DriverError>;
+
+    /// VMs that left anything on this host, running or not (run directories, overlays): what
+    /// [`Driver::cleanup`] would remove.
+    async fn list_present(&self) -> Result<Vec<VmId>, DriverError> {
+        self.list_running().await
+    }
 
     /// Removes what a stopped VM left on the host (run directory, overlays). Idempotent.
     async fn cleanup(&self, id: VmId) -> Result<(), DriverError>;

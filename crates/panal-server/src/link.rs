@@ -9,6 +9,7 @@ use panal_agent::link::{
 use panal_types::Name;
 use panal_types::agent::{HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::migration::MigrationReport;
 use panal_types::volume::HostTaskReport;
 
 /// A link that calls the application layer directly.
@@ -54,6 +55,17 @@ impl ControlPlaneLink for InProcessLink {
     async fn report_task(&self, host: &Name, report: HostTaskReport) -> Result<(), LinkError> {
         self.app
             .report_host_task(host.as_str(), report)
+            .await
+            .map_err(link_error)
+    }
+
+    async fn report_migration(
+        &self,
+        host: &Name,
+        report: MigrationReport,
+    ) -> Result<(), LinkError> {
+        self.app
+            .report_migration(host.as_str(), report)
             .await
             .map_err(link_error)
     }

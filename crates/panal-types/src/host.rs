@@ -82,6 +82,10 @@ pub struct HostDrain {
     /// VMs on the host when the drain checked they all fit elsewhere (`None` before that).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// Running VMs that cannot move live are stopped and started elsewhere (otherwise the drain
+    /// fails on them, stopping nothing).
+    #[serde(default)]
+    pub cold: bool,
 }
 
 /// How a hypervisor accelerates guests on a host.
@@ -137,6 +141,10 @@ pub struct HostInventory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// The address other hosts' agents send live migrations to (absent: the host takes none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub migration_address: Option<std::net::IpAddr>,
 }
 
 /// One storage pool of a host, as its agent measured it.
@@ -217,6 +225,15 @@ impl Host {
             HostState::NotReady
         };
     }
+}
+
+/// The answer to a move-back request: the live migrations started, and the VMs that stayed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostMoveBack {
+    /// One operation per VM on its way back.
+    pub migrations: Vec<crate::operation::Operation>,
+    /// VMs that stay where they are, and why (`project/name: reason`).
+    pub skipped: Vec<String>,
 }
 
 /// The answer to a drain request: the host as it now is and the operation to follow.

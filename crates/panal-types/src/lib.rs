@@ -12,6 +12,7 @@ pub mod host;
 pub mod ids;
 pub mod image;
 pub mod join;
+pub mod migration;
 pub mod name;
 pub mod network;
 pub mod operation;

@@ -50,6 +50,8 @@ pub enum OperationKind {
     SnapshotRevert,
     /// Delete a snapshot.
     SnapshotDelete,
+    /// Live-migrate a running VM to another host.
+    VmMigrate,
 }
 
 impl OperationKind {
@@ -77,6 +79,7 @@ impl OperationKind {
             OperationKind::SnapshotCreate => "snapshot_create",
             OperationKind::SnapshotRevert => "snapshot_revert",
             OperationKind::SnapshotDelete => "snapshot_delete",
+            OperationKind::VmMigrate => "vm_migrate",
         }
     }
 }
@@ -157,4 +160,7 @@ pub struct Operation {
     /// The VM generation it waits for (VM operations).
     #[serde(default)]
     pub target_generation: u64,
+    /// A live migration's figures (phase, bytes, dirty rate, downtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::MigrationProgress>,
 }

@@ -227,6 +227,12 @@ pub struct VmStatus {
     /// Set while a host drain moves the VM (cold: stopped on `from`, placed again, started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<VmMove>,
+    /// Set while the VM is live-migrated to another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::VmMigration>,
+    /// The host a drain moved it off: `panal host uncordon --move-back` returns it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<Name>,
 }
 
 /// A VM being moved off a draining host.

@@ -402,7 +402,27 @@ impl VmHandle for QemuVm {
 
     async fn migration_status(&self) -> Result<crate::MigrationStatus, DriverError> {
         self.live()?;
-        self.query_migration().await
+        let s = self.query_migration().await?;
+        if s.phase == crate::MigrationPhase::Completed
+            && !matches!(
+                self.run_status().await?.as_str(),
+                "postmigrate" | "finish-migrate"
+            )
+        {
+            // QEMU keeps reporting the incoming migration that brought the guest here: for a
+            // caller asking whether the guest has left, nothing has.
+            return Ok(crate::MigrationStatus {
+                phase: crate::MigrationPhase::None,
+                total_bytes: None,
+                transferred_bytes: None,
+                remaining_bytes: None,
+                dirty_rate: None,
+                expected_downtime: None,
+                downtime: None,
+                total_time: None,
+            });
+        }
+        Ok(s)
     }
 
     async fn cancel_migration(&self) -> Result<(), DriverError> {

@@ -205,7 +205,7 @@ impl QemuDriver {
                 let limit = spec.memory_bytes + cfg.memory_overhead_bytes;
                 Some(VmCgroup::create(
                     mode,
-                    &spec.id.to_string(),
+                    &self.cgroup_name(spec.id),
                     spec.vcpus,
                     limit,
                 )?)
@@ -335,7 +335,7 @@ impl QemuDriver {
         let facts = self.facts().await;
         let cgroup = match &facts.cgroups {
             super::CgroupMode::Unavailable(_) => None,
-            mode => Some(VmCgroup::existing(mode, &id.to_string())),
+            mode => Some(VmCgroup::existing(mode, &self.cgroup_name(id))),
         };
         Ok(Some(QemuVm::start(id, pid, paths, qmp, rx, meta, cgroup)))
     }

@@ -106,6 +106,10 @@ pub struct QemuConfig {
     pub sandbox: bool,
     /// Put each VM in its own cgroup with CPU and memory limits.
     pub cgroups: bool,
+    /// Prefix of the VMs' cgroup names (`<prefix><vm id>`): empty on a host with one agent;
+    /// agents sharing one machine (test labs) each need their own, as a VM migrating between
+    /// them runs on both at once.
+    pub cgroup_prefix: String,
     /// Memory QEMU may use beyond guest RAM before the cgroup limit bites.
     pub memory_overhead_bytes: u64,
     /// TCG translation cache size (MiB): bounds QEMU's own memory under TCG.
@@ -132,6 +136,7 @@ impl QemuConfig {
             max_vcpus: 8,
             sandbox: true,
             cgroups: true,
+            cgroup_prefix: String::new(),
             memory_overhead_bytes: 512 << 20,
             tcg_tb_size_mib: 64,
             launch_timeout: Duration::from_secs(30),
@@ -177,6 +182,11 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
+    /// The name of a VM's cgroup.
+    fn cgroup_name(&self, id: VmId) -> String {
+        format!("{}{id}", self.config.cgroup_prefix)
+    }
+
     /// A driver with this configuration. Probing happens lazily, at the first call.
     pub fn new(config: QemuConfig) -> QemuDriver {
         QemuDriver {
@@ -301,6 +311,12 @@ impl Driver for QemuDriver {
     }
 
     async fn list_running(&self) -> Result<Vec<VmId>, DriverError> {
+        let mut out = self.list_present().await?;
+        out.retain(|id| self.running_pid(*id).is_some());
+        Ok(out)
+    }
+
+    async fn list_present(&self) -> Result<Vec<VmId>, DriverError> {
         let dir = self.config.state_dir.join("vms");
         let mut out = Vec::new();
         let mut rd = match tokio::fs::read_dir(&dir).await {
@@ -316,9 +332,7 @@ impl Driver for QemuDriver {
             else {
                 continue;
             };
-            if self.running_pid(id).is_some() {
-                out.push(id);
-            }
+            out.push(id);
         }
         Ok(out)
     }
@@ -330,7 +344,7 @@ impl Driver for QemuDriver {
             )));
         }
         let facts = self.facts().await;
-        cgroup::VmCgroup::existing(&facts.cgroups, &id.to_string())
+        cgroup::VmCgroup::existing(&facts.cgroups, &self.cgroup_name(id))
             .remove_patiently(Duration::from_secs(5))
             .await?;
         match tokio::fs::remove_dir_all(self.run_paths(id).dir).await {

@@ -1,5 +1,5 @@
 //! The agent endpoint's routes: the calls the in-process link makes (register, heartbeat,
-//! assignments, reports, host tasks and their reports) plus boot-image fetches and the volume
+//! assignments, reports, migration reports, host tasks and their reports) plus boot-image fetches and the volume
 //! files of host tasks (uploads of exports and moves, downloads of moves), each bound to the
 //! caller's host.
 
@@ -18,6 +18,7 @@ use futures::StreamExt;
 use panal_types::agent::{BootManifest, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
 use panal_types::join::{AgentJoin, AgentJoined};
+use panal_types::migration::MigrationReport;
 use panal_types::volume::HostTaskReport;
 use panal_types::{ApiError, ErrorCode};
 
@@ -30,6 +31,7 @@ pub fn router(app: App) -> Router {
         .route("/reports", post(report))
         .route("/tasks", get(tasks))
         .route("/task-reports", post(task_report))
+        .route("/migration-reports", post(migration_report))
         .route("/network-plans", get(network_plans))
         .route("/vms/{project}/{name}/boot", get(boot_manifest))
         .route("/vms/{project}/{name}/boot/{role}", get(boot_file))
@@ -169,6 +171,15 @@ async fn task_report(
     ApiJson(report): ApiJson<HostTaskReport>,
 ) -> ApiResult<StatusCode> {
     app.report_host_task(host.as_str(), report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn migration_report(
+    State(app): State<App>,
+    Extension(AgentHost(host)): Extension<AgentHost>,
+    ApiJson(report): ApiJson<MigrationReport>,
+) -> ApiResult<StatusCode> {
+    app.report_migration(host.as_str(), report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

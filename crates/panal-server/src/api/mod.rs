@@ -16,6 +16,7 @@ mod operations;
 mod projects;
 mod security_groups;
 mod snapshots;
+mod vm_migrations;
 mod vm_nics;
 mod vms;
 mod volumes;
@@ -62,6 +63,9 @@ fn api_router() -> OpenApiRouter<App> {
         .routes(routes!(vms::restart_vm))
         .routes(routes!(vms::pause_vm))
         .routes(routes!(vms::resume_vm))
+        .routes(routes!(hosts::move_back))
+        .routes(routes!(vm_migrations::migrate_vm))
+        .routes(routes!(vm_migrations::cancel_migration))
         .routes(routes!(console::console))
         .routes(routes!(console::console_log))
         .routes(routes!(images::list_images, images::import_image))

@@ -59,7 +59,10 @@ impl App {
     /// about other hosts' VMs, not even that they exist).
     async fn vm_on_host(&self, host: &Name, project: &str, name: &str) -> Result<Vm, ApiError> {
         let vm = self.vm(Some(project), name).await?;
-        if vm.status.host.as_ref() != Some(host) {
+        // The target of a live migration boots nothing, but its incoming hypervisor is
+        // launched with the same kernel (or disk image base) as the source.
+        let incoming = vm.status.migration.as_ref().is_some_and(|m| &m.to == host);
+        if vm.status.host.as_ref() != Some(host) && !incoming {
             return Err(ApiError::not_found("VM", name));
         }
         Ok(vm)

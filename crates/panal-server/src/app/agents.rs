@@ -12,7 +12,7 @@ use panal_store::{Compare, Op, Txn};
 use panal_types::agent::VmStatusReport;
 use panal_types::host::Host;
 use panal_types::operation::{Operation, OperationState, Progress};
-use panal_types::vm::{PowerState, Vm};
+use panal_types::vm::{PowerState, Vm, VmPhase};
 use panal_types::volume::Volume;
 use panal_types::{ApiError, ErrorCode};
 
@@ -169,7 +169,13 @@ pub(super) fn plan_report(
     if r.cleaned_up && vm.spec.deleted {
         return Ok(ReportPlan::FinishDelete(Box::new(vm)));
     }
-    vm.status.phase = r.phase;
+    // While it migrates the VM shows `migrating` (the source reports nothing then, but a
+    // report sent just before the migration began may land after).
+    vm.status.phase = if vm.status.migration.is_some() && r.phase == VmPhase::Running {
+        VmPhase::Migrating
+    } else {
+        r.phase
+    };
     vm.status.reason = r.reason.clone();
     vm.status.observed_generation = r.observed_generation;
     vm.status.observed_restart_nonce = r.observed_restart_nonce;

@@ -251,7 +251,9 @@ impl App {
     /// VMs to another host (after checking that all of them fit somewhere), then puts it in
     /// `maintenance`. Answers with the operation that reports the progress; a host already
     /// draining answers with its drain in progress.
-    pub async fn drain_host(&self, name: &str) -> Result<HostDrainAccepted, ApiError> {
+    /// `cold`: running VMs that cannot move live are stopped and started elsewhere (otherwise
+    /// the drain fails on the first of them).
+    pub async fn drain_host(&self, name: &str, cold: bool) -> Result<HostDrainAccepted, ApiError> {
         let name = check_name("name", name)?;
         let key = keys::host(name.as_str());
         for _ in 0..16 {
@@ -273,6 +275,7 @@ impl App {
             host.drain = Some(HostDrain {
                 operation: op.id,
                 total: None,
+                cold,
             });
             host.set_mode(HostMode::Draining);
             let txn = Txn::new()

@@ -4,6 +4,7 @@
 //! concerns, instead of every stream listing and watching every VM (O(hosts × VMs)).
 //!
 //! Protocol (all index and subscriber changes happen under one mutex, never across an await):
+//! - A VM concerns the host it is placed on and, while it live-migrates, the target host too.
 //! - The feed is started by the first subscriber: list the VMs at revision R, build the index,
 //!   watch from R+1. Each event updates the index and is pushed to the affected host's
 //!   subscribers in the same critical section, so a subscriber registered under that mutex gets
@@ -45,8 +46,8 @@ struct HubState {
     running: bool,
     /// Host → VM key → the VM's latest record (with `revision` set).
     by_host: HashMap<String, HashMap<String, Arc<Vm>>>,
-    /// VM key → host it is placed on.
-    host_of: HashMap<String, String>,
+    /// VM key → hosts it concerns (see [`hosts_of`]).
+    host_of: HashMap<String, Vec<String>>,
     /// Host → open streams.
     subs: HashMap<String, Vec<Sub>>,
 }
@@ -60,24 +61,34 @@ impl HubState {
     }
 
     fn insert(&mut self, key: String, vm: Vm) -> Option<Arc<Vm>> {
-        let host = vm.status.host.as_ref()?.to_string();
+        let hosts = hosts_of(&vm);
+        if hosts.is_empty() {
+            return None;
+        }
         let vm = Arc::new(vm);
-        self.host_of.insert(key.clone(), host.clone());
-        self.by_host
-            .entry(host)
-            .or_default()
-            .insert(key, vm.clone());
+        for host in &hosts {
+            self.by_host
+                .entry(host.clone())
+                .or_default()
+                .insert(key.clone(), vm.clone());
+        }
+        self.host_of.insert(key, hosts);
         Some(vm)
     }
 
-    fn remove(&mut self, key: &str) -> Option<(String, Arc<Vm>)> {
-        let host = self.host_of.remove(key)?;
-        let vms = self.by_host.get_mut(&host)?;
-        let vm = vms.remove(key)?;
-        if vms.is_empty() {
-            self.by_host.remove(&host);
+    /// Forgets a VM; returns the hosts it was on and its last record.
+    fn remove(&mut self, key: &str) -> Option<(Vec<String>, Arc<Vm>)> {
+        let hosts = self.host_of.remove(key)?;
+        let mut last = None;
+        for host in &hosts {
+            if let Some(vms) = self.by_host.get_mut(host) {
+                last = vms.remove(key).or(last);
+                if vms.is_empty() {
+                    self.by_host.remove(host);
+                }
+            }
         }
-        Some((host, vm))
+        Some((hosts, last?))
     }
 
     /// Pushes a message to a host's streams, dropping those that are gone or too far behind.
@@ -112,28 +123,42 @@ impl HubState {
                     return;
                 };
                 vm.revision = kv.mod_revision;
-                let target = vm.status.host.as_ref().map(|h| h.as_str());
-                if self.host_of.get(&kv.key).map(String::as_str) != target
-                    && let Some((old, gone)) = self.remove(&kv.key)
-                {
-                    self.send(&old, || Assignment::Removed { id: gone.id });
+                let targets = hosts_of(&vm);
+                if let Some((old, gone)) = self.remove(&kv.key) {
+                    for h in old.iter().filter(|h| !targets.contains(h)) {
+                        self.send(h, || Assignment::Removed { id: gone.id });
+                    }
                 }
                 if let Some(vm) = self.insert(kv.key, vm) {
-                    let host = vm.status.host.as_ref().map(|h| h.to_string());
-                    if let Some(host) = host {
-                        self.send(&host, || Assignment::Upsert {
+                    for h in &targets {
+                        self.send(h, || Assignment::Upsert {
                             vm: Box::new((*vm).clone()),
                         });
                     }
                 }
             }
             WatchEvent::Delete { key, .. } => {
-                if let Some((host, gone)) = self.remove(&key) {
-                    self.send(&host, || Assignment::Removed { id: gone.id });
+                if let Some((hosts, gone)) = self.remove(&key) {
+                    for h in &hosts {
+                        self.send(h, || Assignment::Removed { id: gone.id });
+                    }
                 }
             }
         }
     }
+}
+
+/// The hosts whose agents act on a VM: the one it is placed on, and the target of a live
+/// migration in flight (which launches the incoming hypervisor and, once the VM is placed there,
+/// keeps it; if the migration is unwound the VM leaves its stream and it cleans up).
+fn hosts_of(vm: &Vm) -> Vec<String> {
+    let mut hosts: Vec<String> = vm.status.host.iter().map(|h| h.to_string()).collect();
+    if let Some(m) = &vm.status.migration
+        && !hosts.iter().any(|h| h == m.to.as_str())
+    {
+        hosts.push(m.to.to_string());
+    }
+    hosts
 }
 
 /// The part of a VM record that says whether it is on a host.

@@ -167,6 +167,7 @@ impl App {
             created_at: now,
             updated_at: now,
             target_generation: 0,
+            migration: None,
         };
         self.repo
             .txn(Txn::new().and_then(Op::put(&keys::op(&op.id), encode(&op))))

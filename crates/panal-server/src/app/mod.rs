@@ -11,6 +11,7 @@ mod hub;
 mod images;
 mod ipam;
 mod join;
+mod migration_reports;
 mod network_plans;
 mod networks;
 mod operations;
@@ -20,6 +21,7 @@ mod security_groups;
 mod snapshots;
 mod validate;
 mod vm_create;
+mod vm_migrate;
 mod vm_nics;
 mod vms;
 mod volume_attach;
@@ -48,12 +50,16 @@ use std::time::{Duration, Instant};
 pub struct AppConfig {
     /// How long a host may miss heartbeats before it is not ready.
     pub host_lease_ttl: Duration,
+    /// The scheduling policy (the controllers' too): requests that check placement by
+    /// themselves (a live migration's pre-flight) apply the same overcommit ratios.
+    pub policy: crate::scheduler::Policy,
 }
 
 impl Default for AppConfig {
     fn default() -> Self {
         Self {
             host_lease_ttl: Duration::from_secs(10),
+            policy: crate::scheduler::Policy::default(),
         }
     }
 }

@@ -91,6 +91,13 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
     let mut remote: HashMap<u32, Vec<(String, Ipv4Addr)>> = HashMap::new();
     for vm in state.vms.iter().filter(|v| needs_ports(v)) {
         let on = vm.status.host.as_ref().map(|h| h.as_str()).unwrap_or("");
+        // The target of a live migration plugs the VM's ports before its incoming hypervisor
+        // starts; everyone else keeps sending to the source until the switch-over.
+        let incoming = vm
+            .status
+            .migration
+            .as_ref()
+            .is_some_and(|m| m.to.as_str() == host);
         for nic in &vm.spec.nics {
             let Some(net) = networks.get(&nic.network_id) else {
                 continue;
@@ -99,7 +106,7 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
             if let (true, Some(gw)) = (net.outbound_nat, net.gateway) {
                 routers.insert(net.vni, (net.cidr.clone(), gw));
             }
-            if on != host {
+            if on != host && !incoming {
                 if let Some(t) = tunnels.get(on) {
                     remote
                         .entry(net.vni)

@@ -88,8 +88,9 @@ impl App {
 
 /// What an operation's state should become given the VM it acts on; `None` while it goes on.
 pub fn settle(op: &Operation, vm: &Vm) -> Option<(OperationState, Option<ApiError>, Progress)> {
-    if op.kind == OperationKind::HostDrain {
-        // A drain holds each VM it moves; the drain controller reports its progress.
+    if matches!(op.kind, OperationKind::HostDrain | OperationKind::VmMigrate) {
+        // A drain holds each VM it moves, and its controller reports its progress; a
+        // migration ends by its agents' migration reports.
         return None;
     }
     let caught_up = vm.status.observed_generation >= op.target_generation;
@@ -258,6 +259,8 @@ mod tests {
                 restarts: 0,
                 events: vec![],
                 moving: None,
+                migration: None,
+                home: None,
             },
             created_at: chrono::Utc::now(),
             revision: 0,

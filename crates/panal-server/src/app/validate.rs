@@ -242,6 +242,7 @@ mod tests {
                 cpu_flags: Vec::new(),
                 storage: Vec::new(),
                 tunnel_address: None,
+                migration_address: None,
             },
             allocation: HostAllocation::default(),
             labels: labels.clone(),

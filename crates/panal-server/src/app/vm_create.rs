@@ -165,6 +165,8 @@ impl App {
                 restarts: 0,
                 events: vec![],
                 moving: None,
+                migration: None,
+                home: None,
             },
             created_at: chrono::Utc::now(),
             revision: 0,

@@ -396,6 +396,7 @@ pub(crate) fn started_operation(
         created_at: now,
         updated_at: now,
         target_generation,
+        migration: None,
     }
 }
 

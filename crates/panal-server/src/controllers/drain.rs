@@ -29,6 +29,7 @@ use crate::scheduler::{Policy, Request, place};
 use futures::StreamExt;
 use panal_store::{Compare, Op, Txn, WatchEvent};
 use panal_types::host::{Host, HostMode};
+use panal_types::migration::VmMigrate;
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{PowerState, Vm, VmMove, VmPhase};
 use panal_types::{ApiError, ErrorCode, OperationId};
@@ -359,12 +360,17 @@ async fn drive_drain(
                     .is_some_and(|m| m.operation == drain.operation)
         })
         .collect();
-    // Still to go: on the host and not yet being moved (deleted ones leave by themselves).
+    // Still to go: on the host and not yet being moved, cold or live (deleted ones leave by
+    // themselves).
     let to_move: Vec<&Vm> = on_host
         .iter()
         .copied()
-        .filter(|v| v.status.moving.is_none() && !v.spec.deleted)
+        .filter(|v| v.status.moving.is_none() && v.status.migration.is_none() && !v.spec.deleted)
         .collect();
+    let live = on_host
+        .iter()
+        .filter(|v| v.status.migration.is_some())
+        .count();
     let unplaced: Vec<&Vm> = in_flight
         .iter()
         .copied()
@@ -415,6 +421,7 @@ async fn drive_drain(
         host.drain = Some(panal_types::host::HostDrain {
             operation: drain.operation,
             total: Some(total),
+            cold: drain.cold,
         });
         let mut next = op.value.clone();
         next.progress = Progress {
@@ -432,7 +439,11 @@ async fn drive_drain(
         return Ok(());
     }
 
-    let message = format!("moved {moved}/{total} VMs");
+    let message = if live > 0 {
+        format!("moved {moved}/{total} VMs ({live} migrating live)")
+    } else {
+        format!("moved {moved}/{total} VMs")
+    };
     if op.value.progress.message != message {
         app.repo()
             .update::<Operation, _>(&op_key, |o| {
@@ -452,9 +463,35 @@ async fn drive_drain(
     // Start new moves, up to PARALLEL in flight.
     let busy = on_host.len() - to_move.len() + in_flight.len();
     for vm in to_move.into_iter().take(PARALLEL.saturating_sub(busy)) {
-        start_move(app, vm, vms, &drain.operation, ops).await?;
+        if let Some(why) = start_move(app, vm, vms, &drain, op.value.created_at, ops).await? {
+            let message = format!(
+                "cannot drain {name}: VM {}/{} cannot move live: {why}; `panal host drain \
+                 --cold` stops such VMs and starts them on another host",
+                vm.project, vm.name
+            );
+            let mut failed = op.value.clone();
+            failed.state = OperationState::Failed;
+            failed.error = Some(ApiError::new(ErrorCode::Conflict, message.clone()));
+            failed.progress = Progress {
+                percent: Some(percent(moved, total)),
+                message,
+            };
+            failed.updated_at = chrono::Utc::now();
+            return end_drain(app, h, HostMode::Cordoned, Some((&op, failed))).await;
+        }
     }
     Ok(())
+}
+
+/// Why a VM's live migration for this drain failed, if it did (it is not tried again).
+fn failed_live(vm: &Vm, since: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    vm.status
+        .events
+        .iter()
+        .rev()
+        .take_while(|e| e.at >= since)
+        .find(|e| e.reason == "MigrationFailed" || e.reason == "MigrationCancelled")
+        .map(|e| e.message.clone())
 }
 
 fn percent(moved: u64, total: u64) -> u8 {
@@ -464,27 +501,59 @@ fn percent(moved: u64, total: u64) -> u8 {
     (moved * 100 / total).min(99) as u8
 }
 
-/// Marks a VM as moving and asks its agent to stop it (already stopped VMs move at once).
+/// Moves a VM off the host: a running VM live-migrates (the scheduler picks the target); one
+/// that cannot, on a cold drain, and a stopped one are marked as moving and stopped by their
+/// agent (already stopped VMs move at once). Returns why a running VM cannot move live on a
+/// drain that is not cold.
 async fn start_move(
     app: &App,
     vm: &Vm,
     vms: &[Versioned<Vm>],
-    drain_op: &OperationId,
+    drain: &panal_types::host::HostDrain,
+    since: chrono::DateTime<chrono::Utc>,
     ops: &mut OpCache,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
+    let drain_op = &drain.operation;
     let Some(cur) = vms.iter().find(|v| v.value.id == vm.id) else {
-        return Ok(());
+        return Ok(None);
     };
     // Another operation on the VM goes first (a start, a stop...): wait for it.
     if let Some(held) = &vm.status.operation
         && held != drain_op
         && !ops.over(app, held).await?
     {
-        return Ok(());
+        return Ok(None);
     }
     let Some(from) = vm.status.host.clone() else {
-        return Ok(());
+        return Ok(None);
     };
+    let running = vm.spec.power_state != PowerState::Stopped
+        && matches!(vm.status.phase, VmPhase::Running | VmPhase::Paused);
+    if running {
+        let why = match failed_live(vm, since) {
+            Some(why) => why,
+            None => match app
+                .migrate_vm_for(
+                    Some(vm.project.as_str()),
+                    vm.name.as_str(),
+                    VmMigrate::default(),
+                    Some(*drain_op),
+                )
+                .await
+            {
+                Ok(_) => return Ok(None),
+                // Changed meanwhile (an operation started): the next pass sees it.
+                Err(e) if e.operation.is_some() || e.code == ErrorCode::PreconditionFailed => {
+                    return Ok(None);
+                }
+                Err(e) => e.message,
+            },
+        };
+        if !drain.cold {
+            return Ok(Some(why));
+        }
+        tracing::info!(vm = %vm.name, "cannot move live ({why}); moving it cold");
+    }
     let mut next = vm.clone();
     next.status.moving = Some(VmMove {
         from: from.clone(),
@@ -510,7 +579,7 @@ async fn start_move(
         .when(Compare::unchanged(&key, cur.mod_revision))
         .and_then(Op::put(&key, encode(&next)));
     app.repo().txn(txn).await?;
-    Ok(())
+    Ok(None)
 }
 
 /// Ends a drain: the host takes `mode` and forgets the drain, and the operation (if given)

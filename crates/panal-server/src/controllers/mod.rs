@@ -4,6 +4,7 @@
 
 pub mod drain;
 pub mod liveness;
+pub mod migrations;
 pub mod scheduling;
 
 use crate::app::App;
@@ -22,6 +23,7 @@ impl Controllers {
             tokio::spawn(scheduling::run(app.clone(), policy.clone())),
             tokio::spawn(drain::run(app.clone(), policy)),
             tokio::spawn(liveness::run(app.clone())),
+            tokio::spawn(migrations::run(app.clone())),
         ];
         Self { tasks }
     }

@@ -28,6 +28,7 @@ fn host(name: &str, cpus: u32, mem_gib: u64, state: HostState) -> Host {
             cpu_flags: Vec::new(),
             storage: Vec::new(),
             tunnel_address: None,
+            migration_address: None,
         },
         allocation: HostAllocation::default(),
         labels: Default::default(),
