@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub pools: Vec<inventory::PoolDir>,
     /// Virtual networks on this host (none: VMs with NICs cannot run here).
     pub network: Option<crate::network::NetworkConfig>,
+    /// The address incoming live migrations listen on (none: this host takes none).
+    pub migration_address: Option<std::net::IpAddr>,
 }
 
 impl AgentConfig {
@@ -47,6 +49,7 @@ impl AgentConfig {
             capacity_override: None,
             pools: Vec::new(),
             network: None,
+            migration_address: None,
         }
     }
 }
@@ -106,6 +109,7 @@ impl Agent {
             cpu_flags: inventory::cpu_flags(),
             storage: inventory::storage(&self.config.pools),
             tunnel_address: self.config.network.as_ref().map(|n| n.tunnel_address),
+            migration_address: self.config.migration_address,
         }
     }
 
@@ -227,6 +231,7 @@ impl Agent {
                         pools: self.pools.clone(),
                         open_disks: self.open_disks.clone(),
                         network: self.network.clone(),
+                        migration_address: self.config.migration_address,
                     };
                     let handle = survivors.remove(&vm.id);
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -241,6 +246,19 @@ impl Agent {
                 }
                 Assignment::Synced => {
                     synced = true;
+                    // Tasks of VMs that left this host while the stream was down (a migration
+                    // unwound, a VM moved or deleted): the control plane no longer sends them.
+                    let gone: Vec<VmId> = tasks
+                        .keys()
+                        .filter(|id| !seen.contains(id))
+                        .copied()
+                        .collect();
+                    for id in gone {
+                        if let Some(t) = tasks.remove(&id) {
+                            tracing::info!(vm = %id, "no longer assigned here; releasing it");
+                            let _ = t.tx.send(VmCommand::Release);
+                        }
+                    }
                     self.fence_orphans(&seen, survivors).await;
                 }
             }
@@ -249,7 +267,9 @@ impl Agent {
     }
 
     /// Stops VMs running here that the control plane does not assign to this host: a VM must
-    /// never run on two hosts, and the control plane's word decides where it runs.
+    /// never run on two hosts, and the control plane's word decides where it runs. Then removes
+    /// what VMs no longer assigned here left behind while this agent was away (the target of a
+    /// migration unwound then, a VM moved or deleted meanwhile).
     async fn fence_orphans(&self, assigned: &[VmId], survivors: &mut HashMap<VmId, DynVmHandle>) {
         let orphans: Vec<VmId> = survivors
             .keys()
@@ -262,6 +282,17 @@ impl Agent {
                 let _ = h.kill().await;
                 for d in self.drivers.values() {
                     let _ = d.cleanup(id).await;
+                }
+            }
+        }
+        for d in self.drivers.values() {
+            for id in d.list_present().await.unwrap_or_default() {
+                if assigned.contains(&id) || survivors.contains_key(&id) {
+                    continue;
+                }
+                tracing::info!(vm = %id, "removing what a VM no longer assigned here left");
+                if let Err(e) = d.cleanup(id).await {
+                    tracing::warn!(vm = %id, error = %e, "could not clean up");
                 }
             }
         }

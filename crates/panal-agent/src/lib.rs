@@ -9,6 +9,7 @@ pub mod link;
 pub mod network;
 pub mod remote;
 pub mod transfer;
+mod vm_migration;
 mod vm_task;
 pub mod volumes;
 

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::migration::MigrationReport;
 use panal_types::network::HostNetworkPlan;
 use panal_types::volume::{HostTask, HostTaskReport};
 use panal_types::{ApiError, Name};
@@ -53,6 +54,10 @@ pub trait ControlPlaneLink: Send + Sync + 'static {
 
     /// Reports progress on, or the end of, one of the host's tasks.
     async fn report_task(&self, host: &Name, report: HostTaskReport) -> Result<(), LinkError>;
+
+    /// Reports a step of a live migration this host takes part in (as source or target).
+    async fn report_migration(&self, host: &Name, report: MigrationReport)
+    -> Result<(), LinkError>;
 
     /// The host's network plan, then each change of it. Ends (or yields an error) when the
     /// control plane goes away; the agent then re-subscribes.

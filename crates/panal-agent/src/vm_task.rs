@@ -7,6 +7,7 @@
 
 use crate::boot::BootResolver;
 use crate::link::DynLink;
+use crate::vm_migration::{self, Reporter};
 use panal_driver::{
     BootSource, DataDisk, DriverError, DynDriver, DynVmHandle, ResizeRequest, RuntimeState, VmExit,
     VmLaunch,
@@ -45,6 +46,16 @@ pub struct VmTaskContext {
     pub open_disks: crate::volumes::OpenDisks,
     /// The host's virtual networks (`None`: VMs with NICs cannot start here).
     pub network: Option<crate::network::HostNetwork>,
+    /// Where incoming live migrations listen (`None`: this host takes none).
+    pub migration_address: Option<std::net::IpAddr>,
+}
+
+/// This task's part in a live migration: the background job and, on the source, how to ask it
+/// to stop.
+struct MigrationWork {
+    operation: panal_types::OperationId,
+    cancel: Option<tokio::sync::watch::Sender<Option<String>>>,
+    _job: Option<vm_migration::Job>,
 }
 
 /// A launch that takes longer than this is reported as `Starting` while it goes on; a faster one
@@ -83,6 +94,8 @@ pub struct VmTask {
     failure: Option<String>,
     /// The generation whose launch failed: not retried until the spec changes.
     failed_generation: Option<u64>,
+    /// A live migration this host takes part in.
+    migration: Option<MigrationWork>,
 }
 
 impl VmTask {
@@ -104,6 +117,7 @@ impl VmTask {
             last_report_for: 0,
             failure: None,
             failed_generation: None,
+            migration: None,
         }
     }
 
@@ -162,6 +176,7 @@ impl VmTask {
     }
 
     async fn release(&mut self) {
+        tracing::info!(vm = ?self.vm.as_ref().map(|v| v.id), "no longer on this host: stopping and cleaning up");
         if let Some(h) = self.handle.take() {
             let _ = h.kill().await;
         }
@@ -180,6 +195,17 @@ impl VmTask {
             self.check_disks = true;
         }
         let Some(vm) = self.vm.clone() else { return };
+        if let Some(m) = self.incoming_migration(&vm) {
+            // An incoming hypervisor ended before the VM was placed here: the migration failed
+            // (the control plane unwinds it, and this task is released).
+            let reporter = Reporter::new(self.ctx.host.clone(), self.ctx.link.clone(), &vm, &m);
+            reporter
+                .send(panal_types::migration::MigrationEvent::DestinationFailed {
+                    reason: describe(&exit),
+                })
+                .await;
+            return;
+        }
         // No driver cleanup here: the run directory holds the VM's disk overlay and console
         // history, which outlive a stop; only delete and release remove them.
         let wanted_running = vm.spec.power_state != PowerState::Stopped && !vm.spec.deleted;
@@ -238,11 +264,216 @@ impl VmTask {
             }
             return true;
         }
+        if let Some(m) = self.incoming_migration(&vm) {
+            self.converge_incoming(&vm, &m).await;
+            return false;
+        }
+        match vm.status.migration.clone() {
+            Some(m) if vm.status.host.as_ref() == Some(&self.ctx.host) => {
+                // The VM leaves: nothing but the transfer touches it until it has ended.
+                self.converge_outgoing(&vm, &m).await;
+                return false;
+            }
+            _ => {
+                if self.migration.as_ref().is_some_and(|w| {
+                    vm.status.migration.as_ref().map(|m| m.operation) != Some(w.operation)
+                }) {
+                    self.migration = None;
+                }
+            }
+        }
         match vm.spec.power_state {
             PowerState::Running | PowerState::Paused => self.converge_running(&vm).await,
             PowerState::Stopped => self.converge_stopped(&vm).await,
         }
         false
+    }
+
+    /// The migration bringing the VM to this host, while it is not placed here yet.
+    fn incoming_migration(&self, vm: &Vm) -> Option<panal_types::migration::VmMigration> {
+        vm.status
+            .migration
+            .clone()
+            .filter(|m| m.to == self.ctx.host && vm.status.host.as_ref() != Some(&self.ctx.host))
+    }
+
+    /// Source: starts (or takes up again, or cancels) the transfer the record asks for.
+    async fn converge_outgoing(&mut self, vm: &Vm, m: &panal_types::migration::VmMigration) {
+        use panal_types::migration::{MigrationEvent, MigrationStep};
+        let reason = (m.step == MigrationStep::Cancelling).then(|| {
+            m.cancel_reason
+                .clone()
+                .unwrap_or_else(|| "cancelled".into())
+        });
+        if let Some(w) = &self.migration
+            && w.operation == m.operation
+        {
+            if let (Some(why), Some(tx)) = (reason, &w.cancel) {
+                tx.send_if_modified(|cur| {
+                    let changed = cur.is_none();
+                    if changed {
+                        *cur = Some(why);
+                    }
+                    changed
+                });
+            }
+            return;
+        }
+        if m.step == MigrationStep::Preparing {
+            return;
+        }
+        let reporter = Reporter::new(self.ctx.host.clone(), self.ctx.link.clone(), vm, m);
+        let (Some(h), Some(to)) = (
+            self.handle.clone(),
+            m.destination.as_deref().and_then(|d| d.parse().ok()),
+        ) else {
+            let why = if self.handle.is_none() {
+                "the VM is not running on the source".to_string()
+            } else {
+                format!("the target's address {:?} is not usable", m.destination)
+            };
+            self.migration = Some(MigrationWork {
+                operation: m.operation,
+                cancel: None,
+                _job: None,
+            });
+            reporter.send(MigrationEvent::Aborted { reason: why }).await;
+            return;
+        };
+        let disks = match (&m.disks[..], m.disk_destination.as_deref().map(str::parse)) {
+            ([], _) => None,
+            (ids, Some(Ok(addr))) => Some((addr, ids.to_vec())),
+            (_, _) => {
+                self.migration = Some(MigrationWork {
+                    operation: m.operation,
+                    cancel: None,
+                    _job: None,
+                });
+                let why = format!(
+                    "the target serves no usable disk address ({:?})",
+                    m.disk_destination
+                );
+                reporter.send(MigrationEvent::Aborted { reason: why }).await;
+                return;
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(reason);
+        let plan = vm_migration::Transfer {
+            to,
+            disks,
+            settings: m.settings.clone(),
+        };
+        let job = tokio::spawn(vm_migration::send(h, reporter, plan, rx));
+        self.migration = Some(MigrationWork {
+            operation: m.operation,
+            cancel: Some(tx),
+            _job: Some(vm_migration::Job(job)),
+        });
+    }
+
+    /// Target: launches the incoming hypervisor, says where it listens, and watches for the
+    /// guest to arrive.
+    async fn converge_incoming(&mut self, vm: &Vm, m: &panal_types::migration::VmMigration) {
+        use panal_driver::Incoming;
+        use panal_types::migration::{MigrationEvent, MigrationStep};
+        if self
+            .migration
+            .as_ref()
+            .is_some_and(|w| w.operation == m.operation)
+        {
+            return;
+        }
+        let reporter = Reporter::new(self.ctx.host.clone(), self.ctx.link.clone(), vm, m);
+        if let Some(h) = self.handle.clone() {
+            if m.destination.is_some() {
+                // Re-attached after an agent restart, its address already recorded.
+                self.migration = Some(MigrationWork {
+                    operation: m.operation,
+                    cancel: None,
+                    _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
+                        h, reporter,
+                    )))),
+                });
+                return;
+            }
+            // Launched, but where it listens was never recorded: start over.
+            let _ = h.kill().await;
+            self.handle = None;
+        }
+        self.migration = Some(MigrationWork {
+            operation: m.operation,
+            cancel: None,
+            _job: None,
+        });
+        let failed = |reason: String| MigrationEvent::DestinationFailed { reason };
+        if m.step != MigrationStep::Preparing {
+            reporter
+                .send(failed("the incoming hypervisor is gone".into()))
+                .await;
+            return;
+        }
+        let Some(ip) = self.ctx.migration_address else {
+            reporter
+                .send(failed("this host takes no live migrations".into()))
+                .await;
+            return;
+        };
+        let addr = match vm_migration::free_port(ip) {
+            Ok(a) => a,
+            Err(e) => {
+                reporter
+                    .send(failed(format!("no port to listen on at {ip}: {e}")))
+                    .await;
+                return;
+            }
+        };
+        match self.launch(vm, Some(Incoming::Tcp(addr))).await {
+            Ok(h) => {
+                self.handle = Some(h.clone());
+                self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
+                self.disks = vm.spec.volumes.clone();
+                self.nics = vm.spec.nics.clone();
+                self.check_disks = false;
+                // Local disks are served for the source's copy on a port of their own.
+                let disk_address = if m.disks.is_empty() {
+                    None
+                } else {
+                    let served = match vm_migration::free_port(ip) {
+                        Ok(a) => h
+                            .export_disks(a, &m.disks)
+                            .await
+                            .map(|()| a)
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match served {
+                        Ok(a) => Some(a.to_string()),
+                        Err(e) => {
+                            reporter
+                                .send(failed(format!("cannot serve the disks for the copy: {e}")))
+                                .await;
+                            return;
+                        }
+                    }
+                };
+                reporter
+                    .send(MigrationEvent::Listening {
+                        address: addr.to_string(),
+                        disk_address,
+                    })
+                    .await;
+                self.migration = Some(MigrationWork {
+                    operation: m.operation,
+                    cancel: None,
+                    _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
+                        h, reporter,
+                    )))),
+                });
+            }
+            Err(e) => {
+                reporter.send(failed(e.to_string())).await;
+            }
+        }
     }
 
     async fn converge_running(&mut self, vm: &Vm) {
@@ -254,7 +485,7 @@ impl VmTask {
             if self.failed_generation == Some(vm.generation) {
                 return;
             }
-            let launch = self.launch(vm);
+            let launch = self.launch(vm, None);
             tokio::pin!(launch);
             let launched = match tokio::time::timeout(STARTING_REPORT_AFTER, &mut launch).await {
                 Ok(r) => r,
@@ -409,7 +640,11 @@ impl VmTask {
 
     /// Launches the hypervisor. The future owns what it needs, so the task can report while
     /// a slow launch goes on. Volumes are checked first after an unclean end.
-    fn launch(&self, vm: &Vm) -> impl Future<Output = Result<DynVmHandle, DriverError>> + use<> {
+    fn launch(
+        &self,
+        vm: &Vm,
+        incoming: Option<panal_driver::Incoming>,
+    ) -> impl Future<Output = Result<DynVmHandle, DriverError>> + use<> {
         let (boot, driver, vm) = (self.ctx.boot.clone(), self.ctx.driver.clone(), vm.clone());
         let (pools, check_disks) = (self.ctx.pools.clone(), self.check_disks);
         let network = self.ctx.network.clone();
@@ -445,7 +680,7 @@ impl VmTask {
                 boot,
                 disks,
                 nics,
-                incoming: None,
+                incoming,
             };
             driver.launch(&spec).await
         }

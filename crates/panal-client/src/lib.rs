@@ -5,6 +5,7 @@
 mod console;
 mod events;
 mod join_tokens;
+mod migrations;
 mod networks;
 mod snapshots;
 mod volumes;
@@ -445,14 +446,35 @@ impl Client {
         .await
     }
 
-    /// Starts draining a host; follow the returned operation.
+    /// Starts draining a host; follow the returned operation. `cold`: running VMs that cannot
+    /// move live are stopped and started elsewhere (otherwise the drain fails on them).
     pub async fn drain_host(
         &self,
         name: &str,
+        cold: bool,
     ) -> Result<panal_types::host::HostDrainAccepted, ClientError> {
+        let query: Vec<(&str, String)> = if cold {
+            vec![("cold", "true".into())]
+        } else {
+            vec![]
+        };
         self.call::<(), _>(
             Method::POST,
             &format!("/api/v1/hosts/{}/drain", seg(name)),
+            &query,
+            None,
+        )
+        .await
+    }
+
+    /// Live-migrates back to a host the running VMs a drain moved off it.
+    pub async fn move_back(
+        &self,
+        name: &str,
+    ) -> Result<panal_types::host::HostMoveBack, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/hosts/{}/move-back", seg(name)),
             &[],
             None,
         )

@@ -56,6 +56,14 @@ pub struct AgentArgs {
     /// host uses to reach the control plane).
     #[arg(long, value_name = "IPV4")]
     pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// The address other hosts' agents send live migrations of VMs to this host to (default:
+    /// the address this host uses to reach the control plane).
+    #[arg(long, value_name = "IP")]
+    pub migration_address: Option<std::net::IpAddr>,
+    /// Prefix of the cgroup names of this agent's VMs: needed only when several agents share
+    /// one machine (a VM migrating between two of them runs under both at once).
+    #[arg(long, default_value = "", value_parser = parse_cgroup_prefix)]
+    pub cgroup_prefix: String,
     /// Prefix of the network devices the agent owns (bridges, VXLAN devices, taps).
     #[arg(long, default_value = "pn", value_parser = parse_net_prefix)]
     pub net_prefix: String,
@@ -174,10 +182,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("cannot create the storage pool {}", p.path.display()))?;
         cfg.pools.push(p.clone());
     }
+    if args.fake.is_none() {
+        cfg.migration_address = Some(match args.migration_address {
+            Some(a) => a,
+            None => local_address_towards(&id.endpoints())
+                .context("pass --migration-address")?
+                .into(),
+        });
+    }
     if !args.no_networks && args.fake.is_none() {
         let tunnel_address = match args.tunnel_address {
             Some(a) => a,
-            None => local_address_towards(&id.endpoints())?,
+            None => local_address_towards(&id.endpoints()).context("pass --tunnel-address")?,
         };
         cfg.network = Some(panal_agent::network::NetworkConfig {
             tunnel_address,
@@ -190,6 +206,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         cfg.capacity_override = Some((cpus, memory));
     } else {
         let mut qcfg = QemuConfig::new(args.data_dir.join("qemu"));
+        qcfg.cgroup_prefix = args.cgroup_prefix.clone();
         if let Some(g) = args
             .guest_dir
             .as_deref()
@@ -217,6 +234,19 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_cgroup_prefix(s: &str) -> Result<String, String> {
+    if s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: a cgroup prefix is at most 32 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
 fn parse_net_prefix(s: &str) -> Result<String, String> {
     if (1..=4).contains(&s.len()) && s.chars().all(|c| c.is_ascii_lowercase()) {
         Ok(s.to_owned())
@@ -228,7 +258,8 @@ fn parse_net_prefix(s: &str) -> Result<String, String> {
 }
 
 /// The local IPv4 address this host uses to reach the first control-plane endpoint: the
-/// natural tunnel address (a UDP "connect" picks the route without sending anything).
+/// natural tunnel and migration address (a UDP "connect" picks the route without sending
+/// anything).
 fn local_address_towards(endpoints: &[String]) -> Result<std::net::Ipv4Addr> {
     for e in endpoints {
         // `https://HOST:PORT[/...]`: the authority is all the routing needs.
@@ -252,5 +283,5 @@ fn local_address_towards(endpoints: &[String]) -> Result<std::net::Ipv4Addr> {
             return Ok(*local.ip());
         }
     }
-    bail!("cannot tell this host's tunnel address from the control plane's; pass --tunnel-address")
+    bail!("cannot tell this host's address from the control plane's")
 }

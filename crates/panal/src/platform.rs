@@ -163,6 +163,7 @@ impl Platform {
             store.clone(),
             AppConfig {
                 host_lease_ttl: cfg.host_lease_ttl,
+                ..AppConfig::default()
             },
         )
         .with_images(ImageStore::new(cfg.data_dir.join("images")).with_fetch(fetch));

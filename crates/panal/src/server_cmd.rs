@@ -131,6 +131,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         store.clone(),
         AppConfig {
             host_lease_ttl: Duration::from_secs(args.host_lease_ttl),
+            policy: policy.clone(),
         },
     )
     .with_images(

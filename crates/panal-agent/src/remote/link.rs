@@ -11,6 +11,7 @@ use futures::StreamExt;
 use panal_types::Name;
 use panal_types::agent::{Assignment, HostRegistration, VmStatusReport};
 use panal_types::host::Host;
+use panal_types::migration::MigrationReport;
 use panal_types::network::HostNetworkPlan;
 use panal_types::volume::{HostTask, HostTaskReport};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -178,6 +179,14 @@ impl ControlPlaneLink for RemoteLink {
 
     async fn report_task(&self, _host: &Name, report: HostTaskReport) -> Result<(), LinkError> {
         self.post("/task-reports", &report).await.map(|_| ())
+    }
+
+    async fn report_migration(
+        &self,
+        _host: &Name,
+        report: MigrationReport,
+    ) -> Result<(), LinkError> {
+        self.post("/migration-reports", &report).await.map(|_| ())
     }
 
     async fn network_plans(&self, _host: &Name) -> Result<NetworkPlanStream, LinkError> {

@@ -34,10 +34,12 @@ pub enum HostCommand {
     Token(super::host_token::TokenCommand),
     /// Stop placing new VMs on a host (its VMs stay).
     Cordon(NameArg),
-    /// Make a host schedulable again (cancels a drain in progress).
-    Uncordon(NameArg),
-    /// Move every VM off a host (stopped, placed elsewhere, started again), then put it in
-    /// maintenance. Fails, moving nothing more, if a VM fits on no other host.
+    /// Make a host schedulable again (cancels a drain in progress); --move-back live-migrates
+    /// back the VMs a drain moved off it.
+    Uncordon(UncordonArgs),
+    /// Move every VM off a host, then put it in maintenance: running VMs live-migrate (a few at
+    /// a time), stopped ones are placed elsewhere. Fails, moving nothing more, if a VM fits on
+    /// no other host, or (without --cold) if a running VM cannot move live.
     Drain(DrainArgs),
 }
 
@@ -46,10 +48,26 @@ pub enum HostCommand {
 pub struct DrainArgs {
     /// Host name.
     pub name: String,
+    /// Stop the running VMs that cannot move live and start them on another host.
+    #[arg(long)]
+    pub cold: bool,
     /// Start the drain and return at once (follow it with `panal operation show ID`).
     #[arg(long)]
     pub no_wait: bool,
     /// Give up waiting after this many seconds (the drain goes on).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// Arguments of `host uncordon`.
+#[derive(Args, Debug)]
+pub struct UncordonArgs {
+    /// Host name.
+    pub name: String,
+    /// Live-migrate back the running VMs a drain moved off this host, and wait for them.
+    #[arg(long)]
+    pub move_back: bool,
+    /// Give up waiting after this many seconds (the migrations go on).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     pub timeout: u64,
 }
@@ -165,10 +183,30 @@ pub async fn run(client: &Client, format: Format, cmd: &HostCommand) -> Result<(
         }
         HostCommand::Uncordon(n) => {
             let h = client.uncordon_host(&n.name).await.map_err(api_err)?;
+            if n.move_back {
+                let back = client.move_back(&n.name).await.map_err(api_err)?;
+                for s in &back.skipped {
+                    eprintln!("stays: {s}");
+                }
+                let mut failed = 0;
+                for op in &back.migrations {
+                    eprintln!("moving {} back to {}", op.target.name, n.name);
+                    match super::wait::follow(client, op, Duration::from_secs(n.timeout)).await {
+                        Ok(done) => eprintln!("{}: {}", op.target.name, done.progress.message),
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("{}: {e}", op.target.name);
+                        }
+                    }
+                }
+                if failed > 0 {
+                    anyhow::bail!("{failed} VM(s) could not move back to {}", n.name);
+                }
+            }
             state_line(format, &h)
         }
         HostCommand::Drain(d) => {
-            let a = client.drain_host(&d.name).await.map_err(api_err)?;
+            let a = client.drain_host(&d.name, d.cold).await.map_err(api_err)?;
             if d.no_wait {
                 eprintln!("host_drain {}: operation {}", a.host.name, a.operation.id);
                 return state_line(format, &a.host);

@@ -10,6 +10,7 @@ mod operation;
 mod output;
 mod project;
 mod vm;
+mod vm_migrate;
 pub(crate) mod volume;
 mod wait;
 

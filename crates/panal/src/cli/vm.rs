@@ -49,6 +49,8 @@ pub enum VmCommand {
     /// Plug or unplug NICs (live on a running q35 VM).
     #[command(subcommand)]
     Nic(super::network::NicCommand),
+    /// Move a running VM to another host without stopping it (live migration).
+    Migrate(Box<super::vm_migrate::MigrateArgs>),
 }
 
 /// Arguments of `vm logs`.
@@ -419,6 +421,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
             Ok(())
         }
         VmCommand::Nic(cmd) => super::network::run_nic(client, cmd).await,
+        VmCommand::Migrate(m) => super::vm_migrate::run(client, format, m).await,
         VmCommand::Logs(l) => {
             super::console::logs(
                 client,

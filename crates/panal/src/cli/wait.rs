@@ -10,6 +10,31 @@ use std::time::Duration;
 
 /// Waits for `op` to end, showing progress, within `timeout`.
 pub async fn follow(client: &Client, op: &Operation, timeout: Duration) -> Result<Operation> {
+    let cur = follow_to_end(client, op, timeout).await?;
+    match cur.state {
+        OperationState::Succeeded => Ok(cur),
+        OperationState::Cancelled => bail!(
+            "operation {} was cancelled: {}",
+            cur.id,
+            cur.progress.message
+        ),
+        _ => {
+            let why = cur
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| cur.progress.message.clone());
+            bail!("operation {} ({}) failed: {why}", cur.id, cur.kind.as_str())
+        }
+    }
+}
+
+/// Waits for `op` to end however it ends, showing progress, within `timeout`.
+pub async fn follow_to_end(
+    client: &Client,
+    op: &Operation,
+    timeout: Duration,
+) -> Result<Operation> {
     let bar = if std::io::stderr().is_terminal() {
         let b = ProgressBar::new(100);
         b.set_style(
@@ -57,20 +82,5 @@ pub async fn follow(client: &Client, op: &Operation, timeout: Duration) -> Resul
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    match cur.state {
-        OperationState::Succeeded => Ok(cur),
-        OperationState::Cancelled => bail!(
-            "operation {} was cancelled: {}",
-            cur.id,
-            cur.progress.message
-        ),
-        _ => {
-            let why = cur
-                .error
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| cur.progress.message.clone());
-            bail!("operation {} ({}) failed: {why}", cur.id, cur.kind.as_str())
-        }
-    }
+    Ok(cur)
 }

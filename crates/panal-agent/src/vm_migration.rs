@@ -1,0 +1,445 @@
+//! The agent's two roles in a live migration, each a background job beside its VM task (which
+//! keeps owning the handle and its commands):
+//! - source: copy the VM's local disks to where the target serves them (until every copy is
+//!   ready, the guest's new writes following), then send the memory to where the target listens,
+//!   report progress, and report how it ended:
+//!   `completed` (the guest is paused here for good) or `aborted` (it still runs here). A cancel
+//!   request, or a transfer that makes no progress for [`STALL`] (the link to the target is cut,
+//!   or the target is gone), stops it. Taken up again after an agent restart: the job first asks
+//!   the hypervisor where the migration is.
+//! - target: once the incoming hypervisor runs, wait for the guest to arrive and say so (the
+//!   control plane's evidence when the source cannot report any more).
+//!
+//! Every report is retried until the control plane takes it: the control plane's record, not
+//! this job, decides where the VM runs.
+
+use crate::link::DynLink;
+use panal_driver::{
+    DynVmHandle, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget, RuntimeState,
+};
+use panal_types::migration::{
+    MigrationEvent, MigrationProgress, MigrationReport, MigrationSettings, VmMigration,
+};
+use panal_types::vm::Vm;
+use panal_types::{Name, OperationId};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often the source asks the hypervisor how far the transfer is.
+const POLL: Duration = Duration::from_millis(100);
+/// How often progress is reported (one store write each).
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// A transfer that sends nothing for this long is given up.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// Who and what a job reports about.
+#[derive(Clone)]
+pub struct Reporter {
+    /// This host.
+    pub host: Name,
+    /// The control plane.
+    pub link: DynLink,
+    /// The VM's identity.
+    pub vm: (panal_types::VmId, Name, Name),
+    /// The migration's operation.
+    pub operation: OperationId,
+}
+
+impl Reporter {
+    /// A reporter for `vm`'s migration `m`.
+    pub fn new(host: Name, link: DynLink, vm: &Vm, m: &VmMigration) -> Self {
+        Self {
+            host,
+            link,
+            vm: (vm.id, vm.project.clone(), vm.name.clone()),
+            operation: m.operation,
+        }
+    }
+
+    /// Sends an event once; `false` if the control plane did not take it.
+    pub async fn try_send(&self, event: MigrationEvent) -> bool {
+        let r = MigrationReport {
+            vm: self.vm.0,
+            project: self.vm.1.clone(),
+            name: self.vm.2.clone(),
+            operation: self.operation,
+            event,
+        };
+        match self.link.report_migration(&self.host, r).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(vm = %self.vm.0, error = %e, "migration report failed");
+                false
+            }
+        }
+    }
+
+    /// Sends an event until the control plane takes it (a refusal is final: it is logged).
+    pub async fn send(&self, event: MigrationEvent) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let r = MigrationReport {
+                vm: self.vm.0,
+                project: self.vm.1.clone(),
+                name: self.vm.2.clone(),
+                operation: self.operation,
+                event: event.clone(),
+            };
+            match self.link.report_migration(&self.host, r).await {
+                Ok(()) => return,
+                Err(crate::link::LinkError::Rejected(e)) => {
+                    tracing::warn!(vm = %self.vm.0, error = %e, "migration report refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %self.vm.0, error = %e, "migration report failed; retrying");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The driver's knobs for the recorded settings.
+pub fn params(s: &MigrationSettings) -> MigrationParams {
+    MigrationParams {
+        downtime_limit: Duration::from_millis(s.downtime_limit_ms),
+        max_bandwidth: s.max_bandwidth,
+        auto_converge: s.auto_converge,
+    }
+}
+
+/// The wire figures of a hypervisor status.
+pub fn progress(s: &MigrationStatus) -> MigrationProgress {
+    let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    MigrationProgress {
+        phase: phase_name(&s.phase),
+        total_bytes: s.total_bytes,
+        transferred_bytes: s.transferred_bytes,
+        remaining_bytes: s.remaining_bytes,
+        dirty_rate: s.dirty_rate,
+        expected_downtime_ms: ms(s.expected_downtime),
+        downtime_ms: ms(s.downtime),
+        total_ms: ms(s.total_time),
+        disk_total_bytes: None,
+        disk_done_bytes: None,
+    }
+}
+
+fn phase_name(p: &MigrationPhase) -> String {
+    match p {
+        MigrationPhase::None => "none".into(),
+        MigrationPhase::Setup => "setup".into(),
+        MigrationPhase::Active => "active".into(),
+        MigrationPhase::Device => "device".into(),
+        MigrationPhase::Completed => "completed".into(),
+        MigrationPhase::Failed(_) => "failed".into(),
+        MigrationPhase::Cancelling => "cancelling".into(),
+        MigrationPhase::Cancelled => "cancelled".into(),
+        MigrationPhase::Other(o) => o.clone(),
+    }
+}
+
+/// Whether a hypervisor phase means a transfer is under way.
+fn in_flight(p: &MigrationPhase) -> bool {
+    matches!(
+        p,
+        MigrationPhase::Setup
+            | MigrationPhase::Active
+            | MigrationPhase::Device
+            | MigrationPhase::Cancelling
+            | MigrationPhase::Other(_)
+    )
+}
+
+/// What the source sends where.
+pub struct Transfer {
+    /// Where the target's hypervisor takes the memory stream.
+    pub to: std::net::SocketAddr,
+    /// Where the target serves the local disks, and which: copied before the memory.
+    pub disks: Option<(std::net::SocketAddr, Vec<String>)>,
+    /// The knobs.
+    pub settings: MigrationSettings,
+}
+
+/// How a watch of the transfer ended.
+enum Ended {
+    /// Go on to the next phase.
+    Next,
+    /// Reported (completed or aborted): the job is over.
+    Reported,
+}
+
+/// Follows one phase: the cancel channel, the stall clock and progress reports, until `step`
+/// says the phase is over.
+struct Follow<'a> {
+    handle: &'a DynVmHandle,
+    reporter: &'a Reporter,
+    cancel: &'a mut watch::Receiver<Option<String>>,
+    cancelled: Option<String>,
+    listening: bool,
+    disks: bool,
+}
+
+impl Follow<'_> {
+    /// Stops whatever is in flight: the disk copies (and with them the memory stream), or the
+    /// memory stream alone.
+    async fn stop(&self) {
+        let r = if self.disks {
+            self.handle.cancel_disk_mirror().await
+        } else {
+            self.handle.cancel_migration().await
+        };
+        if let Err(e) = r {
+            tracing::warn!(vm = %self.reporter.vm.0, error = %e, "cancel failed");
+        }
+    }
+
+    /// Waits one poll or a cancel request.
+    async fn tick(&mut self) {
+        tokio::select! {
+            changed = self.cancel.changed(), if self.cancelled.is_none() && self.listening => {
+                self.listening = changed.is_ok();
+                let asked = if changed.is_ok() {
+                    self.cancel.borrow_and_update().clone()
+                } else {
+                    None
+                };
+                if let Some(why) = asked {
+                    self.cancelled = Some(why);
+                    self.stop().await;
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+
+    async fn abort(&self, why: String) {
+        let why = self.cancelled.clone().unwrap_or(why);
+        self.reporter
+            .send(MigrationEvent::Aborted { reason: why })
+            .await;
+    }
+
+    /// Copies the local disks until every one is ready.
+    async fn disks(&mut self, sent: &mut MigrationProgress) -> Ended {
+        let mut moved = (0u64, Instant::now());
+        let mut last_report = Instant::now() - REPORT_EVERY;
+        loop {
+            self.tick().await;
+            let copies = match self.handle.disk_mirror_status().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.abort(format!("the source hypervisor went away: {e}"))
+                        .await;
+                    return Ended::Reported;
+                }
+            };
+            if let Some(why) = self.cancelled.clone() {
+                self.abort(why).await;
+                return Ended::Reported;
+            }
+            if let Some(c) = copies.iter().find(|c| c.error.is_some()) {
+                self.stop().await;
+                self.abort(format!(
+                    "copying disk {} failed: {}",
+                    c.disk,
+                    c.error.clone().unwrap_or_default()
+                ))
+                .await;
+                return Ended::Reported;
+            }
+            let done: u64 = copies.iter().map(|c| c.done_bytes).sum();
+            sent.disk_done_bytes = Some(done);
+            sent.disk_total_bytes = Some(copies.iter().map(|c| c.total_bytes).sum());
+            sent.phase = "disks".into();
+            if !copies.is_empty() && copies.iter().all(|c| c.ready) {
+                return Ended::Next;
+            }
+            if done > moved.0 {
+                moved = (done, Instant::now());
+            } else if moved.1.elapsed() > STALL {
+                self.stop().await;
+                self.abort(stalled()).await;
+                return Ended::Reported;
+            }
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                self.reporter
+                    .try_send(MigrationEvent::Progress {
+                        progress: sent.clone(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Follows the memory stream to its end and reports it.
+    async fn memory(&mut self, disks: &MigrationProgress) {
+        let mut last_report = Instant::now() - REPORT_EVERY;
+        let mut moved = (0u64, Instant::now());
+        loop {
+            self.tick().await;
+            let status = match self.handle.migration_status().await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.abort(format!("the source hypervisor went away: {e}"))
+                        .await;
+                    return;
+                }
+            };
+            let mut p = progress(&status);
+            p.disk_done_bytes = disks.disk_done_bytes;
+            p.disk_total_bytes = disks.disk_total_bytes;
+            match &status.phase {
+                MigrationPhase::Completed => {
+                    self.reporter
+                        .send(MigrationEvent::Completed { progress: p })
+                        .await;
+                    return;
+                }
+                MigrationPhase::Failed(why) => {
+                    self.abort(format!("the transfer failed: {why}")).await;
+                    return;
+                }
+                MigrationPhase::Cancelled | MigrationPhase::None => {
+                    self.abort("the transfer was cancelled".into()).await;
+                    return;
+                }
+                _ => {}
+            }
+            let sent = status.transferred_bytes.unwrap_or(0);
+            if sent > moved.0 {
+                moved = (sent, Instant::now());
+            } else if self.cancelled.is_none() && moved.1.elapsed() > STALL {
+                tracing::warn!(vm = %self.reporter.vm.0, "{}; cancelling", stalled());
+                self.cancelled = Some(stalled());
+                self.stop().await;
+                continue;
+            }
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                self.reporter
+                    .try_send(MigrationEvent::Progress { progress: p })
+                    .await;
+            }
+        }
+    }
+}
+
+fn stalled() -> String {
+    format!(
+        "nothing was sent for {} s (is the link to the target down?)",
+        STALL.as_secs()
+    )
+}
+
+/// The source's job: copies the local disks (if any), then sends the memory, unless `cancel`
+/// already holds a reason, and reports until the migration has ended one way or the other.
+pub async fn send(
+    handle: DynVmHandle,
+    reporter: Reporter,
+    plan: Transfer,
+    mut cancel: watch::Receiver<Option<String>>,
+) {
+    // Where the hypervisor is: a restarted agent takes a transfer up where it is.
+    let status = match handle.migration_status().await {
+        Ok(s) => s,
+        Err(e) => {
+            reporter
+                .send(MigrationEvent::Aborted {
+                    reason: format!("the source hypervisor cannot be asked: {e}"),
+                })
+                .await;
+            return;
+        }
+    };
+    if status.phase == MigrationPhase::Completed {
+        reporter
+            .send(MigrationEvent::Completed {
+                progress: progress(&status),
+            })
+            .await;
+        return;
+    }
+    let asked = cancel.borrow_and_update().clone();
+    let mut f = Follow {
+        handle: &handle,
+        reporter: &reporter,
+        cancel: &mut cancel,
+        cancelled: None,
+        listening: true,
+        disks: plan.disks.is_some(),
+    };
+    let mut sent = MigrationProgress::default();
+    if in_flight(&status.phase) {
+        if let Some(why) = asked {
+            f.cancelled = Some(why);
+            f.stop().await;
+        }
+        f.memory(&sent).await;
+        return;
+    }
+    if let Some(why) = asked {
+        f.stop().await;
+        f.abort(why).await;
+        return;
+    }
+    if let Some((addr, ids)) = &plan.disks {
+        if let Err(e) = handle
+            .mirror_disks(*addr, ids, plan.settings.max_bandwidth)
+            .await
+        {
+            f.stop().await;
+            f.abort(format!("the disk copy could not start: {e}")).await;
+            return;
+        }
+        if let Ended::Reported = f.disks(&mut sent).await {
+            return;
+        }
+    }
+    if let Err(e) = handle
+        .migrate(&MigrationTarget::Tcp(plan.to), &params(&plan.settings))
+        .await
+    {
+        f.stop().await;
+        f.abort(format!("the transfer could not start: {e}")).await;
+        return;
+    }
+    f.memory(&sent).await;
+}
+
+/// The target's job: waits for the guest to run in the incoming hypervisor and reports it.
+pub async fn receive(handle: DynVmHandle, reporter: Reporter) {
+    loop {
+        match handle.state().await {
+            Ok(RuntimeState::Running | RuntimeState::Paused) => {
+                // The disks were served for the copy only; the guest owns them now.
+                let _ = handle.unexport_disks().await;
+                reporter.send(MigrationEvent::Arrived).await;
+                return;
+            }
+            Ok(RuntimeState::Exited(_)) | Err(_) => return, // the VM task reports the exit
+            _ => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A free TCP port on `ip` for an incoming hypervisor to listen on (bound, then released for
+/// the hypervisor to bind right after).
+pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind((ip, 0))?;
+    l.local_addr()
+}
+
+/// A background job of a VM task, aborted when dropped.
+pub struct Job(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
