@@ -41,6 +41,7 @@ async fn control_plane() -> ControlPlane {
         store.clone(),
         AppConfig {
             host_lease_ttl: Duration::from_secs(3),
+            ..AppConfig::default()
         },
     )
     .with_images(ImageStore::new(dir.path().join("images")));
@@ -483,6 +484,7 @@ async fn an_agent_fails_over_between_replicas() {
         cp.store.clone(),
         AppConfig {
             host_lease_ttl: Duration::from_secs(3),
+            ..AppConfig::default()
         },
     );
     let second =

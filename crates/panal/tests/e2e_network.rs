@@ -5,7 +5,7 @@
 //! Shows: guests get their planned addresses by DHCP and ping each other across hosts; a
 //! project using the same CIDR cannot reach them; a security-group rule opens a TCP port of a
 //! running guest and its removal closes it again; a guest forging its source address is not
-//! heard; after a VM moves host (a drain: stop here, start there) its peer reaches it again;
+//! heard; after a VM moves host (a drain live-migrates it) its peer reaches it again;
 //! deleting everything leaves no bridge, VXLAN device, tap or nftables table on either host.
 
 mod common_e2e;
@@ -300,14 +300,18 @@ fn two_hosts_one_overlay() {
             "a lost b after its agent restarted"
         );
 
-        // b moves host (a drain stops it on host-1 and starts it on host-0): a reaches it again.
+        // b moves host (a drain live-migrates it from host-1 to host-0, where a runs): a reaches
+        // it again at the same address, which the guest kept (it did not reboot).
         drop(cb);
         drop(cc);
         let (from, to) = (
             b.status.host.clone().unwrap(),
             a.status.host.clone().unwrap(),
         );
-        client.drain_host(from.as_str()).await.expect("drain");
+        client
+            .drain_host(from.as_str(), false)
+            .await
+            .expect("drain");
         let moved = wait_vm(&client, "b", "running on a's host", RUNNING, |v| {
             v.status.phase == VmPhase::Running && v.status.host.as_ref() == Some(&to)
         })
@@ -317,7 +321,11 @@ fn two_hosts_one_overlay() {
             b_ip,
             "the address follows the VM"
         );
-        wait_lease(&l, &moved, &b_ip).await;
+        assert!(
+            moved.status.events.iter().any(|e| e.reason == "Migrated"),
+            "b was not live-migrated: {:?}",
+            moved.status.events
+        );
         let cb = l.console(&moved).await;
         let back = Instant::now() + Duration::from_secs(30);
         while !pings(&mut ca, &b_ip, None).await {

@@ -414,7 +414,10 @@ fn three_namespace_hosts_form_one_pool() {
         // Drain host 2: its VM is stopped there and started on another host, once; the host
         // ends in maintenance with no QEMU left. Its shared volume goes with it, opened in
         // place on the new host: the same file, not a copy.
-        let accepted = client.drain_host("host-2").await.expect("drain accepted");
+        let accepted = client
+            .drain_host("host-2", true)
+            .await
+            .expect("drain accepted");
         let op = client
             .wait_operation(&accepted.operation.id.to_string(), RUNNING)
             .await

@@ -140,6 +140,7 @@ async fn leader_failover_and_etcd_member_loss() {
         store.clone(),
         AppConfig {
             host_lease_ttl: Duration::from_secs(5),
+            ..AppConfig::default()
         },
     );
     let probe_app = host_app.clone();

@@ -229,13 +229,17 @@ async fn drain_moves_every_vm_elsewhere_and_ends_in_maintenance() {
             .unwrap();
     }
 
-    let accepted = sim.client.drain_host(h0.as_str()).await.expect("drain");
+    let accepted = sim
+        .client
+        .drain_host(h0.as_str(), true)
+        .await
+        .expect("drain");
     assert_eq!(accepted.host.state, HostState::Draining);
     assert_eq!(accepted.operation.kind.as_str(), "host_drain");
     // A second request follows the same drain.
     let again = sim
         .client
-        .drain_host(h0.as_str())
+        .drain_host(h0.as_str(), true)
         .await
         .expect("drain again");
     assert_eq!(again.operation.id, accepted.operation.id);
@@ -308,7 +312,11 @@ async fn drain_with_nowhere_to_go_fails_and_stops_nothing() {
     let b = create_settled(&sim, fake_vm("big-b".into(), 1, 3 * GIB)).await;
     assert_eq!(index_of(&b), 1);
 
-    let accepted = sim.client.drain_host(h0.as_str()).await.expect("drain");
+    let accepted = sim
+        .client
+        .drain_host(h0.as_str(), true)
+        .await
+        .expect("drain");
     let (op, _) = follow(
         &sim,
         &accepted.operation,
@@ -356,7 +364,7 @@ async fn uncordon_cancels_a_drain_and_no_vm_is_lost() {
         .uncordon_host(host_name(1).as_str())
         .await
         .unwrap();
-    let accepted = sim.client.drain_host(h0.as_str()).await.unwrap();
+    let accepted = sim.client.drain_host(h0.as_str(), true).await.unwrap();
     eventually("a move under way", Duration::from_secs(10), async || {
         let all = sim.client.all_vms(None).await.unwrap();
         all.iter().any(|v| v.status.moving.is_some()).then_some(())
@@ -399,7 +407,12 @@ async fn unknown_hosts_and_absurd_ratios_are_refused() {
     for r in [
         api_err(sim.client.cordon_host("nope").await),
         api_err(sim.client.uncordon_host("nope").await),
-        api_err(sim.client.drain_host("nope").await.map(|a| a.operation.id)),
+        api_err(
+            sim.client
+                .drain_host("nope", true)
+                .await
+                .map(|a| a.operation.id),
+        ),
     ] {
         assert_eq!(r.code, ErrorCode::NotFound, "{r:?}");
         assert_eq!(r.field.as_deref(), Some("name"));
@@ -470,7 +483,7 @@ async fn a_drain_survives_a_restart_of_the_controllers() {
         .uncordon_host(host_name(1).as_str())
         .await
         .unwrap();
-    let accepted = sim.client.drain_host(h0.as_str()).await.unwrap();
+    let accepted = sim.client.drain_host(h0.as_str(), true).await.unwrap();
     eventually("a move under way", Duration::from_secs(10), async || {
         let all = sim.client.all_vms(None).await.unwrap();
         all.iter().any(|v| v.status.moving.is_some()).then_some(())

@@ -105,6 +105,42 @@ impl<'a> NsPool<'a> {
         self.server = Some(child);
     }
 
+    /// Kills the control plane (`kill -9` of its process group); [`NsPool::start_server`]
+    /// brings it back on the same data directory.
+    pub fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill();
+        }
+    }
+
+    /// Kills host `i`'s agent (`kill -9`); its VMs' hypervisors live on, as after a crash.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut a) = self.agents[i].take() {
+            a.kill();
+        }
+    }
+
+    /// Whether a QEMU process of VM `id` runs from host `i`'s data directory.
+    pub fn qemu_running(&self, i: usize, id: &str) -> bool {
+        let dir = self.host_dir(i).join("qemu/vms").join(id);
+        let needle = dir.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            })
+    }
+
     /// Gives host `i` a label its agent registers with from its next start on (so that a VM's
     /// `host_selector` can pin it to that host).
     pub fn label_host(&mut self, i: usize, key: &str, value: &str) {
@@ -128,6 +164,8 @@ impl<'a> NsPool<'a> {
         let child = self.lab.spawn(
             i,
             cmd.args(["--name", &format!("host-{i}")])
+                // The hosts share this machine's cgroup tree: a migrating VM runs on both.
+                .args(["--cgroup-prefix", &format!("{}-h{i}-", self.lab.tag())])
                 .arg("--data-dir")
                 .arg(self.host_dir(i))
                 .args(["--heartbeat", "2"])

@@ -112,6 +112,7 @@ impl Sim {
             store.clone(),
             AppConfig {
                 host_lease_ttl: cfg.lease_ttl,
+                ..AppConfig::default()
             },
         );
         app.bootstrap().await.expect("bootstrap");

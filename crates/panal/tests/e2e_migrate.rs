@@ -1,0 +1,517 @@
+//! Live migration across two namespace hosts with real QEMU guests: a `panal server` in the
+//! lab's gateway namespace, two `panal agent`s each in its own namespace, a guest printing a
+//! counter every 100 ms.
+//!
+//! Shows: the pre-flight check refuses bad requests before anything moves (and `dry_run` plans
+//! without moving); a migration keeps the guest counting with no gap over 1 s and reports its
+//! downtime; while one is in flight a second one and a delete are refused, and a cancel leaves
+//! the guest running on the source with nothing left on the target. Then the failures: the
+//! target's agent killed, the link between the hosts cut, the control plane killed and
+//! restarted, each in the middle of a transfer: the VM ends up running on exactly one host and
+//! the other holds no QEMU of it.
+
+mod common_e2e;
+mod common_netns;
+mod common_pool;
+
+use common_e2e::console::Console;
+use common_e2e::{Scratch, tiny};
+use common_netns::NetLab;
+use common_pool::NsPool;
+use panal_client::{Client, ClientError};
+use panal_driver::qemu::READY_LINE;
+use panal_types::Name;
+use panal_types::migration::VmMigrate;
+use panal_types::operation::{Operation, OperationState};
+use panal_types::vm::{Vm, VmPhase};
+use std::time::{Duration, Instant};
+
+const RUNNING: Duration = Duration::from_secs(120);
+const GUEST: Duration = Duration::from_secs(60);
+/// A bandwidth that keeps a 128 MiB guest in flight for a good while.
+const SLOW: i64 = 1 << 20;
+
+/// Prints `TICK-n <guest uptime>` every 100 ms.
+const COUNTER: &str =
+    "i=0; while true; do echo TICK-$i $(cut -d' ' -f1 /proc/uptime); i=$((i+1)); sleep 0.1; done &";
+
+/// Every `(n, uptime)` tick in a console text.
+fn ticks(text: &str) -> Vec<(u64, f64)> {
+    text.split("TICK-")
+        .skip(1)
+        .filter_map(|t| {
+            let line = t.lines().next()?;
+            let mut it = line.split_whitespace();
+            let n = it.next()?.parse().ok()?;
+            let up = it.next()?.parse().ok()?;
+            Some((n, up))
+        })
+        .collect()
+}
+
+/// Creates the counting guest and waits until it runs and counts.
+async fn counting_guest(pool: &NsPool<'_>, client: &Client, name: &str) -> (Vm, Console) {
+    client.create_vm(&tiny(name, 128)).await.expect("create");
+    let vm = wait_vm(client, name, "running", RUNNING, |v| {
+        v.status.phase == VmPhase::Running
+    })
+    .await;
+    // Typed once the guest's shell is up (its history shows the ready line).
+    let log = pool
+        .host_dir(NsPool::host_of(&vm))
+        .join("qemu/vms")
+        .join(vm.id.to_string())
+        .join("console.log");
+    let deadline = Instant::now() + GUEST;
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
+        assert!(Instant::now() < deadline, "{name} never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut con = pool.console(&vm).await;
+    con.send(COUNTER);
+    con.wait_for("TICK-5 ", GUEST).await;
+    (vm, con)
+}
+
+async fn wait_vm(
+    client: &Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Vm) -> bool,
+) -> Vm {
+    common_e2e::wait_vm(client, name, what, timeout, check).await
+}
+
+async fn wait_op(client: &Client, op: &Operation, timeout: Duration) -> Operation {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let cur = client
+            .wait_operation(&op.id.to_string(), Duration::from_secs(2))
+            .await
+            .expect("operation");
+        if cur.state.is_final() {
+            return cur;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operation still {:?}: {}",
+            cur.state,
+            cur.progress.message
+        );
+    }
+}
+
+/// Waits until the transfer has really begun (the operation reports bytes sent).
+async fn wait_sending(client: &Client, op: &Operation) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cur = client.operation(&op.id.to_string()).await.expect("op");
+        if cur
+            .migration
+            .as_ref()
+            .and_then(|m| m.transferred_bytes)
+            .is_some_and(|b| b > 0)
+        {
+            return;
+        }
+        assert!(
+            !cur.state.is_final() && Instant::now() < deadline,
+            "the transfer never started: {:?} {}",
+            cur.state,
+            cur.progress.message
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, ClientError>, status: u16, field: &str) -> String {
+    match r {
+        Err(e @ ClientError::Api(_)) => {
+            let s = e.status();
+            let ClientError::Api(error) = e else {
+                unreachable!()
+            };
+            assert_eq!(s, Some(status), "status of {error:?}");
+            assert_eq!(error.field.as_deref(), Some(field), "field of {error:?}");
+            error.message
+        }
+        other => panic!("expected a {status} on {field}, got {other:?}"),
+    }
+}
+
+fn other(i: usize) -> usize {
+    1 - i
+}
+
+fn host(i: usize) -> String {
+    format!("host-{i}")
+}
+
+/// The VM runs on host `on` only: its record says so, a QEMU of it runs there, none on the other.
+async fn runs_only_on(pool: &NsPool<'_>, client: &Client, name: &str, on: usize) -> Vm {
+    let vm = wait_vm(client, name, "settled", RUNNING, |v| {
+        v.status.migration.is_none() && v.status.phase == VmPhase::Running
+    })
+    .await;
+    assert_eq!(
+        vm.status.host.as_ref().map(Name::as_str),
+        Some(host(on).as_str())
+    );
+    let id = vm.id.to_string();
+    assert!(pool.qemu_running(on, &id), "no QEMU of {name} on host-{on}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.qemu_running(other(on), &id)
+        || pool.host_dir(other(on)).join("qemu/vms").join(&id).exists()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "host-{} still holds {name}: QEMU running {}, run directory {}",
+            other(on),
+            pool.qemu_running(other(on), &id),
+            pool.host_dir(other(on)).join("qemu/vms").join(&id).exists()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    vm
+}
+
+#[test]
+fn a_running_guest_moves_between_hosts() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(2);
+    let mut pool = NsPool::new(&lab, scratch.data.clone());
+    pool.start_server();
+    lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        pool.join_all(&client).await;
+        let (vm, mut con) = counting_guest(&pool, &client, "mover").await;
+        let from = NsPool::host_of(&vm);
+        let to = other(from);
+
+        // Refused before anything moves.
+        let ask = |r: VmMigrate| {
+            let client = client.clone();
+            async move { client.migrate_vm(None, "mover", &r).await }
+        };
+        refused(
+            ask(VmMigrate {
+                to: Some(host(from)),
+                ..VmMigrate::default()
+            })
+            .await,
+            400,
+            "to",
+        );
+        refused(
+            ask(VmMigrate {
+                to: Some("host-9".into()),
+                ..VmMigrate::default()
+            })
+            .await,
+            404,
+            "to",
+        );
+        refused(
+            ask(VmMigrate {
+                downtime_limit_ms: Some(0),
+                ..VmMigrate::default()
+            })
+            .await,
+            400,
+            "downtime_limit_ms",
+        );
+        refused(
+            ask(VmMigrate {
+                downtime_limit_ms: Some(86_400_000),
+                ..VmMigrate::default()
+            })
+            .await,
+            400,
+            "downtime_limit_ms",
+        );
+        refused(
+            ask(VmMigrate {
+                max_bandwidth: Some(-1),
+                ..VmMigrate::default()
+            })
+            .await,
+            400,
+            "max_bandwidth",
+        );
+        refused(
+            ask(VmMigrate {
+                post_copy: Some(true),
+                ..VmMigrate::default()
+            })
+            .await,
+            400,
+            "accept_post_copy_risk",
+        );
+        client.cordon_host(&host(to)).await.expect("cordon");
+        let why = refused(
+            ask(VmMigrate {
+                to: Some(host(to)),
+                ..VmMigrate::default()
+            })
+            .await,
+            409,
+            "to",
+        );
+        assert!(why.contains("cordoned"), "{why}");
+        refused(ask(VmMigrate::default()).await, 507, "to");
+        client.uncordon_host(&host(to)).await.expect("uncordon");
+
+        // A dry run plans and moves nothing.
+        let plan = ask(VmMigrate {
+            dry_run: Some(true),
+            ..VmMigrate::default()
+        })
+        .await
+        .expect("dry run");
+        assert!(plan.operation.is_none() && plan.vm.is_none());
+        assert_eq!(plan.plan.to.as_str(), host(to));
+        assert_eq!(plan.plan.from.as_str(), host(from));
+        let still = client.vm(None, "mover").await.expect("vm");
+        assert!(still.status.migration.is_none() && still.status.operation.is_none());
+
+        // The migration: the scheduler picks the other host.
+        let started = ask(VmMigrate::default()).await.expect("migrate");
+        let op = started.operation.expect("operation");
+        let done = wait_op(&client, &op, Duration::from_secs(120)).await;
+        assert_eq!(
+            done.state,
+            OperationState::Succeeded,
+            "{}",
+            done.progress.message
+        );
+        let figures = done.migration.clone().expect("figures");
+        let downtime = figures.downtime_ms.expect("measured downtime");
+        eprintln!(
+            "migrated: {} (downtime {downtime} ms)",
+            done.progress.message
+        );
+        let moved = runs_only_on(&pool, &client, "mover", to).await;
+        assert!(moved.status.events.iter().any(|e| e.reason == "Migrated"));
+        // The guest went on counting on the target: no tick missing, no gap over 1 s.
+        let before = ticks(&con.text());
+        let last_before = before.last().expect("ticks before").0;
+        let mut after_con = pool.console(&moved).await;
+        after_con
+            .wait_for(&format!("TICK-{} ", last_before + 8), GUEST)
+            .await;
+        let log = std::fs::read_to_string(
+            pool.host_dir(to)
+                .join("qemu/vms")
+                .join(moved.id.to_string())
+                .join("console.log"),
+        )
+        .expect("console history on the target");
+        let mut all = before.clone();
+        all.extend(ticks(&log));
+        all.sort_by_key(|t| t.0);
+        all.dedup_by_key(|t| t.0);
+        assert!(
+            all.last().unwrap().0 > last_before + 5,
+            "the counter did not go on"
+        );
+        for w in all.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1, "tick {} is missing", w[0].0 + 1);
+            assert!(
+                w[1].1 - w[0].1 < 1.0,
+                "the guest stalled {:.2} s between ticks {} and {}",
+                w[1].1 - w[0].1,
+                w[0].0,
+                w[1].0
+            );
+        }
+        drop(con);
+        con = after_con;
+
+        // A slow migration back: a second one and a delete are refused while it runs; a cancel
+        // leaves the guest where it is and nothing on the target.
+        let slow = ask(VmMigrate {
+            max_bandwidth: Some(SLOW),
+            ..VmMigrate::default()
+        })
+        .await
+        .expect("migrate back");
+        let op = slow.operation.expect("operation");
+        wait_sending(&client, &op).await;
+        let err = ask(VmMigrate::default()).await;
+        refused(err, 409, "vm");
+        match client.delete_vm(None, "mover").await {
+            Err(e) if e.status() == Some(409) => {}
+            other => panic!("a delete during a migration must be refused, got {other:?}"),
+        }
+        let shown = client.operation(&op.id.to_string()).await.expect("op");
+        let p = shown.migration.expect("progress");
+        assert!(
+            p.total_bytes.is_some() && p.remaining_bytes.is_some(),
+            "{p:?}"
+        );
+        client
+            .cancel_migration(None, "mover")
+            .await
+            .expect("cancel");
+        let end = wait_op(&client, &op, Duration::from_secs(60)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Cancelled,
+            "{}",
+            end.progress.message
+        );
+        runs_only_on(&pool, &client, "mover", to).await;
+        let n = ticks(&con.text()).last().map(|t| t.0).unwrap_or(0);
+        con.wait_for(&format!("TICK-{} ", n + 3), GUEST).await;
+        // Room on the old host was given back: the VM can go there now.
+        let again = ask(VmMigrate {
+            to: Some(host(from)),
+            ..VmMigrate::default()
+        })
+        .await
+        .expect("migrate again");
+        let end = wait_op(
+            &client,
+            &again.operation.expect("op"),
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
+        runs_only_on(&pool, &client, "mover", from).await;
+    });
+}
+
+#[test]
+fn a_migration_survives_the_failure_of_either_side() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(2);
+    let mut pool = NsPool::new(&lab, scratch.data.clone());
+    pool.start_server();
+    let client = lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        pool.join_all(&client).await;
+        client
+    });
+    let (vm, _con) = lab.block_on_in_gateway(counting_guest(&pool, &client, "victim"));
+    let from = NsPool::host_of(&vm);
+    let to = other(from);
+    let slow = VmMigrate {
+        to: Some(host(to)),
+        max_bandwidth: Some(SLOW),
+        ..VmMigrate::default()
+    };
+
+    // The target's agent dies mid-transfer: its lease lapses, the migration is cancelled, the
+    // guest stays on the source; the restarted agent removes the incoming QEMU.
+    let op = lab.block_on_in_gateway(async {
+        let a = client
+            .migrate_vm(None, "victim", &slow)
+            .await
+            .expect("migrate");
+        let op = a.operation.expect("op");
+        wait_sending(&client, &op).await;
+        op
+    });
+    pool.kill_agent(to);
+    lab.block_on_in_gateway(async {
+        let end = wait_op(&client, &op, Duration::from_secs(60)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Failed,
+            "{}",
+            end.progress.message
+        );
+        eprintln!("target agent killed: {}", end.progress.message);
+    });
+    pool.start_agent(to, None);
+    lab.block_on_in_gateway(async {
+        runs_only_on(&pool, &client, "victim", from).await;
+        wait_ready(&client, &host(to)).await;
+    });
+
+    // The link between the hosts is cut mid-transfer: the source gives up (or the target's
+    // lease lapses first); the guest stays on the source; once the link is back the target
+    // holds nothing.
+    let op = lab.block_on_in_gateway(async {
+        let a = client
+            .migrate_vm(None, "victim", &slow)
+            .await
+            .expect("migrate");
+        let op = a.operation.expect("op");
+        wait_sending(&client, &op).await;
+        op
+    });
+    lab.cut(to);
+    lab.block_on_in_gateway(async {
+        let end = wait_op(&client, &op, Duration::from_secs(90)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Failed,
+            "{}",
+            end.progress.message
+        );
+        eprintln!("link cut: {}", end.progress.message);
+    });
+    lab.restore(to);
+    lab.block_on_in_gateway(async {
+        runs_only_on(&pool, &client, "victim", from).await;
+        wait_ready(&client, &host(to)).await;
+    });
+
+    // The control plane dies mid-transfer and comes back: the migration finishes.
+    let op = lab.block_on_in_gateway(async {
+        let a = client
+            .migrate_vm(
+                None,
+                "victim",
+                &VmMigrate {
+                    to: Some(host(to)),
+                    max_bandwidth: Some(4 << 20),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("migrate");
+        let op = a.operation.expect("op");
+        wait_sending(&client, &op).await;
+        op
+    });
+    pool.kill_server();
+    std::thread::sleep(Duration::from_secs(3));
+    pool.start_server();
+    lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        let end = wait_op(&client, &op, Duration::from_secs(120)).await;
+        eprintln!(
+            "control plane restarted: {:?} {}",
+            end.state, end.progress.message
+        );
+        let on = if end.state == OperationState::Succeeded {
+            to
+        } else {
+            from
+        };
+        runs_only_on(&pool, &client, "victim", on).await;
+    });
+}
+
+async fn wait_ready(client: &Client, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client
+            .host(name)
+            .await
+            .is_ok_and(|h| h.state == panal_types::host::HostState::Ready)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
