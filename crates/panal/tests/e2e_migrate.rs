@@ -8,7 +8,8 @@
 //! the guest running on the source with nothing left on the target. Then the failures: the
 //! target's agent killed, the link between the hosts cut, the control plane killed and
 //! restarted, each in the middle of a transfer: the VM ends up running on exactly one host and
-//! the other holds no QEMU of it.
+//! the other holds no QEMU of it. Last, a guest booted from a disk image (its root disk local
+//! to its host) leaves with a drain, live, disk and all, and comes back with `move-back`.
 
 mod common_e2e;
 mod common_netns;
@@ -56,17 +57,8 @@ async fn counting_guest(pool: &NsPool<'_>, client: &Client, name: &str) -> (Vm, 
         v.status.phase == VmPhase::Running
     })
     .await;
-    // Typed once the guest's shell is up (its history shows the ready line).
-    let log = pool
-        .host_dir(NsPool::host_of(&vm))
-        .join("qemu/vms")
-        .join(vm.id.to_string())
-        .join("console.log");
-    let deadline = Instant::now() + GUEST;
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
-        assert!(Instant::now() < deadline, "{name} never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Typed once the guest's shell is up.
+    wait_ready_line(pool, &vm, GUEST).await;
     let mut con = pool.console(&vm).await;
     con.send(COUNTER);
     con.wait_for("TICK-5 ", GUEST).await;
@@ -514,4 +506,108 @@ async fn wait_ready(client: &Client, name: &str) {
         assert!(Instant::now() < deadline, "{name} did not come back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the guest's shell is up (its console history, on its host, shows the ready line).
+async fn wait_ready_line(pool: &NsPool<'_>, vm: &Vm, timeout: Duration) {
+    let log = pool
+        .host_dir(NsPool::host_of(vm))
+        .join("qemu/vms")
+        .join(vm.id.to_string())
+        .join("console.log");
+    let deadline = Instant::now() + timeout;
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
+        assert!(Instant::now() < deadline, "{} never became ready", vm.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn uptime(out: &str) -> f64 {
+    out.split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime in {out:?}"))
+}
+
+#[test]
+fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(2);
+    let mut pool = NsPool::new(&lab, scratch.data.clone());
+    pool.start_server();
+    lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        pool.join_all(&client).await;
+        // A q35 guest booted from a disk image: its root disk is an overlay on its host.
+        let req = panal_types::vm::VmCreate {
+            name: "disky".into(),
+            image: Some("tiny-disk".into()),
+            machine: Some(panal_types::vm::MachineProfile::Q35),
+            vcpus: Some(1),
+            memory_bytes: Some(256 << 20),
+            ..panal_types::vm::VmCreate::default()
+        };
+        client.create_vm(&req).await.expect("create");
+        let vm = wait_vm(&client, "disky", "running", RUNNING, |v| {
+            v.status.phase == VmPhase::Running
+        })
+        .await;
+        let from = NsPool::host_of(&vm);
+        let to = other(from);
+        // Firmware-less q35 from a disk under TCG boots slower than a microvm.
+        wait_ready_line(&pool, &vm, Duration::from_secs(240)).await;
+        let mut con = pool.console(&vm).await;
+        let out = con
+            .run("echo before-the-move > /root/mark; sync; cat /root/mark", GUEST)
+            .await;
+        assert!(out.contains("before-the-move"), "{out}");
+        let up_before = uptime(&con.run("cat /proc/uptime", GUEST).await);
+
+        // The plan says the root disk is copied.
+        let plan = client
+            .migrate_vm(
+                None,
+                "disky",
+                &VmMigrate {
+                    dry_run: Some(true),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("dry run");
+        assert_eq!(plan.plan.local_disks, vec!["root".to_string()]);
+
+        // A drain moves it live, disk and all.
+        let drain = client.drain_host(&host(from), false).await.expect("drain");
+        let end = wait_op(&client, &drain.operation, Duration::from_secs(300)).await;
+        assert_eq!(end.state, OperationState::Succeeded, "{}", end.progress.message);
+        let moved = runs_only_on(&pool, &client, "disky", to).await;
+        assert!(moved.status.events.iter().any(|e| e.reason == "Migrated"));
+        assert_eq!(moved.status.home.as_ref().map(Name::as_str), Some(host(from).as_str()));
+        drop(con);
+        let mut con = pool.console(&moved).await;
+        let out = con
+            .run("cat /root/mark; echo after-the-move >> /root/mark; sync", GUEST)
+            .await;
+        assert!(out.contains("before-the-move"), "the file did not move: {out}");
+        let up_after = uptime(&con.run("cat /proc/uptime", GUEST).await);
+        assert!(up_after > up_before, "the guest rebooted: {up_before} -> {up_after}");
+
+        // Back home: uncordon, then move back.
+        client.uncordon_host(&host(from)).await.expect("uncordon");
+        let back = client.move_back(&host(from)).await.expect("move back");
+        assert!(back.skipped.is_empty(), "{:?}", back.skipped);
+        assert_eq!(back.migrations.len(), 1);
+        let end = wait_op(&client, &back.migrations[0], Duration::from_secs(300)).await;
+        assert_eq!(end.state, OperationState::Succeeded, "{}", end.progress.message);
+        let home = runs_only_on(&pool, &client, "disky", from).await;
+        assert!(home.status.home.is_none());
+        drop(con);
+        let mut con = pool.console(&home).await;
+        let out = con.run("cat /root/mark", GUEST).await;
+        assert!(
+            out.contains("before-the-move") && out.contains("after-the-move"),
+            "the disk lost a write: {out}"
+        );
+    });
 }

@@ -344,6 +344,40 @@ async fn drain_with_nowhere_to_go_fails_and_stops_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_drain_stops_nothing_that_cannot_move_live() {
+    // The simulated hypervisor cannot migrate: without --cold the drain fails on the running
+    // VM, naming it and the way out, and stops nothing; a stopped VM would have moved.
+    let sim = sim(2, 4, 4 * GIB).await;
+    let h0 = host_name(0);
+    sim.client.cordon_host(host_name(1).as_str()).await.unwrap();
+    let a = create_settled(&sim, fake_vm("web".into(), 1, GIB)).await;
+    sim.client
+        .uncordon_host(host_name(1).as_str())
+        .await
+        .unwrap();
+    let accepted = sim
+        .client
+        .drain_host(h0.as_str(), false)
+        .await
+        .expect("drain");
+    let (op, _) = follow(&sim, &accepted.operation, &[a.clone()], Duration::from_secs(30)).await;
+    assert_eq!(op.state, OperationState::Failed);
+    let err = op.error.expect("an error");
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert!(
+        err.message.contains("VM default/web cannot move live") && err.message.contains("--cold"),
+        "{}",
+        err.message
+    );
+    let cur = vm(&sim, "web").await;
+    assert_eq!(cur.status.phase, VmPhase::Running);
+    assert_eq!(cur.generation, a.generation, "its spec was never touched");
+    assert!(cur.status.migration.is_none());
+    assert_eq!(sim.hosts_running(a.id), vec![0]);
+    assert_eq!(host_state(&sim, 0).await, HostState::Cordoned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncordon_cancels_a_drain_and_no_vm_is_lost() {
     let mut cfg = SimConfig::new(2);
     cfg.cpus = 8;
