@@ -32,6 +32,10 @@ const POLL: Duration = Duration::from_millis(100);
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// A transfer that sends nothing for this long is given up.
 pub const STALL: Duration = Duration::from_secs(10);
+/// A pre-copy whose memory left to send has not fallen by a tenth for this long does not
+/// converge (the guest dirties memory faster than the link sends it): it is given up, the guest
+/// staying where it runs, rather than kept going for ever.
+pub const NO_CONVERGENCE: Duration = Duration::from_secs(60);
 
 /// Who and what a job reports about.
 #[derive(Clone)]
@@ -181,6 +185,7 @@ struct Follow<'a> {
     cancelled: Option<String>,
     listening: bool,
     disks: bool,
+    auto_converge: bool,
 }
 
 impl Follow<'_> {
@@ -280,6 +285,7 @@ impl Follow<'_> {
     async fn memory(&mut self, disks: &MigrationProgress) {
         let mut last_report = Instant::now() - REPORT_EVERY;
         let mut moved = (0u64, Instant::now());
+        let mut least_left = (u64::MAX, Instant::now());
         loop {
             self.tick().await;
             let status = match self.handle.migration_status().await {
@@ -319,6 +325,17 @@ impl Follow<'_> {
                 self.stop().await;
                 continue;
             }
+            if let (MigrationPhase::Active, Some(left)) = (&status.phase, status.remaining_bytes) {
+                if left < least_left.0.saturating_sub(least_left.0 / 10) {
+                    least_left = (left, Instant::now());
+                } else if self.cancelled.is_none() && least_left.1.elapsed() > NO_CONVERGENCE {
+                    let why = not_converging(&p, self.auto_converge);
+                    tracing::warn!(vm = %self.reporter.vm.0, "{why}; cancelling");
+                    self.cancelled = Some(why);
+                    self.stop().await;
+                    continue;
+                }
+            }
             if last_report.elapsed() >= REPORT_EVERY {
                 last_report = Instant::now();
                 self.reporter
@@ -327,6 +344,27 @@ impl Follow<'_> {
             }
         }
     }
+}
+
+fn not_converging(p: &MigrationProgress, auto_converge: bool) -> String {
+    let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / f64::from(1 << 20);
+    let rate = p
+        .transferred_bytes
+        .zip(p.total_ms)
+        .map(|(b, ms)| b as f64 / f64::from(1 << 20) / (ms.max(1) as f64 / 1000.0))
+        .unwrap_or(0.0);
+    format!(
+        "pre-copy does not converge: the guest dirties {:.1} MiB/s while {rate:.1} MiB/s are \
+         sent, and what is left ({:.1} MiB) has not fallen for {} s; {}",
+        mib(p.dirty_rate),
+        mib(p.remaining_bytes),
+        NO_CONVERGENCE.as_secs(),
+        if auto_converge {
+            "raise the bandwidth or the downtime limit"
+        } else {
+            "migrate with auto-converge, or raise the bandwidth or the downtime limit"
+        }
+    )
 }
 
 fn stalled() -> String {
@@ -372,6 +410,7 @@ pub async fn send(
         cancelled: None,
         listening: true,
         disks: plan.disks.is_some(),
+        auto_converge: plan.settings.auto_converge,
     };
     let mut sent = MigrationProgress::default();
     if in_flight(&status.phase) {

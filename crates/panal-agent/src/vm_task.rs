@@ -54,6 +54,8 @@ pub struct VmTaskContext {
 /// to stop.
 struct MigrationWork {
     operation: panal_types::OperationId,
+    /// Target: volume files created for the copy, removed if the VM never becomes ours.
+    created: Vec<std::path::PathBuf>,
     cancel: Option<tokio::sync::watch::Sender<Option<String>>>,
     _job: Option<vm_migration::Job>,
 }
@@ -177,6 +179,12 @@ impl VmTask {
 
     async fn release(&mut self) {
         tracing::info!(vm = ?self.vm.as_ref().map(|v| v.id), "no longer on this host: stopping and cleaning up");
+        if let Some(w) = self.migration.take() {
+            // The target of a migration that was unwound: the copies it received are garbage.
+            for f in &w.created {
+                let _ = tokio::fs::remove_file(f).await;
+            }
+        }
         if let Some(h) = self.handle.take() {
             let _ = h.kill().await;
         }
@@ -334,6 +342,7 @@ impl VmTask {
             };
             self.migration = Some(MigrationWork {
                 operation: m.operation,
+                created: Vec::new(),
                 cancel: None,
                 _job: None,
             });
@@ -346,6 +355,7 @@ impl VmTask {
             (_, _) => {
                 self.migration = Some(MigrationWork {
                     operation: m.operation,
+                    created: Vec::new(),
                     cancel: None,
                     _job: None,
                 });
@@ -366,6 +376,7 @@ impl VmTask {
         let job = tokio::spawn(vm_migration::send(h, reporter, plan, rx));
         self.migration = Some(MigrationWork {
             operation: m.operation,
+            created: Vec::new(),
             cancel: Some(tx),
             _job: Some(vm_migration::Job(job)),
         });
@@ -389,6 +400,7 @@ impl VmTask {
                 // Re-attached after an agent restart, its address already recorded.
                 self.migration = Some(MigrationWork {
                     operation: m.operation,
+                    created: Vec::new(),
                     cancel: None,
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,
@@ -402,6 +414,7 @@ impl VmTask {
         }
         self.migration = Some(MigrationWork {
             operation: m.operation,
+            created: Vec::new(),
             cancel: None,
             _job: None,
         });
@@ -427,6 +440,35 @@ impl VmTask {
                 return;
             }
         };
+        // Local volumes arrive in new, empty files (the copy fills them); the incoming
+        // hypervisor opens those.
+        let mut here = vm.clone();
+        for mv in &m.volumes {
+            let made = match self.ctx.pools.path(&mv.pool, &mv.target_file) {
+                Ok(path) => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    if let Some(w) = self.migration.as_mut() {
+                        w.created.push(path.clone());
+                    }
+                    crate::volumes::create_empty(&path, mv.format, mv.size_bytes).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = made {
+                reporter
+                    .send(failed(format!(
+                        "cannot make room for volume {}: {e}",
+                        mv.volume
+                    )))
+                    .await;
+                return;
+            }
+            if let Some(d) = here.spec.volumes.iter_mut().find(|d| d.id == mv.id) {
+                d.host = self.ctx.host.clone();
+                d.file = mv.target_file.clone();
+            }
+        }
+        let vm = &here;
         match self.launch(vm, Some(Incoming::Tcp(addr))).await {
             Ok(h) => {
                 self.handle = Some(h.clone());
@@ -462,8 +504,10 @@ impl VmTask {
                         disk_address,
                     })
                     .await;
+                let created = self.migration.take().map(|w| w.created).unwrap_or_default();
                 self.migration = Some(MigrationWork {
                     operation: m.operation,
+                    created,
                     cancel: None,
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,

@@ -679,7 +679,11 @@ pub fn format_of(file: &str) -> VolumeFormat {
     }
 }
 
-async fn create_empty(path: &Path, format: VolumeFormat, size: u64) -> Result<(), String> {
+pub(crate) async fn create_empty(
+    path: &Path,
+    format: VolumeFormat,
+    size: u64,
+) -> Result<(), String> {
     qemu_img(&[
         "create",
         "-q",

@@ -9,7 +9,8 @@
 //! evidence that the guest runs there (the source's "completed" or the target's "arrived"), and
 //! unwinds the target only on the source's word that the guest still runs at home.
 
-use crate::{Name, OperationId, VmId};
+use crate::volume::VolumeFormat;
+use crate::{Name, OperationId, VmId, VolumeId};
 use serde::{Deserialize, Serialize};
 
 /// The default downtime limit (QEMU's own).
@@ -136,6 +137,11 @@ pub struct VmMigration {
     /// image); empty when every disk is on shared storage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<String>,
+    /// Volumes on the source's local pools: the target creates an empty file for each (a new
+    /// name, so nothing left of an earlier stay there is reused), the copy fills it, and at the
+    /// switch-over the volume lives there; the source's file is discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<MigratingVolume>,
     /// Where the target serves those disks for the copy (`ip:port`), once it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_destination: Option<String>,
@@ -148,6 +154,48 @@ pub struct VmMigration {
     pub drain: Option<OperationId>,
     /// When it was asked for.
     pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A volume on the source's local storage that moves with the VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MigratingVolume {
+    /// The volume (its id names the disk in the copy).
+    pub id: VolumeId,
+    /// Its name.
+    pub volume: Name,
+    /// Its pool (a pool of that name on the target receives it).
+    pub pool: String,
+    /// Its file on the source.
+    pub file: String,
+    /// Its file on the target.
+    pub target_file: String,
+    /// Format.
+    pub format: VolumeFormat,
+    /// Virtual size.
+    pub size_bytes: u64,
+}
+
+/// The file name a volume gets on a migration's target: the source's, marked with the
+/// migration (an earlier mark replaced), the extension (which says the format) kept.
+pub fn migrated_file(file: &str, op: &OperationId) -> String {
+    let (stem, ext) = file.rsplit_once('.').unwrap_or((file, ""));
+    let stem = match stem.rsplit_once("-m") {
+        Some((base, mark)) if mark.len() == 8 && mark.chars().all(|c| c.is_ascii_hexdigit()) => {
+            base
+        }
+        _ => stem,
+    };
+    let mark: String = op
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-')
+        .take(8)
+        .collect();
+    if ext.is_empty() {
+        format!("{stem}-m{mark}")
+    } else {
+        format!("{stem}-m{mark}.{ext}")
+    }
 }
 
 /// How far a transfer has come, as the source's hypervisor reports it.
@@ -266,6 +314,24 @@ pub struct MigrationReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrated_files_keep_their_extension_and_one_mark() {
+        let op = OperationId::new();
+        let once = migrated_file("vol-1234.qcow2", &op);
+        assert!(
+            once.starts_with("vol-1234-m") && once.ends_with(".qcow2"),
+            "{once}"
+        );
+        let other = OperationId::new();
+        let twice = migrated_file(&once, &other);
+        assert!(
+            twice.starts_with("vol-1234-m") && twice.ends_with(".qcow2"),
+            "{twice}"
+        );
+        assert_eq!(twice.len(), once.len());
+        assert!(migrated_file("disk.raw", &op).ends_with(".raw"));
+    }
 
     #[test]
     fn percent_is_sent_share_of_memory_and_never_claims_done() {

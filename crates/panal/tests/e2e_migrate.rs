@@ -9,7 +9,8 @@
 //! target's agent killed, the link between the hosts cut, the control plane killed and
 //! restarted, each in the middle of a transfer: the VM ends up running on exactly one host and
 //! the other holds no QEMU of it. Last, a guest booted from a disk image (its root disk local
-//! to its host) leaves with a drain, live, disk and all, and comes back with `move-back`.
+//! to its host) with a volume on its host's local pool leaves with a drain, live, disks and all,
+//! and comes back with `move-back`.
 
 mod common_e2e;
 mod common_netns;
@@ -558,12 +559,53 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
         wait_ready_line(&pool, &vm, Duration::from_secs(240)).await;
         let mut con = pool.console(&vm).await;
         let out = con
-            .run("echo before-the-move > /root/mark; sync; cat /root/mark", GUEST)
+            .run(
+                "echo before-the-move > /root/mark; sync; cat /root/mark",
+                GUEST,
+            )
             .await;
         assert!(out.contains("before-the-move"), "{out}");
         let up_before = uptime(&con.run("cat /proc/uptime", GUEST).await);
+        // A data volume on its host's local pool, hot-plugged, with a pattern on it.
+        let created = client
+            .create_volume(&panal_types::volume::VolumeCreate {
+                name: "data".into(),
+                project: None,
+                size_bytes: Some(32 << 20),
+                format: None,
+                pool: None,
+                host: Some(host(from)),
+                source: None,
+            })
+            .await
+            .expect("volume");
+        let end = wait_op(&client, &created.operation, Duration::from_secs(120)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
+        let attached = client
+            .attach_volume(None, "data", "disky")
+            .await
+            .expect("attach");
+        let end = wait_op(&client, &attached.operation, Duration::from_secs(120)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
+        let source_file = client.volume(None, "data").await.expect("volume").file;
+        let write = "dd if=/dev/urandom of=/root/pattern bs=1M count=8 2>/dev/null; \
+                     dd if=/root/pattern of=/dev/vdb bs=1M conv=fsync 2>/dev/null; \
+                     md5sum /root/pattern";
+        let sum = con.run(write, GUEST).await;
+        let sum = sum.split_whitespace().next().expect("md5").to_string();
+        let read_back = "dd if=/dev/vdb bs=1M count=8 2>/dev/null | md5sum";
 
-        // The plan says the root disk is copied.
+        // The plan says the root disk and the volume are copied.
         let plan = client
             .migrate_vm(
                 None,
@@ -575,23 +617,74 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
             )
             .await
             .expect("dry run");
-        assert_eq!(plan.plan.local_disks, vec!["root".to_string()]);
+        assert_eq!(
+            plan.plan.local_disks,
+            vec!["root".to_string(), "data".to_string()]
+        );
 
         // A drain moves it live, disk and all.
         let drain = client.drain_host(&host(from), false).await.expect("drain");
         let end = wait_op(&client, &drain.operation, Duration::from_secs(300)).await;
-        assert_eq!(end.state, OperationState::Succeeded, "{}", end.progress.message);
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
         let moved = runs_only_on(&pool, &client, "disky", to).await;
         assert!(moved.status.events.iter().any(|e| e.reason == "Migrated"));
-        assert_eq!(moved.status.home.as_ref().map(Name::as_str), Some(host(from).as_str()));
+        assert_eq!(
+            moved.status.home.as_ref().map(Name::as_str),
+            Some(host(from).as_str())
+        );
         drop(con);
         let mut con = pool.console(&moved).await;
         let out = con
-            .run("cat /root/mark; echo after-the-move >> /root/mark; sync", GUEST)
+            .run(
+                "cat /root/mark; echo after-the-move >> /root/mark; sync",
+                GUEST,
+            )
             .await;
-        assert!(out.contains("before-the-move"), "the file did not move: {out}");
+        assert!(
+            out.contains("before-the-move"),
+            "the file did not move: {out}"
+        );
         let up_after = uptime(&con.run("cat /proc/uptime", GUEST).await);
-        assert!(up_after > up_before, "the guest rebooted: {up_before} -> {up_after}");
+        assert!(
+            up_after > up_before,
+            "the guest rebooted: {up_before} -> {up_after}"
+        );
+        // The volume moved: same data in the guest, its record on the target under a new file,
+        // the source's file gone.
+        let there = con
+            .run(
+                &format!("echo 3 > /proc/sys/vm/drop_caches; {read_back}"),
+                GUEST,
+            )
+            .await;
+        assert!(
+            there.contains(&sum),
+            "the volume's data did not move: {there} vs {sum}"
+        );
+        let v = client.volume(None, "data").await.expect("volume");
+        assert_eq!(v.host.as_str(), host(to));
+        assert_ne!(v.file, source_file);
+        assert!(
+            pool.host_dir(to)
+                .join("pools/default")
+                .join(&v.file)
+                .exists()
+        );
+        let old = pool.host_dir(from).join("pools/default").join(&source_file);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while old.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the source's copy {} stayed",
+                old.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // Back home: uncordon, then move back.
         client.uncordon_host(&host(from)).await.expect("uncordon");
@@ -599,7 +692,12 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
         assert!(back.skipped.is_empty(), "{:?}", back.skipped);
         assert_eq!(back.migrations.len(), 1);
         let end = wait_op(&client, &back.migrations[0], Duration::from_secs(300)).await;
-        assert_eq!(end.state, OperationState::Succeeded, "{}", end.progress.message);
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
         let home = runs_only_on(&pool, &client, "disky", from).await;
         assert!(home.status.home.is_none());
         drop(con);
@@ -609,5 +707,101 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
             out.contains("before-the-move") && out.contains("after-the-move"),
             "the disk lost a write: {out}"
         );
+        let back_home = con
+            .run(
+                &format!("echo 3 > /proc/sys/vm/drop_caches; {read_back}"),
+                GUEST,
+            )
+            .await;
+        assert!(
+            back_home.contains(&sum),
+            "the volume's data did not come back: {back_home}"
+        );
+        assert_eq!(
+            client.volume(None, "data").await.unwrap().host.as_str(),
+            host(from)
+        );
+    });
+}
+
+/// Makes the guest rewrite 16 MiB of random data in a loop (zeros would not do: QEMU sends
+/// zero pages as markers).
+const DIRTY: &str = "dd if=/dev/urandom of=/root/seed bs=1M count=16 2>/dev/null; \
+                     while true; do cp /root/seed /root/f; done &";
+
+#[test]
+fn a_guest_dirtying_memory_faster_than_the_link() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(2);
+    let mut pool = NsPool::new(&lab, scratch.data.clone());
+    pool.start_server();
+    lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        pool.join_all(&client).await;
+        let (vm, mut con) = counting_guest(&pool, &client, "busy").await;
+        con.send(DIRTY);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let from = NsPool::host_of(&vm);
+        let to = other(from);
+
+        // Without auto-converge, at 2 MiB/s, pre-copy never converges: given up, cleanly.
+        let a = client
+            .migrate_vm(
+                None,
+                "busy",
+                &VmMigrate {
+                    to: Some(host(to)),
+                    max_bandwidth: Some(2 << 20),
+                    auto_converge: Some(false),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("migrate");
+        let end = wait_op(&client, &a.operation.expect("op"), Duration::from_secs(240)).await;
+        eprintln!(
+            "without auto-converge: {:?} {}",
+            end.state, end.progress.message
+        );
+        assert_eq!(
+            end.state,
+            OperationState::Failed,
+            "{}",
+            end.progress.message
+        );
+        assert!(
+            end.progress.message.contains("converge"),
+            "{}",
+            end.progress.message
+        );
+        runs_only_on(&pool, &client, "busy", from).await;
+        let n = ticks(&con.text()).last().map(|t| t.0).unwrap_or(0);
+        con.wait_for(&format!("TICK-{} ", n + 3), GUEST).await;
+
+        // With auto-converge the guest is slowed until it does.
+        let a = client
+            .migrate_vm(
+                None,
+                "busy",
+                &VmMigrate {
+                    to: Some(host(to)),
+                    max_bandwidth: Some(8 << 20),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("migrate");
+        let end = wait_op(&client, &a.operation.expect("op"), Duration::from_secs(300)).await;
+        eprintln!(
+            "with auto-converge: {:?} {}",
+            end.state, end.progress.message
+        );
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
+        runs_only_on(&pool, &client, "busy", to).await;
     });
 }

@@ -360,7 +360,13 @@ async fn a_live_drain_stops_nothing_that_cannot_move_live() {
         .drain_host(h0.as_str(), false)
         .await
         .expect("drain");
-    let (op, _) = follow(&sim, &accepted.operation, &[a.clone()], Duration::from_secs(30)).await;
+    let (op, _) = follow(
+        &sim,
+        &accepted.operation,
+        std::slice::from_ref(&a),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(op.state, OperationState::Failed);
     let err = op.error.expect("an error");
     assert_eq!(err.code, ErrorCode::Conflict);

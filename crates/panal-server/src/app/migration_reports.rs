@@ -20,7 +20,8 @@ use panal_types::host::Host;
 use panal_types::migration::{MigrationEvent, MigrationProgress, MigrationReport, MigrationStep};
 use panal_types::operation::{Operation, OperationState, Progress};
 use panal_types::vm::{PowerState, Vm, VmPhase};
-use panal_types::{ApiError, ErrorCode, Name};
+use panal_types::volume::{HostTask, Volume, VolumeAction};
+use panal_types::{ApiError, ErrorCode, Name, OperationId};
 
 /// Which side of a migration a report must come from.
 fn sender_of(event: &MigrationEvent) -> Side {
@@ -247,9 +248,40 @@ impl App {
             format!("from host {} to {} {how}", m.from, m.to),
         );
         let vkey = keys::vm(vm.project.as_str(), vm.name.as_str());
-        let mut txn = Txn::new()
-            .when(Compare::unchanged(&vkey, cur.mod_revision))
-            .and_then(Op::put(&vkey, encode(&vm)));
+        let mut txn = Txn::new().when(Compare::unchanged(&vkey, cur.mod_revision));
+        // Local volumes live on the target now: their records and the VM's attachments say so,
+        // and the source's files are discarded by its agent.
+        for mv in &m.volumes {
+            if let Some(d) = vm.spec.volumes.iter_mut().find(|d| d.id == mv.id) {
+                d.host = m.to.clone();
+                d.file = mv.target_file.clone();
+            }
+            let key = keys::volume(vm.project.as_str(), mv.volume.as_str());
+            if let Some(v) = self.repo.get::<Volume>(&key).await? {
+                let mut next = v.value;
+                next.host = m.to.clone();
+                next.file = mv.target_file.clone();
+                txn = txn
+                    .when(Compare::unchanged(&key, v.mod_revision))
+                    .and_then(Op::put(&key, encode(&next)));
+            }
+            let task = HostTask {
+                id: OperationId::new(),
+                host: m.from.clone(),
+                project: vm.project.clone(),
+                volumes: Vec::new(),
+                action: VolumeAction::Discard {
+                    pool: mv.pool.clone(),
+                    file: mv.file.clone(),
+                },
+                operation: Some(m.operation),
+            };
+            txn = txn.and_then(Op::put(
+                &keys::host_task(m.from.as_str(), &task.id),
+                encode(&task),
+            ));
+        }
+        txn = txn.and_then(Op::put(&vkey, encode(&vm)));
         txn = self.release_room(txn, &m.from, &vm).await?;
         let okey = keys::op(&m.operation);
         if let Some(op) = self.repo.get::<Operation>(&okey).await? {

@@ -15,11 +15,13 @@ use panal_types::error::check_name;
 use panal_types::host::{Accelerator, Host, HostMoveBack, HostState};
 use panal_types::image::{Image, ImageKind};
 use panal_types::migration::{
-    DEFAULT_DOWNTIME_LIMIT_MS, MAX_DOWNTIME_LIMIT_MS, MIN_BANDWIDTH, MigrationAccepted,
-    MigrationPlan, MigrationSettings, MigrationStep, VmMigrate, VmMigration,
+    DEFAULT_DOWNTIME_LIMIT_MS, MAX_DOWNTIME_LIMIT_MS, MIN_BANDWIDTH, MigratingVolume,
+    MigrationAccepted, MigrationPlan, MigrationSettings, MigrationStep, VmMigrate, VmMigration,
+    migrated_file,
 };
 use panal_types::operation::OperationKind;
 use panal_types::vm::{HypervisorKind, PowerState, Vm, VmAccepted, VmPhase};
+use panal_types::volume::{DiskAttachment, Volume};
 use panal_types::{ApiError, DEFAULT_PROJECT, ErrorCode, Name, OperationId};
 
 /// How the agents name the root disk overlay of an image-booted VM in a disk copy.
@@ -200,6 +202,60 @@ fn incompatible(kind: HypervisorKind, from: &Host, to: &Host) -> Option<String> 
     None
 }
 
+/// Why `to` cannot receive the VM's local volumes (a pool of the same name with room for them
+/// all), or `None`.
+fn no_room_for_volumes(vm: &Vm, to: &Host) -> Option<String> {
+    let mut need: std::collections::BTreeMap<&str, u64> = Default::default();
+    for d in vm.spec.volumes.iter().filter(|d| !d.shared) {
+        *need.entry(d.pool.as_str()).or_default() += d.size_bytes;
+    }
+    for (pool, bytes) in need {
+        match to
+            .inventory
+            .storage
+            .iter()
+            .find(|p| p.name == pool && !p.shared)
+        {
+            None => {
+                return Some(format!(
+                    "host {} has no local pool \"{pool}\" to receive the VM's volumes",
+                    to.name
+                ));
+            }
+            Some(p) if p.free_bytes < bytes => {
+                return Some(format!(
+                    "pool \"{pool}\" of host {} has {} MiB free, the VM's volumes need {} MiB",
+                    to.name,
+                    p.free_bytes >> 20,
+                    bytes >> 20
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// Why a local volume cannot move with a live migration, or `None`.
+pub(super) fn unmovable(v: &Volume) -> Option<String> {
+    if v.parent.is_some() || !v.children.is_empty() {
+        return Some(format!(
+            "volume {} is part of a linked clone (its copy-on-write chain would be split)",
+            v.name
+        ));
+    }
+    if !v.snapshots.is_empty() {
+        return Some(format!(
+            "volume {} has snapshots, which a live copy does not carry; delete them first",
+            v.name
+        ));
+    }
+    if v.operation.is_some() {
+        return Some(format!("volume {} has an operation in progress", v.name));
+    }
+    None
+}
+
 /// What the pre-flight check decided.
 #[derive(Debug)]
 pub(super) struct Preflight {
@@ -223,24 +279,14 @@ pub(super) fn preflight(
     local_root: bool,
 ) -> Result<Preflight, ApiError> {
     let src = &hosts[from];
-    let local: Vec<&str> = vm
+    // Volumes on shared pools are opened where they are; local ones are copied.
+    let shared: Vec<DiskAttachment> = vm
         .spec
         .volumes
         .iter()
-        .filter(|d| !d.shared)
-        .map(|d| d.volume.as_str())
+        .filter(|d| d.shared)
+        .cloned()
         .collect();
-    if !local.is_empty() {
-        return Err(ApiError::conflict(format!(
-            "VM \"{}\" has volume(s) {} on host {}'s local storage; live migration of local \
-             volumes is not available yet (its root disk moves, volumes do not): move them to a \
-             shared pool, or detach them first",
-            vm.name,
-            local.join(", "),
-            src.name
-        ))
-        .with_field("vm"));
-    }
     // Members of its placement group per host, itself left out (it leaves its host).
     let mut members = Members::new();
     if let Some(g) = &vm.spec.placement.group {
@@ -266,7 +312,7 @@ pub(super) fn preflight(
         memory_bytes: vm.spec.memory_bytes,
         hypervisor: vm.spec.hypervisor,
         placement: &vm.spec.placement,
-        volumes: &vm.spec.volumes,
+        volumes: &shared,
         networked: !vm.spec.nics.is_empty(),
     };
     let anywhere: u32 = members.values().sum();
@@ -283,6 +329,11 @@ pub(super) fn preflight(
     }
     if local_root {
         checks.push("its root disk (local) is copied to the target first".into());
+    }
+    if vm.spec.volumes.iter().any(|d| !d.shared) {
+        checks.push(
+            "its local volumes are copied to a pool of the same name on the target first".into(),
+        );
     }
     checks.push("same accelerator, a QEMU at least as new, the guest's CPU features".into());
     if let Some(name) = to {
@@ -315,6 +366,9 @@ pub(super) fn preflight(
         if let Some(why) = incompatible(vm.spec.hypervisor, src, host) {
             return Err(ApiError::conflict(why).with_field("to"));
         }
+        if let Some(why) = no_room_for_volumes(vm, host) {
+            return Err(ApiError::new(ErrorCode::InsufficientCapacity, why).with_field("to"));
+        }
         return Ok(Preflight {
             target: i,
             reason: "asked for".into(),
@@ -322,14 +376,27 @@ pub(super) fn preflight(
         });
     }
     // The scheduler's choice among the hosts that can take a migration from this one.
-    let eligible: Vec<usize> = (0..hosts.len())
-        .filter(|&i| i != from && incompatible(vm.spec.hypervisor, src, &hosts[i]).is_none())
-        .collect();
+    let mut eligible = Vec::new();
+    let mut refused = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if i == from {
+            continue;
+        }
+        match incompatible(vm.spec.hypervisor, src, h).or_else(|| no_room_for_volumes(vm, h)) {
+            None => eligible.push(i),
+            Some(why) => refused.push(why),
+        }
+    }
     if eligible.is_empty() {
+        let why = if refused.is_empty() {
+            "there is no other host".to_string()
+        } else {
+            refused.join("; ")
+        };
         return Err(ApiError::new(
             ErrorCode::InsufficientCapacity,
             format!(
-                "no other host can take a live migration of VM \"{}\" from host {}",
+                "no other host can take a live migration of VM \"{}\" from host {}: {why}",
                 vm.name, src.name
             ),
         )
@@ -407,6 +474,19 @@ impl App {
                 Vec::new()
             };
             let local_root = self.boots_from_disk_image(vm).await?;
+            for d in vm.spec.volumes.iter().filter(|d| !d.shared) {
+                if let Some(v) = self
+                    .repo
+                    .get::<Volume>(&keys::volume(project, d.volume.as_str()))
+                    .await?
+                    && let Some(why) = unmovable(&v.value)
+                {
+                    return Err(ApiError::conflict(format!(
+                        "VM \"{name}\" cannot move live: {why}"
+                    ))
+                    .with_field("vm"));
+                }
+            }
             let plain: Vec<Host> = hosts.iter().map(|h| h.value.clone()).collect();
             let pf = preflight(
                 &self.config().policy,
@@ -426,12 +506,24 @@ impl App {
                 reason: pf.reason,
                 memory_bytes: vm.spec.memory_bytes,
                 settings: settings.clone(),
-                shared_volumes: vm.spec.volumes.iter().map(|d| d.volume.clone()).collect(),
-                local_disks: if local_root {
-                    vec![ROOT_DISK.to_string()]
-                } else {
-                    Vec::new()
-                },
+                shared_volumes: vm
+                    .spec
+                    .volumes
+                    .iter()
+                    .filter(|d| d.shared)
+                    .map(|d| d.volume.clone())
+                    .collect(),
+                local_disks: local_root
+                    .then(|| ROOT_DISK.to_string())
+                    .into_iter()
+                    .chain(
+                        vm.spec
+                            .volumes
+                            .iter()
+                            .filter(|d| !d.shared)
+                            .map(|d| d.volume.to_string()),
+                    )
+                    .collect(),
                 networks: vm.spec.nics.iter().map(|n| n.network.clone()).collect(),
                 checks: pf.checks,
             };
@@ -490,6 +582,21 @@ impl App {
     ) -> Result<Option<VmAccepted>, ApiError> {
         let mut vm = cur.value.clone();
         let op_id = OperationId::new();
+        let local: Vec<MigratingVolume> = vm
+            .spec
+            .volumes
+            .iter()
+            .filter(|d| !d.shared)
+            .map(|d| MigratingVolume {
+                id: d.id,
+                volume: d.volume.clone(),
+                pool: d.pool.clone(),
+                file: d.file.clone(),
+                target_file: migrated_file(&d.file, &op_id),
+                format: d.format,
+                size_bytes: d.size_bytes,
+            })
+            .collect();
         vm.status.migration = Some(VmMigration {
             operation: op_id,
             from: plan.from.clone(),
@@ -497,7 +604,15 @@ impl App {
             step: MigrationStep::Preparing,
             settings: plan.settings,
             destination: None,
-            disks: plan.local_disks.clone(),
+            // The copy names disks by id: the root overlay's, and each volume's.
+            disks: plan
+                .local_disks
+                .iter()
+                .filter(|d| d.as_str() == ROOT_DISK)
+                .cloned()
+                .chain(local.iter().map(|v| v.id.to_string()))
+                .collect(),
+            volumes: local,
             disk_destination: None,
             cancel_reason: None,
             drain,
@@ -779,7 +894,7 @@ mod tests {
     }
 
     #[test]
-    fn a_local_root_disk_moves_but_local_volumes_are_refused_with_the_reason() {
+    fn local_disks_move_to_a_pool_of_the_same_name_with_room() {
         let hosts = pool();
         let v = vm("a", 1);
         let ok = preflight(&Policy::default(), &v, 0, &hosts, &[], None, true).unwrap();
@@ -807,7 +922,24 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert!(e.message.contains("local storage"), "{}", e.message);
+        assert!(e.message.contains("no local pool"), "{}", e.message);
+        // A pool of that name with room on the target takes it.
+        let mut with_pool = pool();
+        with_pool[1].inventory.storage = vec![panal_types::host::StoragePoolInfo {
+            name: "default".into(),
+            path: "/p".into(),
+            shared: false,
+            total_bytes: 1 << 30,
+            free_bytes: 1 << 30,
+        }];
+        let check_pool = |hosts: &[Host], to: Option<&Name>| {
+            preflight(&Policy::default(), &with_volume, 0, hosts, &[], to, false)
+        };
+        assert_eq!(check_pool(&with_pool, None).unwrap().target, 1);
+        with_pool[1].inventory.storage[0].free_bytes = 1000;
+        let b = Name::parse("b").unwrap();
+        let e = check_pool(&with_pool, Some(&b)).unwrap_err();
+        assert!(e.message.contains("free"), "{}", e.message);
     }
 
     #[test]

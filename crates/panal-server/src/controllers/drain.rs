@@ -292,12 +292,23 @@ fn dry_run(
     let n = cluster.candidates.len();
     for (k, vm) in vms.iter().enumerate() {
         let members = cluster.members(vm);
+        // A running VM moves live, its local volumes with it (the migration's own check makes
+        // sure the target has a pool for them); a stopped one stays bound to them.
+        let live = vm.spec.power_state != PowerState::Stopped
+            && vm.spec.hypervisor == panal_types::vm::HypervisorKind::Qemu;
+        let movable: Vec<_> = vm
+            .spec
+            .volumes
+            .iter()
+            .filter(|d| !live || d.shared)
+            .cloned()
+            .collect();
         let req = Request {
             vcpus: vm.spec.vcpus,
             memory_bytes: vm.spec.memory_bytes,
             hypervisor: vm.spec.hypervisor,
             placement: &vm.spec.placement,
-            volumes: &vm.spec.volumes,
+            volumes: &movable,
             networked: !vm.spec.nics.is_empty(),
         };
         let choice = place(

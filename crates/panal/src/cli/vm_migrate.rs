@@ -81,6 +81,12 @@ fn show_plan(p: &MigrationPlan) {
             "off"
         },
     );
+    if !p.local_disks.is_empty() {
+        println!(
+            "  copied first (local storage): {}",
+            p.local_disks.join(", ")
+        );
+    }
     for c in &p.checks {
         println!("  ok: {c}");
     }
