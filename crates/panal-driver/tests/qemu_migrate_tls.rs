@@ -206,11 +206,43 @@ async fn a_guest_and_its_local_disk_move_over_mutually_authenticated_tls() {
     assert_eq!(done.phase, MigrationPhase::Completed, "{done:?}");
     wait_state(&dvm, RuntimeState::Running, Duration::from_secs(10)).await;
     dvm.unexport_disks().await.expect("unexport");
-
     vm.shutdown(Duration::from_secs(10))
         .await
         .expect("stop source");
-    dvm.kill().await.expect("stop destination");
+    src.cleanup(spec.id).await.unwrap();
+
+    // And back: the QEMU that received the guest (its destination credentials already loaded)
+    // is now a source, to a fresh destination on the first host.
+    let (nbd, mig) = (free_addr(), free_addr());
+    let mut back = spec.clone();
+    back.incoming = Some(Incoming::Tcp(mig));
+    let home = src.launch(&back).await.expect("launch the way back");
+    home.export_disks(nbd, &disks).await.expect("export back");
+    dvm.mirror_disks(&to(nbd, "host-a"), &disks, None)
+        .await
+        .expect("mirror back");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = dvm.disk_mirror_status().await.unwrap();
+        assert!(s.iter().all(|d| d.error.is_none()), "{s:?}");
+        if s.iter().all(|d| d.ready) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dvm.migrate(&to(mig, "host-a"), &MigrationParams::default())
+        .await
+        .expect("migrate back");
+    let done = wait_finished(&dvm, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, MigrationPhase::Completed, "back: {done:?}");
+    wait_state(&home, RuntimeState::Running, Duration::from_secs(10)).await;
+    home.unexport_disks().await.expect("unexport back");
+
+    dvm.shutdown(Duration::from_secs(10))
+        .await
+        .expect("stop the way-back source");
+    home.kill().await.expect("stop");
     assert!(
         std::fs::read(&src_file).unwrap() == std::fs::read(&dst_file).unwrap(),
         "the disk did not arrive whole"
