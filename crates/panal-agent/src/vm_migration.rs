@@ -166,6 +166,18 @@ pub struct Transfer {
     pub disks: Option<(std::net::SocketAddr, Vec<String>)>,
     /// The knobs.
     pub settings: MigrationSettings,
+    /// The target host, whose certificate must name it (the channel is TLS between agents).
+    pub target_host: Name,
+}
+
+impl Transfer {
+    /// `addr` on the target host.
+    fn target(&self, addr: std::net::SocketAddr) -> MigrationTarget {
+        MigrationTarget::Host {
+            addr,
+            host: self.target_host.to_string(),
+        }
+    }
 }
 
 /// How a watch of the transfer ended.
@@ -428,7 +440,7 @@ pub async fn send(
     }
     if let Some((addr, ids)) = &plan.disks {
         if let Err(e) = handle
-            .mirror_disks(*addr, ids, plan.settings.max_bandwidth)
+            .mirror_disks(&plan.target(*addr), ids, plan.settings.max_bandwidth)
             .await
         {
             f.stop().await;
@@ -440,7 +452,7 @@ pub async fn send(
         }
     }
     if let Err(e) = handle
-        .migrate(&MigrationTarget::Tcp(plan.to), &params(&plan.settings))
+        .migrate(&plan.target(plan.to), &params(&plan.settings))
         .await
     {
         f.stop().await;

@@ -372,6 +372,7 @@ impl VmTask {
             to,
             disks,
             settings: m.settings.clone(),
+            target_host: m.to.clone(),
         };
         let job = tokio::spawn(vm_migration::send(h, reporter, plan, rx));
         self.migration = Some(MigrationWork {

@@ -316,15 +316,16 @@ pub trait VmHandle: Send + Sync + 'static {
     }
 
     /// Source of a migration with local disks: starts copying these disks to the destination's
-    /// [`VmHandle::export_disks`] at `to` (the boot-image overlay only with what the guest
-    /// changed, since the base image is on both hosts; data disks whole), each throttled to
-    /// `max_bandwidth` bytes per second. Returns once the copies have started; follow them with
-    /// [`VmHandle::disk_mirror_status`] and call [`VmHandle::migrate`] once every disk is ready.
-    /// New guest writes keep being copied until the migration switches over, when the driver
-    /// finishes the copies while the guest is paused.
+    /// [`VmHandle::export_disks`] at `to` (the address the disks are served on, not the memory
+    /// stream's; the host named as for [`VmHandle::migrate`]). The boot-image overlay moves only
+    /// with what the guest changed, since the base image is on both hosts; data disks whole;
+    /// each throttled to `max_bandwidth` bytes per second. Returns once the copies have started;
+    /// follow them with [`VmHandle::disk_mirror_status`] and call [`VmHandle::migrate`] once
+    /// every disk is ready. New guest writes keep being copied until the migration switches
+    /// over, when the driver finishes the copies while the guest is paused.
     async fn mirror_disks(
         &self,
-        to: SocketAddr,
+        to: &MigrationTarget,
         disks: &[String],
         max_bandwidth: Option<u64>,
     ) -> Result<(), DriverError> {

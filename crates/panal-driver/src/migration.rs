@@ -1,7 +1,8 @@
 //! Live migration types shared by every backend: where a destination listens, where a source
 //! sends, the knobs of one migration and its progress, and the progress of copying a VM's local
-//! disks along with it. Only the driver-level primitive: which host, the authenticated channel
-//! and the persisted multi-step operation live above the driver.
+//! disks along with it. Only the driver-level primitive: which host and the persisted multi-step
+//! operation live above the driver; the channel's credentials are the backend's configuration
+//! (QEMU: `QemuConfig::migration_tls`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,11 +14,39 @@ pub enum Incoming {
     Tcp(SocketAddr),
 }
 
-/// Where a source VM sends the migration stream.
+/// Where a source VM sends the migration stream (or, for [`crate::VmHandle::mirror_disks`], its
+/// disks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MigrationTarget {
-    /// The TCP address a destination launched with [`Incoming::Tcp`] listens on.
+    /// The TCP address a destination launched with [`Incoming::Tcp`] listens on, its host not
+    /// named: only usable without migration TLS (nothing to check the peer's certificate against).
     Tcp(SocketAddr),
+    /// The same on the host named `host`: with migration TLS, the destination must present a
+    /// certificate for this name from the same CA, or the migration fails before any guest
+    /// state leaves.
+    Host {
+        /// Where the destination listens.
+        addr: SocketAddr,
+        /// The destination host's name, as its certificate carries it.
+        host: String,
+    },
+}
+
+impl MigrationTarget {
+    /// Where the destination listens.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            MigrationTarget::Tcp(a) | MigrationTarget::Host { addr: a, .. } => *a,
+        }
+    }
+
+    /// The destination host's name, if given.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            MigrationTarget::Tcp(_) => None,
+            MigrationTarget::Host { host, .. } => Some(host),
+        }
+    }
 }
 
 /// The knobs of one migration. Every call sets all of them, so a value from an earlier attempt

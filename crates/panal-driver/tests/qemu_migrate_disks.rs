@@ -104,7 +104,9 @@ async fn wait_mirrors_ready(vm: &DynVmHandle, timeout: Duration) -> Vec<DiskMirr
 /// Returns the time the whole move took.
 async fn move_vm(vm: &DynVmHandle, disks: &[String], nbd: SocketAddr, mig: SocketAddr) -> Duration {
     let t = Instant::now();
-    vm.mirror_disks(nbd, disks, None).await.expect("mirror");
+    vm.mirror_disks(&MigrationTarget::Tcp(nbd), disks, None)
+        .await
+        .expect("mirror");
     let ready = wait_mirrors_ready(vm, Duration::from_secs(120)).await;
     let copied = t.elapsed();
     vm.migrate(&MigrationTarget::Tcp(mig), &MigrationParams::default())
@@ -274,7 +276,9 @@ async fn a_guest_booted_from_a_disk_image_moves_with_its_overlay_only() {
         "{refused:?}"
     );
 
-    vm.mirror_disks(nbd, &disks, None).await.expect("mirror");
+    vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, None)
+        .await
+        .expect("mirror");
     let ready = wait_mirrors_ready(&vm, Duration::from_secs(120)).await;
     // `sync: top`: the guest's own writes (the 8 MiB file and file system metadata), not the
     // 64 MiB disk.
@@ -363,7 +367,7 @@ async fn a_throttled_disk_copy_is_cancelled_and_the_source_keeps_running_on_its_
 
     // 512 KiB/s: QEMU copies a first burst of 16 MiB (its mirror buffer), then waits 32 s
     // before the next; the 48 MiB of data (zeros cost nothing) are far from done at the cancel.
-    vm.mirror_disks(nbd, &disks, Some(512 << 10))
+    vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, Some(512 << 10))
         .await
         .expect("mirror");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -458,7 +462,9 @@ async fn a_disk_copy_that_breaks_before_the_switch_over_keeps_the_guest_here() {
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![VOL.to_string()];
     dvm.export_disks(nbd, &disks).await.expect("export");
-    vm.mirror_disks(nbd, &disks, None).await.expect("mirror");
+    vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, None)
+        .await
+        .expect("mirror");
     wait_mirrors_ready(&vm, Duration::from_secs(120)).await;
     con.send(WRITER).await;
 

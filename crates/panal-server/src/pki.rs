@@ -186,8 +186,12 @@ impl Ca {
     }
 
     /// Signs an agent's certificate request for `host`. Whatever the request asks for, the
-    /// certificate names only the host and allows only client authentication: the agent's
-    /// private key never leaves its machine, and the control plane decides the identity.
+    /// certificate names only the host (common name and DNS SAN) and allows client and server
+    /// authentication: the agent's private key never leaves its machine, and the control plane
+    /// decides the identity. Client: towards the control plane and, as a migration source,
+    /// towards another agent's QEMU; server: as a migration destination, where the source checks
+    /// the host's name against the SAN. Key encipherment besides digital signature because
+    /// QEMU's GnuTLS sanity check insists on both.
     pub fn sign_agent(&self, csr_pem: &str, host: &Name) -> Result<String, ApiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             ApiError::new(
@@ -200,8 +204,19 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::CommonName, host.as_str());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.subject_alt_names = vec![SanType::DnsName(
+            host.as_str()
+                .try_into()
+                .map_err(|e| internal("agent host name", e))?,
+        )];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         validity(&mut params, LEAF_VALIDITY);
         csr.params = params;
         let (ca_cert, ca_key) = self.issuer()?;
@@ -219,4 +234,37 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map(|c| c.to_vec())
         .map_err(|e| format!("not a PEM certificate: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_certificates_name_the_host_and_serve_both_ends_of_a_migration() {
+        let ca = Ca::generate().unwrap();
+        let key = KeyPair::generate().unwrap();
+        // Whatever the request asks for is replaced by what the control plane decides.
+        let mut asked = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        asked.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let host = Name::parse("host-7").unwrap();
+        let pem = ca.sign_agent(&csr, &host).unwrap();
+        let got = CertificateParams::from_ca_cert_pem(&pem).unwrap();
+        assert_eq!(
+            got.subject_alt_names,
+            vec![SanType::DnsName("host-7".try_into().unwrap())]
+        );
+        for eku in [
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ] {
+            assert!(got.extended_key_usages.contains(&eku), "{eku:?}");
+        }
+        assert!(
+            !got.extended_key_usages
+                .contains(&ExtendedKeyUsagePurpose::CodeSigning)
+        );
+        assert!(got.key_usages.contains(&KeyUsagePurpose::KeyEncipherment));
+    }
 }

@@ -1,16 +1,18 @@
 //! `panal agent`: the host agent of a machine that joins a control plane elsewhere. The first
 //! run joins with a token (`--join URL --token TOKEN`) and keeps the resulting identity in the
 //! data directory; later runs start from that identity. VMs keep running when the agent stops
-//! or the control plane is unreachable; the agent reconnects with back-off.
+//! or the control plane is unreachable; the agent reconnects with back-off. Live migrations
+//! between hosts are authenticated and encrypted with the identity's certificate
+//! (`panal_agent::remote::migration_tls`).
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use panal_agent::inventory::PoolDir;
-use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink};
+use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink, migration_tls};
 use panal_agent::{Agent, AgentConfig};
 use panal_driver::DynDriver;
 use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
-use panal_driver::qemu::{GuestImage, QemuConfig, QemuDriver};
+use panal_driver::qemu::{GuestImage, MigrationTls, QemuConfig, QemuDriver};
 use panal_types::Name;
 use panal_types::vm::MachineProfile;
 use std::path::PathBuf;
@@ -207,6 +209,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     } else {
         let mut qcfg = QemuConfig::new(args.data_dir.join("qemu"));
         qcfg.cgroup_prefix = args.cgroup_prefix.clone();
+        // Migrations between hosts travel only over TLS with this host's certificate.
+        qcfg.migration_tls =
+            migration_tls::materialise(&id, &args.data_dir.join(migration_tls::DIR));
+        match &qcfg.migration_tls {
+            MigrationTls::Unavailable(why) => {
+                tracing::warn!("live migrations to and from this host are refused: {why}");
+            }
+            tls => tracing::info!(credentials = ?tls, "live migrations use TLS"),
+        }
         if let Some(g) = args
             .guest_dir
             .as_deref()

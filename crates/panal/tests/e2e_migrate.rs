@@ -286,6 +286,7 @@ fn a_running_guest_moves_between_hosts() {
         );
         let moved = runs_only_on(&pool, &client, "mover", to).await;
         assert!(moved.status.events.iter().any(|e| e.reason == "Migrated"));
+        assert_sent_over_tls(&pool, from, to);
         // The guest went on counting on the target: no tick missing, no gap over 1 s.
         let before = ticks(&con.text());
         let last_before = before.last().expect("ticks before").0;
@@ -804,4 +805,36 @@ fn a_guest_dirtying_memory_faster_than_the_link() {
         );
         runs_only_on(&pool, &client, "busy", to).await;
     });
+}
+
+/// The move from host `from` to host `to` ran over TLS with the agents' credentials, the source
+/// checking the target's name: each side's driver logs what its QEMU's migration parameters say
+/// (`query-migrate-parameters`), and the keys on disk are private.
+fn assert_sent_over_tls(pool: &NsPool<'_>, from: usize, to: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = |i: usize| {
+        std::fs::read_to_string(pool.root.join(format!("agent-{i}.err.log"))).unwrap_or_default()
+    };
+    let sent = format!(
+        "outgoing migration channel: TLS (QEMU tls-creds mig-tls-client, tls-hostname \"{}\")",
+        host(to)
+    );
+    assert!(
+        log(from).contains(&sent),
+        "the source did not send over TLS"
+    );
+    assert!(
+        log(to).contains("incoming migration channel: TLS (QEMU tls-creds mig-tls-server"),
+        "the target did not listen with TLS"
+    );
+    for i in [from, to] {
+        let dir = pool.host_dir(i).join("migration-tls");
+        for key in ["server-key.pem", "client-key.pem"] {
+            let mode = std::fs::metadata(dir.join(key))
+                .expect(key)
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key} on {}", host(i));
+        }
+    }
 }

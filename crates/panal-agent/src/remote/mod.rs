@@ -1,6 +1,7 @@
 //! The agent's side of the network protocol, for hosts other than the control plane's: joining
 //! with a token, keeping the resulting identity on disk, the [`ControlPlaneLink`] over
-//! mutual-TLS HTTPS, and boot images fetched from the control plane and cached by checksum.
+//! mutual-TLS HTTPS, boot images fetched from the control plane and cached by checksum, and the
+//! identity as the credentials live migrations are authenticated and encrypted with.
 //!
 //! [`ControlPlaneLink`]: crate::link::ControlPlaneLink
 
@@ -9,6 +10,7 @@ mod identity;
 mod images;
 mod join;
 mod link;
+pub mod migration_tls;
 mod transfer;
 
 pub use identity::AgentIdentity;

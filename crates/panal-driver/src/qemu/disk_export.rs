@@ -5,7 +5,8 @@
 //!
 //! Exporting activates the node early (QEMU keeps an incoming VM's disks inactive until the
 //! migration ends, for shared storage), which is what lets the mirror write while the memory
-//! migration is still to come. Export ids are `exp-<disk id>`; only ours are ever removed.
+//! migration is still to come. Export ids are `exp-<disk id>`; only ours are ever removed. With
+//! migration TLS (`tls.rs`) the NBD server speaks only TLS, with the destination's credentials.
 
 use super::disk_mirror::{check_disk_ids, source_node};
 use super::handle::QemuVm;
@@ -41,16 +42,15 @@ impl QemuVm {
     }
 
     async fn add_exports(&self, addr: SocketAddr, disks: &[String]) -> Result<(), DriverError> {
-        match self
-            .qmp(
-                "nbd-server-start",
-                Some(json!({ "addr": { "type": "inet", "data": {
-                    "host": addr.ip().to_string(),
-                    "port": addr.port().to_string(),
-                }}})),
-            )
-            .await
-        {
+        let mut server = json!({ "addr": { "type": "inet", "data": {
+            "host": addr.ip().to_string(),
+            "port": addr.port().to_string(),
+        }}});
+        if let Some(creds) = self.server_tls().await? {
+            // Only a source with a certificate from the same CA may connect.
+            server["tls-creds"] = creds.into();
+        }
+        match self.qmp("nbd-server-start", Some(server)).await {
             Ok(_) => {}
             // A retried call.
             Err(DriverError::Hypervisor(m)) if m.contains("already running") => {}

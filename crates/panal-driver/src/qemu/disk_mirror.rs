@@ -29,11 +29,15 @@
 //! switch-over must never happen without the disks), then the jobs, then the NBD client nodes;
 //! the caller kills the destination. Jobs are named `mirror-<disk id>` and created with
 //! `auto-dismiss: false`, so a failed job stays listed with its error until it is cleared.
+//!
+//! With migration TLS (`tls.rs`) the NBD client nodes connect over TLS with the source's
+//! credentials and check that the destination's certificate names the destination host.
 
 use super::cmdline::{self, ROOT_NODE};
 use super::handle::QemuVm;
 use super::qmp::Qmp;
-use crate::{DiskMirrorStatus, DriverError, ROOT_DISK};
+use super::tls::ClientTls;
+use crate::{DiskMirrorStatus, DriverError, MigrationTarget, ROOT_DISK};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -287,11 +291,12 @@ pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: SwitchLock) {
 impl QemuVm {
     pub(super) async fn start_mirrors(
         &self,
-        to: SocketAddr,
+        to: &MigrationTarget,
         disks: &[String],
         max_bandwidth: Option<u64>,
     ) -> Result<(), DriverError> {
         check_disk_ids(disks)?;
+        let tls = self.client_tls(to).await?;
         if max_bandwidth == Some(0) {
             return Err(DriverError::Invalid(
                 "a bandwidth limit of 0 would never finish".into(),
@@ -316,7 +321,10 @@ impl QemuVm {
                 }
                 None => {}
             }
-            if let Err(e) = self.start_mirror(qmp, to, disk, max_bandwidth).await {
+            if let Err(e) = self
+                .start_mirror(qmp, to.addr(), tls.as_ref(), disk, max_bandwidth)
+                .await
+            {
                 // All or nothing: a partial set would make `migrate` move some disks only.
                 drop(_held);
                 let _ = self.abandon_mirrors().await;
@@ -330,6 +338,7 @@ impl QemuVm {
         &self,
         qmp: &Qmp,
         to: SocketAddr,
+        tls: Option<&ClientTls>,
         disk: &str,
         max_bandwidth: Option<u64>,
     ) -> Result<(), DriverError> {
@@ -339,21 +348,21 @@ impl QemuVm {
             qmp.execute("blockdev-del", Some(json!({ "node-name": target })))
                 .await?;
         }
-        qmp.execute(
-            "blockdev-add",
-            Some(json!({
-                "driver": "nbd",
-                "node-name": target,
-                "server": {
-                    "type": "inet",
-                    "host": to.ip().to_string(),
-                    "port": to.port().to_string(),
-                },
-                "export": disk,
-            })),
-        )
-        .await
-        .map_err(|e| {
+        let mut node = json!({
+            "driver": "nbd",
+            "node-name": target,
+            "server": {
+                "type": "inet",
+                "host": to.ip().to_string(),
+                "port": to.port().to_string(),
+            },
+            "export": disk,
+        });
+        if let Some(t) = tls {
+            node["tls-creds"] = t.creds.into();
+            node["tls-hostname"] = t.hostname.clone().into();
+        }
+        qmp.execute("blockdev-add", Some(node)).await.map_err(|e| {
             DriverError::Hypervisor(format!("disk {disk}: cannot reach the destination: {e}"))
         })?;
         let r = qmp

@@ -46,18 +46,20 @@ pub struct QemuVm {
     /// Serialises the disk-migration switch-over step with itself and with starting or
     /// abandoning disk copies, and remembers why a switch-over was refused (`disk_mirror.rs`).
     switch_lock: super::disk_mirror::SwitchLock,
+    /// How its migrations are protected (the driver's configuration).
+    migration_tls: super::MigrationTls,
 }
 
 impl QemuVm {
-    /// Wraps a connected QMP session and starts the watcher.
+    /// Wraps a connected QMP session (and its event stream) and starts the watcher.
     pub(super) fn start(
         id: VmId,
         pid: u32,
         paths: RunPaths,
-        qmp: Qmp,
-        events: mpsc::UnboundedReceiver<QmpEvent>,
+        (qmp, events): (Qmp, mpsc::UnboundedReceiver<QmpEvent>),
         meta: VmMeta,
         cgroup: Option<VmCgroup>,
+        migration_tls: super::MigrationTls,
     ) -> Arc<QemuVm> {
         let (exit_tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -83,6 +85,7 @@ impl QemuVm {
             meta: Mutex::new(meta),
             cgroup,
             switch_lock: Arc::default(),
+            migration_tls,
         })
     }
 
@@ -113,6 +116,10 @@ impl QemuVm {
 
     pub(super) fn switch_lock(&self) -> &super::disk_mirror::SwitchLock {
         &self.switch_lock
+    }
+
+    pub(super) fn migration_tls(&self) -> &super::MigrationTls {
+        &self.migration_tls
     }
 
     pub(super) fn live(&self) -> Result<(), DriverError> {
@@ -446,7 +453,7 @@ impl VmHandle for QemuVm {
 
     async fn mirror_disks(
         &self,
-        to: std::net::SocketAddr,
+        to: &crate::MigrationTarget,
         disks: &[String],
         max_bandwidth: Option<u64>,
     ) -> Result<(), DriverError> {

@@ -246,7 +246,15 @@ impl QemuDriver {
                 )));
             }
         };
-        let vm = QemuVm::start(spec.id, pid, paths, qmp, rx, meta, cgroup);
+        let vm = QemuVm::start(
+            spec.id,
+            pid,
+            paths,
+            (qmp, rx),
+            meta,
+            cgroup,
+            cfg.migration_tls.clone(),
+        );
         if let Some(incoming) = &spec.incoming
             && let Err(e) = vm.listen_incoming(incoming).await
         {
@@ -337,7 +345,15 @@ impl QemuDriver {
             super::CgroupMode::Unavailable(_) => None,
             mode => Some(VmCgroup::existing(mode, &self.cgroup_name(id))),
         };
-        Ok(Some(QemuVm::start(id, pid, paths, qmp, rx, meta, cgroup)))
+        Ok(Some(QemuVm::start(
+            id,
+            pid,
+            paths,
+            (qmp, rx),
+            meta,
+            cgroup,
+            self.config.migration_tls.clone(),
+        )))
     }
 }
 

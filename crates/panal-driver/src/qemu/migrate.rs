@@ -13,9 +13,14 @@
 //! ready and turns on `pause-before-switchover`, so that the copies are finished while the guest
 //! is paused and before the destination may run it; without, that capability is turned off, so
 //! nothing carries over from an earlier attempt.
+//!
+//! With migration TLS configured (`tls.rs`), both sides set `tls-creds` before they listen or
+//! send, and the source `tls-hostname` (the destination host's name); without, the source sets
+//! both empty (plain TCP), again so that nothing carries over.
 
 use super::disk_mirror;
 use super::handle::QemuVm;
+use super::tls::Side;
 use crate::{
     DriverError, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
 };
@@ -106,6 +111,16 @@ impl QemuVm {
     /// On a QEMU started with `-incoming defer`: starts listening for the migration stream.
     pub(super) async fn listen_incoming(&self, incoming: &Incoming) -> Result<(), DriverError> {
         let Incoming::Tcp(addr) = incoming;
+        // Before `migrate-incoming`: QEMU takes the channel's parameters when it starts to listen.
+        let creds = self.server_tls().await?;
+        if let Some(creds) = creds {
+            self.qmp(
+                "migrate-set-parameters",
+                Some(json!({ "tls-creds": creds })),
+            )
+            .await?;
+        }
+        self.confirm_tls(Side::Destination, creds, None).await?;
         self.qmp("migrate-incoming", Some(json!({ "uri": uri(addr) })))
             .await
             .map(drop)
@@ -123,6 +138,7 @@ impl QemuVm {
                 "the VM cannot migrate from here (QEMU state {status})"
             )));
         }
+        let tls = self.client_tls(to).await?;
         let disks = self.mirrors_ready().await?;
         // A new attempt: an earlier refusal no longer explains anything.
         *self.switch_lock().lock().await = None;
@@ -139,11 +155,19 @@ impl QemuVm {
             Some(json!({
                 "downtime-limit": u64::try_from(p.downtime_limit.as_millis()).unwrap_or(u64::MAX),
                 "max-bandwidth": p.max_bandwidth.unwrap_or(UNTHROTTLED),
+                // Empty strings: plain TCP, so no TLS setting carries over from an earlier call.
+                "tls-creds": tls.as_ref().map_or("", |t| t.creds),
+                "tls-hostname": tls.as_ref().map_or("", |t| t.hostname.as_str()),
             })),
         )
         .await?;
-        let MigrationTarget::Tcp(addr) = to;
-        self.qmp("migrate", Some(json!({ "uri": uri(addr) })))
+        self.confirm_tls(
+            Side::Source,
+            tls.as_ref().map(|t| t.creds),
+            tls.as_ref().map(|t| t.hostname.as_str()),
+        )
+        .await?;
+        self.qmp("migrate", Some(json!({ "uri": uri(&to.addr()) })))
             .await?;
         if !disks.is_empty() {
             disk_mirror::spawn_switchover_task(

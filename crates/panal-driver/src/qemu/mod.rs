@@ -6,7 +6,8 @@
 //! finds it again from the pid file and QMP socket. See `process.rs` for liveness, `handle.rs`
 //! for the per-VM protocol, `cmdline.rs` for argument safety rules, `probe.rs` for how the
 //! accelerator is chosen, `disk_safety.rs` for the disk cache mode and the check after a crash,
-//! `migrate.rs` and `disk_mirror.rs` for live migration (memory, and local disks over NBD).
+//! `migrate.rs` and `disk_mirror.rs` for live migration (memory, and local disks over NBD),
+//! `tls.rs` for its channel's TLS.
 
 mod cgroup;
 mod cmdline;
@@ -22,6 +23,7 @@ mod nics;
 mod probe;
 mod process;
 mod qmp;
+mod tls;
 
 pub use cgroup::CgroupMode;
 pub use disk_safety::{DiskCache, Verdict};
@@ -30,6 +32,7 @@ pub use handle::QemuVm;
 pub use launch::LaunchTimings;
 pub use probe::AccelProbe;
 pub use qmp::{Qmp, QmpEvent};
+pub use tls::MigrationTls;
 
 use crate::{Driver, DriverError, DynVmHandle, VmLaunch, caps};
 use async_trait::async_trait;
@@ -118,6 +121,8 @@ pub struct QemuConfig {
     pub launch_timeout: Duration,
     /// Timeout of one QMP command.
     pub qmp_timeout: Duration,
+    /// How live migrations in and out are protected (`tls.rs`); off by default.
+    pub migration_tls: MigrationTls,
 }
 
 impl QemuConfig {
@@ -141,6 +146,7 @@ impl QemuConfig {
             tcg_tb_size_mib: 64,
             launch_timeout: Duration::from_secs(30),
             qmp_timeout: Duration::from_secs(10),
+            migration_tls: MigrationTls::Off,
         }
     }
 }
