@@ -30,6 +30,8 @@ use tokio::time::Instant;
 const POLL: Duration = Duration::from_millis(100);
 /// How often progress is reported (one store write each).
 const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// How long the target waits, once the guest runs there, before reporting it (see `receive`).
+const ARRIVED_GRACE: Duration = Duration::from_secs(2);
 /// A transfer that sends nothing for this long is given up.
 pub const STALL: Duration = Duration::from_secs(10);
 /// A pre-copy whose memory left to send has not fallen by a tenth for this long does not
@@ -112,6 +114,7 @@ pub fn params(s: &MigrationSettings) -> MigrationParams {
         downtime_limit: Duration::from_millis(s.downtime_limit_ms),
         max_bandwidth: s.max_bandwidth,
         auto_converge: s.auto_converge,
+        post_copy: s.post_copy,
     }
 }
 
@@ -198,12 +201,21 @@ struct Follow<'a> {
     listening: bool,
     disks: bool,
     auto_converge: bool,
+    /// Switch to post-copy after the first pass.
+    post_copy: bool,
+    /// The switch happened: from then on nothing can be cancelled.
+    in_post_copy: bool,
 }
 
 impl Follow<'_> {
     /// Stops whatever is in flight: the disk copies (and with them the memory stream), or the
     /// memory stream alone.
     async fn stop(&self) {
+        if self.in_post_copy {
+            // The guest runs on the target already; its memory is split between the hosts.
+            tracing::warn!(vm = %self.reporter.vm.0, "in post-copy: the migration cannot stop");
+            return;
+        }
         let r = if self.disks {
             self.handle.cancel_disk_mirror().await
         } else {
@@ -331,11 +343,28 @@ impl Follow<'_> {
             let sent = status.transferred_bytes.unwrap_or(0);
             if sent > moved.0 {
                 moved = (sent, Instant::now());
-            } else if self.cancelled.is_none() && moved.1.elapsed() > STALL {
+            } else if self.cancelled.is_none() && !self.in_post_copy && moved.1.elapsed() > STALL {
                 tracing::warn!(vm = %self.reporter.vm.0, "{}; cancelling", stalled());
                 self.cancelled = Some(stalled());
                 self.stop().await;
                 continue;
+            }
+            if self.post_copy
+                && !self.in_post_copy
+                && status.phase == MigrationPhase::Active
+                && self.cancelled.is_none()
+                && status.total_bytes.is_some_and(|t| sent >= t)
+            {
+                // The first pass is done: the rest follows the guest on demand.
+                match self.handle.start_post_copy().await {
+                    Ok(()) => {
+                        self.in_post_copy = true;
+                        tracing::info!(vm = %self.reporter.vm.0, "switched to post-copy");
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %self.reporter.vm.0, error = %e, "post-copy refused")
+                    }
+                }
             }
             if let (MigrationPhase::Active, Some(left)) = (&status.phase, status.remaining_bytes) {
                 if left < least_left.0.saturating_sub(least_left.0 / 10) {
@@ -423,6 +452,8 @@ pub async fn send(
         listening: true,
         disks: plan.disks.is_some(),
         auto_converge: plan.settings.auto_converge,
+        post_copy: plan.settings.post_copy,
+        in_post_copy: false,
     };
     let mut sent = MigrationProgress::default();
     if in_flight(&status.phase) {
@@ -466,9 +497,19 @@ pub async fn send(
 pub async fn receive(handle: DynVmHandle, reporter: Reporter) {
     loop {
         match handle.state().await {
-            Ok(RuntimeState::Running | RuntimeState::Paused) => {
+            // In post-copy the guest runs here while its memory still arrives: not yet.
+            Ok(RuntimeState::Running | RuntimeState::Paused)
+                if !handle
+                    .migration_status()
+                    .await
+                    .is_ok_and(|s| !s.phase.is_finished()) =>
+            {
                 // The disks were served for the copy only; the guest owns them now.
                 let _ = handle.unexport_disks().await;
+                // The source's "completed" (with the downtime it measured) normally ends the
+                // migration within a poll; this report is the fallback for a source that
+                // cannot say it any more, so it waits that long first.
+                tokio::time::sleep(ARRIVED_GRACE).await;
                 reporter.send(MigrationEvent::Arrived).await;
                 return;
             }

@@ -286,6 +286,15 @@ impl VmTask {
                 if self.migration.as_ref().is_some_and(|w| {
                     vm.status.migration.as_ref().map(|m| m.operation) != Some(w.operation)
                 }) {
+                    // The migration ended. Here as its target, the guest is ours: the disks
+                    // served for the copy must be let go whether or not the watching job got
+                    // to it (exports left behind would keep this VM from ever migrating again).
+                    if let Some(h) = &self.handle
+                        && vm.status.host.as_ref() == Some(&self.ctx.host)
+                        && let Err(e) = h.unexport_disks().await
+                    {
+                        tracing::warn!(vm = %vm.id, error = %e, "could not stop serving the disks");
+                    }
                     self.migration = None;
                 }
             }
@@ -470,7 +479,10 @@ impl VmTask {
             }
         }
         let vm = &here;
-        match self.launch(vm, Some(Incoming::Tcp(addr))).await {
+        match self
+            .launch(vm, Some(Incoming::Tcp(addr)), m.settings.post_copy)
+            .await
+        {
             Ok(h) => {
                 self.handle = Some(h.clone());
                 self.applied = Some((vm.spec.vcpus, vm.spec.memory_bytes));
@@ -530,7 +542,7 @@ impl VmTask {
             if self.failed_generation == Some(vm.generation) {
                 return;
             }
-            let launch = self.launch(vm, None);
+            let launch = self.launch(vm, None, false);
             tokio::pin!(launch);
             let launched = match tokio::time::timeout(STARTING_REPORT_AFTER, &mut launch).await {
                 Ok(r) => r,
@@ -689,6 +701,7 @@ impl VmTask {
         &self,
         vm: &Vm,
         incoming: Option<panal_driver::Incoming>,
+        post_copy: bool,
     ) -> impl Future<Output = Result<DynVmHandle, DriverError>> + use<> {
         let (boot, driver, vm) = (self.ctx.boot.clone(), self.ctx.driver.clone(), vm.clone());
         let (pools, check_disks) = (self.ctx.pools.clone(), self.check_disks);
@@ -725,6 +738,7 @@ impl VmTask {
                 boot,
                 disks,
                 nics,
+                post_copy: incoming.is_some() && post_copy,
                 incoming,
             };
             driver.launch(&spec).await

@@ -117,6 +117,7 @@ async fn main() {
             disks: vec![],
             nics: vec![],
             incoming: None,
+            post_copy: false,
         };
         let t0 = Instant::now();
         let (vm, timings) = match d.launch_qemu(&spec).await {

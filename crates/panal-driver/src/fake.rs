@@ -405,6 +405,7 @@ mod tests {
             disks: vec![],
             nics: vec![],
             incoming: None,
+            post_copy: false,
         }
     }
 

@@ -89,6 +89,9 @@ pub struct VmLaunch {
     /// `Some`: start as the destination of a live migration instead of booting. The VM waits,
     /// paused ([`RuntimeState::Incoming`]), for the source's state and runs once it has arrived.
     pub incoming: Option<Incoming>,
+    /// With `incoming`: accept a switch to post-copy (the guest then runs here while its
+    /// memory still comes from the source, page by page).
+    pub post_copy: bool,
 }
 
 /// A virtio network interface backed by a tap device the agent created.
@@ -286,6 +289,13 @@ pub trait VmHandle: Send + Sync + 'static {
     ) -> Result<(), DriverError> {
         let _ = (to, params);
         Err(DriverError::Unsupported("live migration".into()))
+    }
+
+    /// Switches a migration started with [`MigrationParams::post_copy`] to post-copy: the guest
+    /// runs on the destination from now on and its remaining memory follows on demand. From
+    /// then on the migration cannot be cancelled, and if either host fails the VM is lost.
+    async fn start_post_copy(&self) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported("post-copy migration".into()))
     }
 
     /// Progress of the latest outgoing migration (on a destination still waiting, of the

@@ -59,6 +59,9 @@ pub struct MigrationParams {
     pub max_bandwidth: Option<u64>,
     /// Slow the guest's vCPUs down when pre-copy does not converge.
     pub auto_converge: bool,
+    /// Allow a switch to post-copy ([`crate::VmHandle::start_post_copy`]); the destination
+    /// must have been launched with [`crate::VmLaunch::post_copy`].
+    pub post_copy: bool,
 }
 
 impl MigrationParams {
@@ -74,6 +77,7 @@ impl Default for MigrationParams {
             downtime_limit: Duration::from_millis(300),
             max_bandwidth: None,
             auto_converge: false,
+            post_copy: false,
         }
     }
 }

@@ -132,6 +132,7 @@ async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
         downtime_limit: Duration::from_millis(300),
         max_bandwidth: Some(1 << 20),
         auto_converge: false,
+        post_copy: false,
     };
     vm.migrate(&MigrationTarget::Tcp(addr), &params)
         .await

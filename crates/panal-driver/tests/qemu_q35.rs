@@ -26,6 +26,7 @@ fn q35_disk(env: &Env) -> VmLaunch {
         disks: vec![],
         nics: vec![],
         incoming: None,
+        post_copy: false,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct MigrationSettings {
     pub max_bandwidth: Option<u64>,
     /// Auto-converge.
     pub auto_converge: bool,
+    /// Switch to post-copy after the first pass (opted in, with its risk).
+    #[serde(default)]
+    pub post_copy: bool,
 }
 
 /// What the pre-flight check found and what would move.

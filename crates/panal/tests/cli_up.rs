@@ -294,7 +294,27 @@ fn host_maintenance_from_the_cli() {
     let shown: serde_json::Value =
         serde_json::from_str(&ok(&panal(&cfg, &["host", "show", &host, "-o", "json"]))).unwrap();
     assert_eq!(shown["state"], "cordoned");
-    ok(&panal(&cfg, &["host", "uncordon", &host]));
+    let out = ok(&panal(&cfg, &["host", "uncordon", &host, "--move-back"]));
+    assert!(out.contains("ready"), "{out}");
+
+    // Live migration from the CLI: every bad request is refused with its reason, nothing moves.
+    for (args, says) in [
+        (vec!["--downtime-limit", "0"], "downtime"),
+        (vec!["--bandwidth", "-5"], "negative"),
+        (vec!["--post-copy"], "accept_post_copy_risk"),
+        (vec!["--to", host.as_str()], "already runs"),
+        (vec!["--to", "nope"], "not found"),
+        (vec!["--dry-run"], "no other host"),
+        (vec!["--cancel"], "not migrating"),
+    ] {
+        let mut all = vec!["vm", "migrate", "solo"];
+        all.extend(args.iter().copied());
+        let bad = panal(&cfg, &all);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{all:?} succeeded");
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+    assert_eq!(vm_json(&cfg, "solo")["status"]["phase"], "running");
 
     let bad = panal(&cfg, &["host", "cordon", "nope"]);
     assert!(!bad.status.success());

@@ -623,6 +623,58 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
             vec!["root".to_string(), "data".to_string()]
         );
 
+        // Cancelled during the disk copy (throttled): it stays, nothing is left on the target.
+        let slow = client
+            .migrate_vm(
+                None,
+                "disky",
+                &VmMigrate {
+                    max_bandwidth: Some(SLOW),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("migrate");
+        let op = slow.operation.expect("op");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let cur = client.operation(&op.id.to_string()).await.expect("op");
+            let p = cur.migration.clone().unwrap_or_default();
+            if p.phase == "disks" && p.disk_done_bytes.is_some_and(|b| b > 0) {
+                break;
+            }
+            assert!(
+                !cur.state.is_final() && Instant::now() < deadline,
+                "the disk copy was never seen under way: {:?} {} {p:?}",
+                cur.state,
+                cur.progress.message
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client
+            .cancel_migration(None, "disky")
+            .await
+            .expect("cancel");
+        let end = wait_op(&client, &op, Duration::from_secs(60)).await;
+        assert_eq!(
+            end.state,
+            OperationState::Cancelled,
+            "{}",
+            end.progress.message
+        );
+        runs_only_on(&pool, &client, "disky", from).await;
+        let target_pool = pool.host_dir(to).join("pools/default");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_dir(&target_pool).is_ok_and(|mut d| d.next().is_some()) {
+            assert!(
+                Instant::now() < deadline,
+                "the copy's volume file stayed on the target"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let out = con.run("cat /root/mark", GUEST).await;
+        assert!(out.contains("before-the-move"), "{out}");
+
         // A drain moves it live, disk and all.
         let drain = client.drain_host(&host(from), false).await.expect("drain");
         let end = wait_op(&client, &drain.operation, Duration::from_secs(300)).await;
@@ -837,4 +889,49 @@ fn assert_sent_over_tls(pool: &NsPool<'_>, from: usize, to: usize) {
             assert_eq!(mode & 0o777, 0o600, "{key} on {}", host(i));
         }
     }
+}
+
+#[test]
+fn post_copy_moves_a_guest_that_dirties_memory() {
+    let scratch = Scratch::new();
+    let lab = NetLab::new(2);
+    let mut pool = NsPool::new(&lab, scratch.data.clone());
+    pool.start_server();
+    lab.block_on_in_gateway(async {
+        let client = pool.client().await;
+        pool.join_all(&client).await;
+        let (vm, con) = counting_guest(&pool, &client, "busy").await;
+        con.send(DIRTY);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let from = NsPool::host_of(&vm);
+        // Opted in: after the first pass the guest runs on the other host and its memory
+        // follows on demand; without auto-converge it still gets there.
+        let a = client
+            .migrate_vm(
+                None,
+                "busy",
+                &VmMigrate {
+                    to: Some(host(other(from))),
+                    max_bandwidth: Some(4 << 20),
+                    auto_converge: Some(false),
+                    post_copy: Some(true),
+                    accept_post_copy_risk: Some(true),
+                    ..VmMigrate::default()
+                },
+            )
+            .await
+            .expect("migrate");
+        let end = wait_op(&client, &a.operation.expect("op"), Duration::from_secs(240)).await;
+        eprintln!("post-copy: {:?} {}", end.state, end.progress.message);
+        assert_eq!(
+            end.state,
+            OperationState::Succeeded,
+            "{}",
+            end.progress.message
+        );
+        let moved = runs_only_on(&pool, &client, "busy", other(from)).await;
+        let mut con = pool.console(&moved).await;
+        let out = con.run("echo alive-$((6*7))", GUEST).await;
+        assert!(out.contains("alive-42"), "{out}");
+    });
 }

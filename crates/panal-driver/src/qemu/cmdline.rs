@@ -34,6 +34,12 @@ impl RunPaths {
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }
+
+    /// QEMU's own messages once it runs (`-D`: a daemonized QEMU otherwise sends its error
+    /// reports to /dev/null), read back to say why a VM or a migration failed.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
     /// QEMU's pid file.
     pub fn pid(&self) -> PathBuf {
         self.dir.join("qemu.pid")
@@ -381,6 +387,8 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
     }
     push("-pidfile");
     a.push(p.pid().into());
+    a.push("-D".into());
+    a.push(p.qemu_log().into());
     a.push("-daemonize".into());
     a
 }

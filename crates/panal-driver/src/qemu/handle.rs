@@ -409,7 +409,13 @@ impl VmHandle for QemuVm {
 
     async fn migration_status(&self) -> Result<crate::MigrationStatus, DriverError> {
         self.live()?;
-        let s = self.query_migration().await?;
+        let mut s = self.query_migration().await?;
+        if let crate::MigrationPhase::Failed(why) = &s.phase
+            && why == "no reason given"
+            && let Some(said) = log_tail(&self.paths.qemu_log())
+        {
+            s.phase = crate::MigrationPhase::Failed(format!("QEMU said: {said}"));
+        }
         if s.phase == crate::MigrationPhase::Completed
             && !matches!(
                 self.run_status().await?.as_str(),
@@ -435,6 +441,11 @@ impl VmHandle for QemuVm {
     async fn cancel_migration(&self) -> Result<(), DriverError> {
         self.live()?;
         self.cancel().await
+    }
+
+    async fn start_post_copy(&self) -> Result<(), DriverError> {
+        self.live()?;
+        self.post_copy().await
     }
 
     async fn export_disks(
@@ -478,6 +489,14 @@ impl VmHandle for QemuVm {
     fn console_socket(&self) -> Option<PathBuf> {
         Some(self.paths.console_sock())
     }
+}
+
+/// The last lines QEMU wrote to its log (`-D`), for a failure's reason.
+pub(super) fn log_tail(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(2)..].join(" / ");
+    (!tail.is_empty()).then(|| tail.chars().take(400).collect())
 }
 
 /// The watcher task (see the module header for its protocol).
@@ -533,7 +552,14 @@ async fn watch_exit(
             Some("guest-shutdown") => VmExit::Shutdown,
             Some(other) => VmExit::Crashed(format!("QEMU stopped ({other})")),
             None => {
-                VmExit::Crashed("QEMU process died without a shutdown (killed or crashed)".into())
+                let last = disk_in_use
+                    .parent()
+                    .and_then(|d| log_tail(&d.join("qemu.log")))
+                    .map(|l| format!("; QEMU said: {l}"))
+                    .unwrap_or_default();
+                VmExit::Crashed(format!(
+                    "QEMU process died without a shutdown (killed or crashed){last}"
+                ))
             }
         }
     };

@@ -256,7 +256,13 @@ impl QemuDriver {
             cfg.migration_tls.clone(),
         );
         if let Some(incoming) = &spec.incoming
-            && let Err(e) = vm.listen_incoming(incoming).await
+            && let Err(e) = async {
+                if spec.post_copy {
+                    vm.accept_post_copy().await?;
+                }
+                vm.listen_incoming(incoming).await
+            }
+            .await
         {
             let _ = crate::VmHandle::kill(&*vm).await;
             return Err(DriverError::Launch(format!(

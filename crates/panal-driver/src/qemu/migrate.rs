@@ -147,6 +147,7 @@ impl QemuVm {
             Some(json!({ "capabilities": [
                 { "capability": "auto-converge", "state": p.auto_converge },
                 { "capability": "pause-before-switchover", "state": !disks.is_empty() },
+                { "capability": "postcopy-ram", "state": p.post_copy },
             ]})),
         )
         .await?;
@@ -176,6 +177,22 @@ impl QemuVm {
             );
         }
         Ok(())
+    }
+
+    /// On the destination, before `migrate-incoming`: let the source switch to post-copy.
+    pub(super) async fn accept_post_copy(&self) -> Result<(), DriverError> {
+        self.qmp(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [
+                { "capability": "postcopy-ram", "state": true },
+            ]})),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn post_copy(&self) -> Result<(), DriverError> {
+        self.qmp("migrate-start-postcopy", None).await.map(drop)
     }
 
     pub(super) async fn query_migration(&self) -> Result<MigrationStatus, DriverError> {

@@ -60,6 +60,7 @@ impl Env {
             disks: vec![],
             nics: vec![],
             incoming: None,
+            post_copy: false,
         }
     }
 

@@ -68,13 +68,17 @@ impl App {
             if cur.value.id != r.vm {
                 return Err(ApiError::not_found("VM", r.vm));
             }
-            let Some(m) = cur.value.status.migration.clone() else {
-                // Already over: a repeated report.
-                return Ok(());
+            let m = match cur.value.status.migration.clone() {
+                Some(m) if m.operation == r.operation => m,
+                _ => {
+                    // Already over (a repeated report, or the target's "arrived" came first):
+                    // the source's figures still belong on the operation.
+                    if let MigrationEvent::Completed { progress } = &r.event {
+                        self.late_figures(&r.operation, progress).await?;
+                    }
+                    return Ok(());
+                }
             };
-            if m.operation != r.operation {
-                return Ok(());
-            }
             let side = sender_of(&r.event);
             let expected = if side == Side::Source { &m.from } else { &m.to };
             if expected.as_str() != host {
@@ -132,6 +136,31 @@ impl App {
             ErrorCode::PreconditionFailed,
             "the VM kept changing; report again",
         ))
+    }
+
+    /// Puts the source's final figures on a migration that already ended by the target's word.
+    async fn late_figures(
+        &self,
+        op_id: &OperationId,
+        p: &MigrationProgress,
+    ) -> Result<(), ApiError> {
+        self.repo
+            .update::<Operation, _>(&keys::op(op_id), |op| {
+                let has = op
+                    .migration
+                    .as_ref()
+                    .is_some_and(|m| m.downtime_ms.is_some());
+                if op.state != OperationState::Succeeded || has {
+                    return Ok(false);
+                }
+                op.migration = Some(p.clone());
+                if let Some(d) = p.downtime_ms {
+                    op.progress.message = format!("{}; downtime {d} ms", op.progress.message);
+                }
+                Ok(true)
+            })
+            .await?;
+        Ok(())
     }
 
     /// Writes the VM and the operation's progress message. `false`: the VM changed meanwhile.

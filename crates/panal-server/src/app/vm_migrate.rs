@@ -63,13 +63,7 @@ pub(super) fn settings(req: &VmMigrate) -> Result<MigrationSettings, ApiError> {
         Some(b) => Some(b as u64),
     };
     match (req.post_copy, req.accept_post_copy_risk) {
-        (Some(true), Some(true)) => {
-            return Err(ApiError::invalid(
-                "post_copy",
-                "post-copy migration is not available yet; migrate with pre-copy \
-                 (auto_converge slows a guest that dirties memory too fast)",
-            ));
-        }
+        (Some(true), Some(true)) => {}
         (Some(true), _) => {
             return Err(ApiError::invalid(
                 "accept_post_copy_risk",
@@ -89,6 +83,7 @@ pub(super) fn settings(req: &VmMigrate) -> Result<MigrationSettings, ApiError> {
         downtime_limit_ms: downtime as u64,
         max_bandwidth,
         auto_converge: req.auto_converge.unwrap_or(true),
+        post_copy: req.post_copy == Some(true),
     })
 }
 
@@ -486,6 +481,15 @@ impl App {
                     ))
                     .with_field("vm"));
                 }
+            }
+            if settings.post_copy && (local_root || vm.spec.volumes.iter().any(|d| !d.shared)) {
+                return Err(ApiError::invalid(
+                    "post_copy",
+                    format!(
+                        "VM \"{name}\" has local disks, which move before the memory: post-copy \
+                         is for VMs whose disks are all on shared storage"
+                    ),
+                ));
             }
             let plain: Vec<Host> = hosts.iter().map(|h| h.value.clone()).collect();
             let pf = preflight(

@@ -28,7 +28,7 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "MS", allow_negative_numbers = true)]
     pub downtime_limit: Option<i64>,
     /// Bytes per second the transfer may use (`200M` = 200 MiB/s; default: unlimited).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub bandwidth: Option<String>,
     /// Do not slow the guest down when pre-copy does not converge.
     #[arg(long)]
