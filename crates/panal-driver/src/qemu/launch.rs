@@ -211,6 +211,8 @@ impl QemuDriver {
                 )?)
             }
         };
+        // This start's messages only: an earlier run's would explain the wrong failure.
+        let _ = tokio::fs::remove_file(paths.qemu_log()).await;
         let spawn = Spawn {
             binary: cfg.qemu_binary.clone(),
             args: cmdline::build(&plan),
@@ -219,6 +221,7 @@ impl QemuDriver {
                 .map(VmCgroup::procs_files)
                 .unwrap_or_default(),
             timeout: cfg.launch_timeout,
+            log: paths.qemu_log(),
         };
         if plan.disk.is_some() {
             // Removed by the exit watcher when QEMU shuts down by itself (disk_safety.rs).

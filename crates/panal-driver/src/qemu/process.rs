@@ -85,6 +85,8 @@ pub struct Spawn {
     pub cgroup_procs: Vec<PathBuf>,
     /// How long QEMU may take to set the VM up.
     pub timeout: Duration,
+    /// Its `-D` log, where it writes its errors instead of stderr once it has opened it.
+    pub log: PathBuf,
 }
 
 /// Runs QEMU and waits for its daemonizing parent. Returns QEMU's stderr text as the
@@ -122,7 +124,14 @@ pub async fn spawn_daemonized(spawn: &Spawn) -> Result<(), DriverError> {
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if stderr.is_empty() {
+        // With `-D`, QEMU reports startup errors in its log rather than on stderr.
+        stderr = std::fs::read_to_string(&spawn.log)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+    }
     let reason = if out.status.code() == Some(125) {
         format!("cannot enter the VM's cgroup: {stderr}")
     } else if stderr.is_empty() {

@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+mod cgroups;
 mod child;
 pub mod names;
 pub mod ns;
@@ -83,6 +84,8 @@ impl NetLab {
     /// first anyway).
     pub fn sweep_stale() {
         sweep::sweep(&open_ns(Path::new("/proc/self/ns/net")));
+        // VM cgroups of earlier labs that died before their teardown.
+        cgroups::sweep();
     }
 
     /// How many hosts the lab has.
@@ -208,5 +211,6 @@ impl Drop for NetLab {
             let _ = killpg(Pid::from_raw(g as i32), Signal::SIGKILL);
         }
         topology::teardown(&self.root, &self.names, &self.namespaces());
+        cgroups::remove(&format!("{}-", self.names.tag));
     }
 }
