@@ -17,7 +17,7 @@ mod common_netns;
 mod common_pool;
 
 use common_e2e::console::Console;
-use common_e2e::{Scratch, tiny};
+use common_e2e::{Scratch, tiny, wait_vm};
 use common_netns::NetLab;
 use common_pool::NsPool;
 use panal_client::{Client, ClientError};
@@ -64,16 +64,6 @@ async fn counting_guest(pool: &NsPool<'_>, client: &Client, name: &str) -> (Vm, 
     con.send(COUNTER);
     con.wait_for("TICK-5 ", GUEST).await;
     (vm, con)
-}
-
-async fn wait_vm(
-    client: &Client,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Vm) -> bool,
-) -> Vm {
-    common_e2e::wait_vm(client, name, what, timeout, check).await
 }
 
 async fn wait_op(client: &Client, op: &Operation, timeout: Duration) -> Operation {
@@ -401,17 +391,21 @@ fn a_migration_survives_the_failure_of_either_side() {
         ..VmMigrate::default()
     };
 
+    let start = |req: VmMigrate| {
+        lab.block_on_in_gateway(async {
+            let a = client
+                .migrate_vm(None, "victim", &req)
+                .await
+                .expect("migrate");
+            let op = a.operation.expect("op");
+            wait_sending(&client, &op).await;
+            op
+        })
+    };
+
     // The target's agent dies mid-transfer: its lease lapses, the migration is cancelled, the
     // guest stays on the source; the restarted agent removes the incoming QEMU.
-    let op = lab.block_on_in_gateway(async {
-        let a = client
-            .migrate_vm(None, "victim", &slow)
-            .await
-            .expect("migrate");
-        let op = a.operation.expect("op");
-        wait_sending(&client, &op).await;
-        op
-    });
+    let op = start(slow.clone());
     pool.kill_agent(to);
     lab.block_on_in_gateway(async {
         let end = wait_op(&client, &op, Duration::from_secs(60)).await;
@@ -432,15 +426,7 @@ fn a_migration_survives_the_failure_of_either_side() {
     // The link between the hosts is cut mid-transfer: the source gives up (or the target's
     // lease lapses first); the guest stays on the source; once the link is back the target
     // holds nothing.
-    let op = lab.block_on_in_gateway(async {
-        let a = client
-            .migrate_vm(None, "victim", &slow)
-            .await
-            .expect("migrate");
-        let op = a.operation.expect("op");
-        wait_sending(&client, &op).await;
-        op
-    });
+    let op = start(slow.clone());
     lab.cut(to);
     lab.block_on_in_gateway(async {
         let end = wait_op(&client, &op, Duration::from_secs(90)).await;
@@ -459,22 +445,10 @@ fn a_migration_survives_the_failure_of_either_side() {
     });
 
     // The control plane dies mid-transfer and comes back: the migration finishes.
-    let op = lab.block_on_in_gateway(async {
-        let a = client
-            .migrate_vm(
-                None,
-                "victim",
-                &VmMigrate {
-                    to: Some(host(to)),
-                    max_bandwidth: Some(4 << 20),
-                    ..VmMigrate::default()
-                },
-            )
-            .await
-            .expect("migrate");
-        let op = a.operation.expect("op");
-        wait_sending(&client, &op).await;
-        op
+    let op = start(VmMigrate {
+        to: Some(host(to)),
+        max_bandwidth: Some(4 << 20),
+        ..VmMigrate::default()
     });
     pool.kill_server();
     std::thread::sleep(Duration::from_secs(3));

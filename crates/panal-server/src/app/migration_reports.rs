@@ -23,6 +23,15 @@ use panal_types::vm::{PowerState, Vm, VmPhase};
 use panal_types::volume::{HostTask, Volume, VolumeAction};
 use panal_types::{ApiError, ErrorCode, Name, OperationId};
 
+/// How a migration's operation ends.
+struct End {
+    state: OperationState,
+    error: Option<ApiError>,
+    message: String,
+    /// The source's final figures, when it gave them.
+    figures: Option<MigrationProgress>,
+}
+
 /// Which side of a migration a report must come from.
 fn sender_of(event: &MigrationEvent) -> Side {
     match event {
@@ -312,27 +321,13 @@ impl App {
         }
         txn = txn.and_then(Op::put(&vkey, encode(&vm)));
         txn = self.release_room(txn, &m.from, &vm).await?;
-        let okey = keys::op(&m.operation);
-        if let Some(op) = self.repo.get::<Operation>(&okey).await? {
-            let mut next = op.value;
-            next.state = OperationState::Succeeded;
-            next.progress = Progress {
-                percent: Some(100),
-                message: format!("migrated to host {} {how}", m.to),
-            };
-            if let Some(p) = progress {
-                next.migration = Some(p.clone());
-            }
-            next.updated_at = chrono::Utc::now();
-            txn = txn
-                .when(Compare::unchanged(&okey, op.mod_revision))
-                .and_then(Op::put(&okey, encode(&next)));
-        }
-        let ok = self.repo.txn(txn).await?.succeeded;
-        if ok {
-            self.forget_host_cache();
-        }
-        Ok(ok)
+        let end = End {
+            state: OperationState::Succeeded,
+            error: None,
+            message: format!("migrated to host {} {how}", m.to),
+            figures: progress.cloned(),
+        };
+        self.end_migration(txn, &m.operation, end).await
     }
 
     /// Ends the migration with the VM where it was. `false`: something changed meanwhile.
@@ -362,17 +357,36 @@ impl App {
             .when(Compare::unchanged(&vkey, cur.mod_revision))
             .and_then(Op::put(&vkey, encode(&vm)));
         txn = self.release_room(txn, &m.to, &vm).await?;
-        let okey = keys::op(&m.operation);
+        let end = End {
+            state,
+            error: (!cancelled).then(|| ApiError::new(ErrorCode::Conflict, reason)),
+            message: format!("the VM stays on host {}: {reason}", m.from),
+            figures: None,
+        };
+        self.end_migration(txn, &m.operation, end).await
+    }
+
+    /// Commits a migration's end: `txn` (the VM and the room) with the operation's final form.
+    async fn end_migration(
+        &self,
+        mut txn: Txn,
+        op_id: &OperationId,
+        end: End,
+    ) -> Result<bool, ApiError> {
+        let okey = keys::op(op_id);
         if let Some(op) = self.repo.get::<Operation>(&okey).await?
             && !op.value.state.is_final()
         {
             let mut next = op.value;
-            next.state = state;
-            next.error = (!cancelled).then(|| ApiError::new(ErrorCode::Conflict, reason));
+            next.state = end.state;
+            next.error = end.error;
             next.progress = Progress {
                 percent: Some(100),
-                message: format!("the VM stays on host {}: {reason}", m.from),
+                message: end.message,
             };
+            if end.figures.is_some() {
+                next.migration = end.figures;
+            }
             next.updated_at = chrono::Utc::now();
             txn = txn
                 .when(Compare::unchanged(&okey, op.mod_revision))

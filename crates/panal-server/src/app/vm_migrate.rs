@@ -89,11 +89,6 @@ pub(super) fn settings(req: &VmMigrate) -> Result<MigrationSettings, ApiError> {
 
 /// The host a VM can leave from now, or why it cannot move live.
 pub(super) fn movable(vm: &Vm) -> Result<Name, ApiError> {
-    if vm.spec.deleted {
-        return Err(
-            ApiError::conflict(format!("VM \"{}\" is being deleted", vm.name)).with_field("vm"),
-        );
-    }
     if let Some(m) = &vm.status.migration {
         return Err(ApiError::conflict(format!(
             "VM \"{}\" is already migrating to host {}",
@@ -102,14 +97,8 @@ pub(super) fn movable(vm: &Vm) -> Result<Name, ApiError> {
         .with_field("vm")
         .with_operation(m.operation));
     }
-    if let Some(op) = vm.status.operation {
-        return Err(ApiError::conflict(format!(
-            "VM \"{}\" has an operation in progress; retry when it ends",
-            vm.name
-        ))
-        .with_field("vm")
-        .with_operation(op));
-    }
+    // Being deleted, or held by another operation.
+    super::volumes::busy(vm)?;
     let running = matches!(vm.status.phase, VmPhase::Running | VmPhase::Paused)
         && vm.spec.power_state != PowerState::Stopped;
     let host = vm.status.host.clone();
