@@ -168,6 +168,9 @@ impl<'a> NsPool<'a> {
                 .args(["--cgroup-prefix", &format!("{}-h{i}-", self.lab.tag())])
                 .arg("--data-dir")
                 .arg(self.host_dir(i))
+                // Disk images boot with the built-in guest's kernel (as on a real host).
+                .arg("--guest-dir")
+                .arg(guest_dir())
                 .args(["--heartbeat", "2"])
                 .env("PANAL_LOG", "info,panal_agent::network=debug")
                 .stdout(self.log(&format!("agent-{i}")))
