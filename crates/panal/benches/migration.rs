@@ -420,7 +420,10 @@ async fn panal_migrate(pool: &NsPool<'_>, client: &Client, name: &str) -> Result
         if op.state.is_final() {
             break op;
         }
-        assert!(t0.elapsed() < MIGRATION, "migration of {name} takes too long");
+        assert!(
+            t0.elapsed() < MIGRATION,
+            "migration of {name} takes too long"
+        );
     };
     let total = t0.elapsed();
     if done.state != OperationState::Succeeded {
@@ -454,7 +457,11 @@ async fn settled(pool: &NsPool<'_>, client: &Client, name: &str, vm: &Vm, to: us
     let deadline = Instant::now() + Duration::from_secs(60);
     // After a failure the VM's own run directory stays on its host: only the QEMU counts.
     while pool.qemu_running(1 - to, &id) || (dir.exists() && pool.qemu_running(to, &id)) {
-        assert!(Instant::now() < deadline, "host-{} still holds {name}", 1 - to);
+        assert!(
+            Instant::now() < deadline,
+            "host-{} still holds {name}",
+            1 - to
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -575,7 +582,10 @@ impl BareHosts {
             let log = vm.console_log().expect("console log");
             let deadline = Instant::now() + RUNNING;
             while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
-                assert!(Instant::now() < deadline, "the bare guest never became ready");
+                assert!(
+                    Instant::now() < deadline,
+                    "the bare guest never became ready"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let mut out = [Vec::new(), Vec::new()];
@@ -780,7 +790,10 @@ fn report(results: &[(Shape, Runs, Runs)], rate: f64) {
             let p: Vec<Sample> = all.iter().filter(|s| s.figures).cloned().collect();
             let lost = all.len() - p.len();
             if p.is_empty() {
-                println!("{} {what}: no migration carried QEMU's figures", shape.label());
+                println!(
+                    "{} {what}: no migration carried QEMU's figures",
+                    shape.label()
+                );
                 continue;
             }
             let down: Vec<f64> = p.iter().map(|s| s.downtime_ms).collect();
@@ -835,6 +848,15 @@ fn report(results: &[(Shape, Runs, Runs)], rate: f64) {
                 }
             }
             let bd: Vec<f64> = b.iter().map(|s| s.downtime_ms).collect();
+            // The same ratios for QEMU alone: what the link goal can be on this machine.
+            let bratio: Vec<f64> = b
+                .iter()
+                .map(|s| ms(s.total) / (s.bytes() as f64 / rate * 1e3))
+                .collect();
+            let bqratio: Vec<f64> = b
+                .iter()
+                .map(|s| s.qemu_total_ms / (s.memory_bytes as f64 / rate * 1e3))
+                .collect();
             println!(
                 "    {} migrations succeeded, {failed} failed; {lost} succeeded without QEMU's \
                  figures on the operation (total p50 over all successes, figures over the {})",
@@ -842,14 +864,17 @@ fn report(results: &[(Shape, Runs, Runs)], rate: f64) {
                 p.len()
             );
             println!(
-                "    bare QEMU: n {} ({bfailed} failed)  downtime p50 {:.0} ms max {:.0} ms  total p50 {:.0} ms  \
-                 QEMU total p50 {:.0} ms  memory p50 {:.1} MiB",
+                "    bare QEMU: n {} ({bfailed} failed)  downtime p50 {:.0} ms max {:.0} ms  \
+                 total p50 {:.0} ms  QEMU total p50 {:.0} ms  memory p50 {:.1} MiB  ratio to \
+                 ideal p50 {:.1} (QEMU total {:.2})",
                 b.len(),
                 median(&bd),
                 pct(&bd, 100.0),
                 bare_total,
                 median(&b.iter().map(|s| s.qemu_total_ms).collect::<Vec<_>>()),
-                median(&b.iter().map(|s| s.memory_bytes as f64).collect::<Vec<_>>()) / 1048576.0
+                median(&b.iter().map(|s| s.memory_bytes as f64).collect::<Vec<_>>()) / 1048576.0,
+                median(&bratio),
+                median(&bqratio)
             );
             println!(
                 "SUMMARY [issue 8] {row}: downtime p50 {d50:.0} ms (goal <= {DOWNTIME_P50_MS:.0}) \
