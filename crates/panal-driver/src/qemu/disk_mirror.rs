@@ -240,12 +240,27 @@ pub(super) async fn switch_over(
         return refuse(qmp, refused, failed).await;
     }
     delete_target_nodes(qmp).await?;
-    qmp.execute(
-        "migrate-continue",
-        Some(json!({ "state": "pre-switchover" })),
-    )
-    .await
-    .map(drop)
+    match qmp
+        .execute(
+            "migrate-continue",
+            Some(json!({ "state": "pre-switchover" })),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // `migrate-continue` returns before QEMU leaves `pre-switchover`: a second caller
+            // (the switch-over task and a status poll) may see that state once more and get
+            // here after the first one's continue took effect. Only a migration still waiting
+            // is an error.
+            let now = qmp.execute("query-migrate", None).await?;
+            if now["status"] == "pre-switchover" {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Cancels a migration whose disks cannot follow (the guest runs on here), remembering why.
