@@ -549,6 +549,7 @@ impl BareHosts {
             disks: vec![],
             nics: vec![],
             incoming: None,
+            post_copy: false,
         }
     }
 
@@ -651,7 +652,9 @@ impl BareHosts {
         if disk {
             let nbd = self.free_addr(to).await;
             dvm.export_disks(nbd, &disks).await.expect("export");
-            vm.mirror_disks(nbd, &disks, None).await.expect("mirror");
+            vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, None)
+                .await
+                .expect("mirror");
             loop {
                 let copies = vm.disk_mirror_status().await.expect("mirror status");
                 assert!(
