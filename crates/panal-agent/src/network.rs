@@ -190,6 +190,7 @@ impl HostNetwork {
             }),
             ingress: p.ingress.iter().filter_map(rule).collect(),
             egress: p.egress.iter().filter_map(rule).collect(),
+            floating: p.floating,
         })
     }
 }

@@ -75,6 +75,7 @@ fn plan() -> HostPlan {
                         }),
                         ingress: (0..RULES_PER_DIRECTION).map(|n| rule(n + i, 0)).collect(),
                         egress: (0..RULES_PER_DIRECTION).map(|n| rule(n + i, 1)).collect(),
+                        floating: None,
                     }
                 })
                 .collect(),

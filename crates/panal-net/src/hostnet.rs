@@ -110,6 +110,7 @@ impl HostNet {
         };
 
         report.devices_changed += crate::router::apply(&cfg.prefix, plan).await?;
+        report.devices_changed += crate::floating::apply(&cfg.prefix, cfg.underlay, plan).await?;
 
         if !plan.networks.is_empty() {
             let have = fdb::read_fdb().await?;

@@ -15,6 +15,7 @@ mod cmd;
 mod dhcp;
 mod error;
 mod fdb;
+mod floating;
 mod hostnet;
 mod links;
 mod mac;

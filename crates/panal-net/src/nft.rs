@@ -188,6 +188,8 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
     let mut routed_zones = String::new();
     let mut routed_marks = String::new();
     let mut masquerade = String::new();
+    let mut dnat = String::new();
+    let mut dnat_in = String::new();
     for n in &plan.networks {
         if let Some(r) = &n.router {
             let (br, z, fw) = (bridge_name(prefix, n.vni), ct_zone(n.vni), fwmark(n.vni));
@@ -201,6 +203,25 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
                 routed_marks,
                 "\t\tiifname \"{br}\" oifname != @bridges ct mark set {fw:#010x}"
             );
+            // Floating addresses: new flows to one are DNATed to its port and marked as the
+            // network's (so they route through its table); the port's new flows leave from it.
+            for p in &n.ports {
+                let Some(f) = p.floating else { continue };
+                let v = p.ipv4;
+                let _ = writeln!(
+                    dnat,
+                    "\t\tip daddr {f} meta mark set {fw:#010x} ct mark set {fw:#010x} dnat ip to {v}"
+                );
+                let _ = writeln!(
+                    dnat_in,
+                    "\t\toifname \"{br}\" ip daddr {v} ct status dnat ct state new jump {}_ingress",
+                    port_chain(ports, p)
+                );
+                let _ = writeln!(
+                    masquerade,
+                    "\t\tiifname \"{br}\" ip saddr {v} oifname != \"{br}\" snat ip to {f}"
+                );
+            }
             let _ = writeln!(
                 masquerade,
                 "\t\tiifname \"{br}\" oifname != \"{br}\" masquerade"
@@ -231,7 +252,7 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
         s,
         "\tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\
          \t\toifname @bridges iifname != @bridges ct state established,related accept\n\
-         \t\toifname @bridges iifname != @bridges drop\n\
+         {dnat_in}\t\toifname @bridges iifname != @bridges drop\n\
          \t\tiifname != @bridges return\n\
          \t\tct state established,related accept\n\
          \t\tct state invalid drop\n\
@@ -251,6 +272,12 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
             "\tchain mark_replies {\n\t\ttype filter hook prerouting priority -150; policy accept;\n\
              \t\tct mark and 0xff000000 == 0x5a000000 meta mark set ct mark\n\t}\n",
         );
+        if !dnat.is_empty() {
+            let _ = write!(
+                s,
+                "\tchain nat_in {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n"
+            );
+        }
         let _ = write!(
             s,
             "\tchain nat_out {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{masquerade}\t}}\n"
@@ -271,6 +298,12 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
         count += p.egress.len() + p.ingress.len();
     }
     (s, count)
+}
+
+/// The chain-name stem (`port{id}`) of a port, by its place in `ports` (see `ports_by_id`).
+fn port_chain(ports: &[&PortPlan], p: &PortPlan) -> String {
+    let id = ports.iter().position(|q| q.ifname == p.ifname).unwrap_or(0) + 1;
+    format!("port{id}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,6 +60,10 @@ pub struct PortPlan {
     pub ingress: Vec<RulePlan>,
     /// Allowed NEW outbound flows.
     pub egress: Vec<RulePlan>,
+    /// A floating address mapped to this port (routed networks only, see `floating.rs`):
+    /// traffic to it is DNATed to `ipv4`, the guest's new outbound flows leave from it.
+    #[serde(default)]
+    pub floating: Option<Ipv4Addr>,
 }
 
 /// One security-group rule: a protocol, an optional destination port range (the guest's port for
@@ -127,6 +131,7 @@ impl HostPlan {
         let mut vnis = HashSet::new();
         let mut ifnames = HashSet::new();
         let mut nports = 0usize;
+        let mut floating = HashSet::new();
         for net in &self.networks {
             if net.vni == 0 || net.vni > MAX_VNI {
                 return Err(NetError::bad_plan(format!(
@@ -159,6 +164,25 @@ impl HostPlan {
                     )));
                 }
                 check_port(port)?;
+                if let Some(f) = port.floating {
+                    if net.router.is_none() {
+                        return Err(NetError::bad_plan(format!(
+                            "{}: floating address {f} on network {} without a router",
+                            port.ifname, net.vni
+                        )));
+                    }
+                    if f.is_unspecified() || f.is_broadcast() || f.is_multicast() {
+                        return Err(NetError::bad_plan(format!(
+                            "{}: floating address {f} is not unicast",
+                            port.ifname
+                        )));
+                    }
+                    if !floating.insert(f) {
+                        return Err(NetError::bad_plan(format!(
+                            "floating address {f} appears twice"
+                        )));
+                    }
+                }
             }
         }
         if nports > MAX_PORTS {
@@ -269,6 +293,7 @@ pub(crate) mod tests {
             dhcp: None,
             ingress: vec![],
             egress: vec![],
+            floating: None,
         }
     }
 
@@ -320,6 +345,23 @@ pub(crate) mod tests {
         long.networks[0].vni = MAX_VNI;
         assert!(long.validate("pn").is_ok());
         assert!(long.validate("panalxy").is_err());
+    }
+
+    #[test]
+    fn floating_addresses_need_a_router_and_are_unique() {
+        let mut a = port("pnt1", 2);
+        a.floating = Some(Ipv4Addr::new(192, 0, 2, 10));
+        let mut b = port("pnt2", 3);
+        b.floating = a.floating;
+        assert!(plan(vec![a.clone()]).validate("pn").is_err(), "no router");
+        let mut p = plan(vec![a.clone(), b]);
+        p.networks[0].router = Some(RouterPlan {
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+        });
+        assert!(p.validate("pn").is_err(), "twice");
+        p.networks[0].ports.pop();
+        assert!(p.validate("pn").is_ok());
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn port(ifname: &str, mac: MacAddr, ip: Ipv4Addr) -> PortPlan {
         dhcp: None,
         ingress: vec![rule(Protocol::Icmp, None, "0.0.0.0/0")],
         egress: vec![any()],
+        floating: None,
     }
 }
 

@@ -265,6 +265,9 @@ pub struct PortPlan {
     pub ingress: Vec<RulePlan>,
     /// Allowed new outbound flows.
     pub egress: Vec<RulePlan>,
+    /// The floating address mapped to this NIC (its network has a router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating: Option<Ipv4Addr>,
 }
 
 /// One resolved rule: the remote side is a CIDR (a remote group's members are expanded).

@@ -5,6 +5,6 @@
 mod frame;
 mod listener;
 mod reply;
-mod socket;
+pub(crate) mod socket;
 
 pub(crate) use listener::{Listener, spawn};
