@@ -646,3 +646,77 @@ fn routed_network_reaches_outside_through_nat() {
     let rules = h1.must(&["ip", "rule", "show"]);
     assert!(!rules.contains(&table), "{rules}");
 }
+
+/// Floating address: the outside (h2, on the uplink's segment) opens a connection to a guest of
+/// h1's routed network through an address of that segment, the guest sees the true source; the
+/// guest's own new flows leave from the floating address instead of the host's; when the plan
+/// drops it (disassociated, or the guest moved away) the address, the DNAT and the SNAT go.
+#[test]
+fn floating_address_reaches_a_guest_and_is_its_source_outside() {
+    if !root_or_skip("floating_address_reaches_a_guest_and_is_its_source_outside") {
+        return;
+    }
+    let mut lab = Lab::new("fip");
+    let (h1, h2) = lab.hosts(4);
+    let ip = Ipv4Addr::new(10, 31, 0, 2);
+    let floating = Ipv4Addr::new(10, 250, 4, 100);
+    let a = lab.vm("a", &h1, "vfa", mac(0x3a), Some("10.31.0.2/24"));
+    a.must(&["ip", "route", "add", "default", "via", "10.31.0.1"]);
+    let mut p = port("vfa", a.mac, ip);
+    p.ingress.push(rule(Protocol::Tcp, Some((7010, 7010)), "0.0.0.0/0"));
+    p.floating = Some(floating);
+    let mut routed = network(3101, &[], vec![], vec![p]);
+    routed.router = Some(panal_net::RouterPlan {
+        subnet: "10.31.0.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 31, 0, 1),
+    });
+    h1.apply(&plan(vec![routed.clone()]));
+    let addrs = h1.must(&["ip", "-4", "addr", "show", "dev", "ula"]);
+    assert!(addrs.contains(&format!("{floating}/32")), "{addrs}");
+
+    // Inbound: h2 knows nothing of the guest's subnet; it reaches the floating address by ARP.
+    let guest_server = a.listen(7010);
+    assert!(
+        h2.connects(SocketAddr::from((floating, 7010))),
+        "the outside cannot reach the guest through its floating address"
+    );
+    wait_for(|| !guest_server.peers().is_empty());
+    assert_eq!(guest_server.peers(), vec![h2.underlay], "DNAT kept the source");
+    // A port the guest's security groups do not open stays closed.
+    let closed = a.listen(7011);
+    assert!(!h2.connects(SocketAddr::from((floating, 7011))));
+    drop(closed);
+
+    // Outbound: the guest's new flows leave from the floating address.
+    let server = h2.listen(7012);
+    assert!(a.connects(SocketAddr::from((h2.underlay, 7012))));
+    wait_for(|| !server.peers().is_empty());
+    assert_eq!(server.peers(), vec![floating], "not SNATed to the floating address");
+    drop(server);
+
+    // Idempotent.
+    let again = h1.apply(&plan(vec![routed.clone()]));
+    assert_eq!(again.changes(), 0, "{again:?}");
+
+    // Dropped from the plan: gone from the uplink; the guest is masqueraded again.
+    routed.ports[0].floating = None;
+    h1.apply(&plan(vec![routed]));
+    let addrs = h1.must(&["ip", "-4", "addr", "show", "dev", "ula"]);
+    assert!(!addrs.contains(&format!("{floating}/32")), "{addrs}");
+    h2.must(&["ip", "neigh", "flush", "all"]);
+    assert!(!h2.connects(SocketAddr::from((floating, 7010))));
+    let server = h2.listen(7013);
+    assert!(a.connects(SocketAddr::from((h2.underlay, 7013))));
+    wait_for(|| !server.peers().is_empty());
+    assert_eq!(server.peers(), vec![h1.underlay]);
+    drop(guest_server);
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
