@@ -97,7 +97,10 @@ pub(crate) async fn apply(
     let changes = batch.len();
     crate::links::run_batch(&batch).await?;
     if let Some(up) = uplink {
-        let mac = up.address.as_deref().and_then(|m| m.parse::<MacAddr>().ok());
+        let mac = up
+            .address
+            .as_deref()
+            .and_then(|m| m.parse::<MacAddr>().ok());
         for ip in &missing {
             // Best effort: a neighbour that missed it learns the address again by ARP.
             if let Some(mac) = mac

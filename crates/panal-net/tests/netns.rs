@@ -663,7 +663,8 @@ fn floating_address_reaches_a_guest_and_is_its_source_outside() {
     let a = lab.vm("a", &h1, "vfa", mac(0x3a), Some("10.31.0.2/24"));
     a.must(&["ip", "route", "add", "default", "via", "10.31.0.1"]);
     let mut p = port("vfa", a.mac, ip);
-    p.ingress.push(rule(Protocol::Tcp, Some((7010, 7010)), "0.0.0.0/0"));
+    p.ingress
+        .push(rule(Protocol::Tcp, Some((7010, 7010)), "0.0.0.0/0"));
     p.floating = Some(floating);
     let mut routed = network(3101, &[], vec![], vec![p]);
     routed.router = Some(panal_net::RouterPlan {
@@ -681,7 +682,11 @@ fn floating_address_reaches_a_guest_and_is_its_source_outside() {
         "the outside cannot reach the guest through its floating address"
     );
     wait_for(|| !guest_server.peers().is_empty());
-    assert_eq!(guest_server.peers(), vec![h2.underlay], "DNAT kept the source");
+    assert_eq!(
+        guest_server.peers(),
+        vec![h2.underlay],
+        "DNAT kept the source"
+    );
     // A port the guest's security groups do not open stays closed.
     let closed = a.listen(7011);
     assert!(!h2.connects(SocketAddr::from((floating, 7011))));
@@ -691,7 +696,11 @@ fn floating_address_reaches_a_guest_and_is_its_source_outside() {
     let server = h2.listen(7012);
     assert!(a.connects(SocketAddr::from((h2.underlay, 7012))));
     wait_for(|| !server.peers().is_empty());
-    assert_eq!(server.peers(), vec![floating], "not SNATed to the floating address");
+    assert_eq!(
+        server.peers(),
+        vec![floating],
+        "not SNATed to the floating address"
+    );
     drop(server);
 
     // Idempotent.

@@ -183,6 +183,23 @@ pub fn ipam_mac(network: &panal_types::NetworkId, mac: &str) -> String {
     format!("{IPAM}{network}/mac/{mac}")
 }
 
+/// Prefix of all floating addresses.
+pub const FLOATING_IPS: &str = "/panal/floating-ips/";
+
+/// Prefix of one project's floating addresses.
+pub fn floating_ips_of(project: &str) -> String {
+    format!("{FLOATING_IPS}{project}/")
+}
+
+/// A floating address of a project (zero-padded octets, as IPAM keys).
+pub fn floating_ip(project: &str, ip: std::net::Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!(
+        "{FLOATING_IPS}{project}/{:03}.{:03}.{:03}.{:03}",
+        o[0], o[1], o[2], o[3]
+    )
+}
+
 /// Prefix of one project's security groups.
 pub fn security_groups_of(project: &str) -> String {
     format!("{SECURITY_GROUPS}{project}/")

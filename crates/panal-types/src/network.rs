@@ -45,6 +45,10 @@ pub struct Network {
     /// gateway present on every host that runs one of its VMs.
     #[serde(default)]
     pub outbound_nat: bool,
+    /// An external network: no VXLAN and no NICs; its addresses are reachable on the hosts'
+    /// uplinks and handed out as floating addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
     /// Deletion has begun: no new NIC may join.
     #[serde(default)]
     pub deleting: bool,
@@ -76,6 +80,58 @@ pub struct NetworkCreate {
     /// gateway). Default false: an isolated network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_nat: Option<bool>,
+    /// An external network (a pool of floating addresses on the hosts' uplink segment): no
+    /// VXLAN, no NICs, no outbound NAT. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+}
+
+/// A floating address: an address of an external network mapped to one NIC (of a network with
+/// outbound NAT); the host running the VM carries it, so it follows the VM when it moves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FloatingIp {
+    /// The address (unique within its external network).
+    #[schema(value_type = String)]
+    pub address: Ipv4Addr,
+    /// The owning project.
+    pub project: Name,
+    /// The external network it comes from.
+    pub network: Name,
+    /// That network's identity.
+    pub network_id: NetworkId,
+    /// The VM it is associated with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<Name>,
+    /// The NIC of that VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
+    /// When it was allocated.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A request to allocate a floating address.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpCreate {
+    /// The external network, by name in the project (else in project `default`).
+    pub network: String,
+    /// Project (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// A given address of the network (default: the lowest free one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// A request to map a floating address to a VM's NIC.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpAssociate {
+    /// The VM, in the floating address's project.
+    pub vm: String,
+    /// The NIC (default: the VM's first NIC on a network with outbound NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<String>,
 }
 
 /// A NIC asked for when a VM is created or one is plugged in.

@@ -132,6 +132,15 @@ impl App {
                 ))
                 .with_field(field("network")));
             }
+            if net.value.external {
+                return Err(ApiError::invalid(
+                    &field("network"),
+                    format!(
+                        "\"{}\" is an external network: its addresses are floating addresses, not NICs",
+                        net.value.name
+                    ),
+                ));
+            }
             let subnet: Ipv4Net = net.value.cidr.parse().map_err(|_| ApiError::internal())?;
             let id = net.value.id;
             if let std::collections::hash_map::Entry::Vacant(slot) = ctx.taken.entry(id) {

@@ -14,7 +14,7 @@ use panal_agent::link::{LinkError, NetworkPlanStream};
 use panal_store::WatchEvent;
 use panal_types::host::Host;
 use panal_types::network::{
-    Direction, HostNetworkPlan, Network, NetworkPlan, PortPlan, RulePlan, SecurityGroup,
+    Direction, FloatingIp, HostNetworkPlan, Network, NetworkPlan, PortPlan, RulePlan, SecurityGroup,
 };
 use panal_types::vm::{PowerState, Vm, VmPhase};
 use panal_types::{ApiError, NetworkId};
@@ -57,6 +57,7 @@ pub(super) struct NetworkState {
     pub networks: Vec<Network>,
     pub groups: Vec<SecurityGroup>,
     pub hosts: Vec<Host>,
+    pub floating: Vec<FloatingIp>,
 }
 
 /// The plan of `host` given `state`.
@@ -85,6 +86,21 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
             }
         }
     }
+    // Floating addresses by the NIC they map to.
+    let floating: HashMap<(&str, &str, &str), Ipv4Addr> = state
+        .floating
+        .iter()
+        .filter_map(|f| {
+            Some((
+                (
+                    f.project.as_str(),
+                    f.vm.as_ref()?.as_str(),
+                    f.nic.as_deref()?,
+                ),
+                f.address,
+            ))
+        })
+        .collect();
     let mut local: BTreeMap<u32, Vec<PortPlan>> = BTreeMap::new();
     let mut mtus: HashMap<u32, u32> = HashMap::new();
     let mut routers: HashMap<u32, (String, Ipv4Addr)> = HashMap::new();
@@ -132,6 +148,15 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 hostname: vm.name.to_string(),
                 ingress,
                 egress,
+                // Only where the VM runs now: the target of a live migration takes it over
+                // when the VM's host changes, so it follows the VM.
+                floating: (net.outbound_nat && on == host)
+                    .then(|| {
+                        floating
+                            .get(&(vm.project.as_str(), vm.name.as_str(), nic.id.as_str()))
+                            .copied()
+                    })
+                    .flatten(),
             });
         }
     }
@@ -229,7 +254,12 @@ impl App {
             .repo
             .list::<Host>(keys::HOSTS, None, usize::MAX)
             .await?;
+        let (floating, _, _) = self
+            .repo
+            .list::<FloatingIp>(keys::FLOATING_IPS, None, usize::MAX)
+            .await?;
         Ok(NetworkState {
+            floating: floating.into_iter().map(|v| v.value).collect(),
             vms: vms.into_iter().map(|v| v.value).collect(),
             networks: networks.into_iter().map(|v| v.value).collect(),
             groups: groups.into_iter().map(|v| v.value).collect(),
@@ -258,6 +288,7 @@ impl App {
             keys::NETWORKS,
             keys::SECURITY_GROUPS,
             keys::HOSTS,
+            keys::FLOATING_IPS,
         ] {
             watches.push(
                 store

@@ -102,6 +102,13 @@ impl App {
                 "outbound NAT routes through the gateway; the network needs one",
             ));
         }
+        let external = req.external.unwrap_or(false);
+        if external && outbound_nat {
+            return Err(ApiError::invalid(
+                "outbound_nat",
+                "an external network has no guests to route; outbound NAT is for the networks of VMs",
+            ));
+        }
         let key = keys::network(project_name, name.as_str());
         let guard = keys::network_guard(project_name);
         for _ in 0..16 {
@@ -130,7 +137,12 @@ impl App {
                 .await
                 .map_err(crate::repo::store_error)?
                 .map(|kv| kv.mod_revision);
-            let vni = rand::thread_rng().gen_range(1..=MAX_VNI);
+            // An external network carries no VXLAN: VNI 0, none reserved.
+            let vni = if external {
+                0
+            } else {
+                rand::thread_rng().gen_range(1..=MAX_VNI)
+            };
             let network = Network {
                 id: NetworkId::new(),
                 name: name.clone(),
@@ -141,6 +153,7 @@ impl App {
                 mtu,
                 vni,
                 outbound_nat,
+                external,
                 deleting: false,
                 created_at: chrono::Utc::now(),
             };
@@ -154,13 +167,16 @@ impl App {
                     project.mod_revision,
                 ))
                 .when(Compare::absent(&key))
-                .when(Compare::absent(&keys::vni(vni)))
                 .and_then(Op::put(&key, crate::codec::encode(&network)))
-                .and_then(Op::put(
+                .and_then(Op::put(&guard, network.id.to_string().into_bytes()));
+            let txn = if external {
+                txn
+            } else {
+                txn.when(Compare::absent(&keys::vni(vni))).and_then(Op::put(
                     &keys::vni(vni),
                     network.id.to_string().into_bytes(),
                 ))
-                .and_then(Op::put(&guard, network.id.to_string().into_bytes()));
+            };
             if self.repo.txn(txn).await?.succeeded {
                 return Ok(network);
             }
@@ -264,15 +280,13 @@ impl App {
             ))
             .with_field("name"));
         }
-        let r = self
-            .repo
-            .txn(
-                Txn::new()
-                    .when(Compare::unchanged(&key, marked.mod_revision))
-                    .and_then(Op::delete(&key))
-                    .and_then(Op::delete(&keys::vni(marked.value.vni))),
-            )
-            .await?;
+        let mut txn = Txn::new()
+            .when(Compare::unchanged(&key, marked.mod_revision))
+            .and_then(Op::delete(&key));
+        if !marked.value.external {
+            txn = txn.and_then(Op::delete(&keys::vni(marked.value.vni)));
+        }
+        let r = self.repo.txn(txn).await?;
         if !r.succeeded {
             return Err(ApiError::new(
                 ErrorCode::PreconditionFailed,

@@ -175,6 +175,10 @@ pub struct NetworkCreateArgs {
     /// Let guests reach beyond the network through their host's uplink (masqueraded).
     #[arg(long)]
     outbound_nat: bool,
+    /// An external network: a pool of floating addresses on the hosts' uplink segment (no
+    /// VXLAN, no NICs).
+    #[arg(long)]
+    external: bool,
 }
 
 /// Arguments of `security-group create`.
@@ -314,6 +318,7 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
                     dns: a.dns.clone(),
                     mtu: a.mtu,
                     outbound_nat: a.outbound_nat.then_some(true),
+                    external: a.external.then_some(true),
                 })
                 .await
                 .map_err(api_err)?;
