@@ -4,6 +4,7 @@
 
 mod console;
 mod events;
+mod floating_ips;
 mod join_tokens;
 mod migrations;
 mod networks;

@@ -200,6 +200,12 @@ pub fn floating_ip(project: &str, ip: std::net::Ipv4Addr) -> String {
     )
 }
 
+/// The floating address mapped to a NIC (its address as text): one per NIC, created with
+/// compare-absent when associating.
+pub fn floating_nic(project: &str, vm: &str, nic: &str) -> String {
+    format!("/panal/floating-nics/{project}/{vm}/{nic}")
+}
+
 /// Prefix of one project's security groups.
 pub fn security_groups_of(project: &str) -> String {
     format!("{SECURITY_GROUPS}{project}/")

@@ -8,6 +8,7 @@ mod console;
 pub mod error;
 mod events;
 pub mod extract;
+mod floating_ips;
 mod hosts;
 mod images;
 mod join_tokens;
@@ -44,6 +45,7 @@ pub const PREFIX: &str = "/api/v1";
         (name = "volumes", description = "Disks in storage pools"),
         (name = "networks", description = "Virtual networks of a project"),
         (name = "security-groups", description = "Stateful firewall rules for NICs"),
+        (name = "floating-ips", description = "External addresses mapped to NICs"),
         (name = "operations", description = "Long-running work"),
         (name = "events", description = "Change stream"),
         (name = "cluster", description = "Control-plane replicas"),
@@ -90,6 +92,16 @@ fn api_router() -> OpenApiRouter<App> {
             security_groups::get_security_group,
             security_groups::delete_security_group
         ))
+        .routes(routes!(
+            floating_ips::list_floating_ips,
+            floating_ips::create_floating_ip
+        ))
+        .routes(routes!(
+            floating_ips::get_floating_ip,
+            floating_ips::delete_floating_ip
+        ))
+        .routes(routes!(floating_ips::associate_floating_ip))
+        .routes(routes!(floating_ips::disassociate_floating_ip))
         .routes(routes!(security_groups::add_security_rule))
         .routes(routes!(security_groups::delete_security_rule))
         .routes(routes!(snapshots::create_volume_snapshot))

@@ -256,7 +256,7 @@ impl App {
     }
 
     /// The addresses and MACs taken in a network.
-    async fn taken_in(
+    pub(super) async fn taken_in(
         &self,
         network: &NetworkId,
     ) -> Result<(HashSet<Ipv4Addr>, HashSet<String>), ApiError> {

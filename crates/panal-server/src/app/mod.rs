@@ -5,6 +5,7 @@
 mod agent_boot;
 mod agents;
 mod events;
+mod floating_ips;
 mod host_tasks;
 mod hosts;
 mod hub;

@@ -2,6 +2,7 @@
 //! them talk to the REST API through `panal-client`.
 
 mod console;
+mod floating_ip;
 mod host;
 mod host_token;
 mod image;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Manage security groups (stateful firewall rules of NICs).
     #[command(subcommand)]
     SecurityGroup(network::SecurityGroupCommand),
+    /// Manage floating addresses (external addresses mapped to NICs).
+    #[command(subcommand)]
+    FloatingIp(floating_ip::FloatingIpCommand),
     /// Inspect hosts.
     #[command(subcommand)]
     Host(host::HostCommand),
@@ -145,6 +149,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Volume(c) => volume::run(&client(&cli)?, cli.output, c).await,
         Command::Network(c) => network::run(&client(&cli)?, cli.output, c).await,
         Command::SecurityGroup(c) => network::run_groups(&client(&cli)?, cli.output, c).await,
+        Command::FloatingIp(c) => floating_ip::run(&client(&cli)?, cli.output, c).await,
         Command::Host(c) => host::run(&client(&cli)?, cli.output, c).await,
         Command::Project(c) => project::run(&client(&cli)?, cli.output, c).await,
         Command::Operation(c) => operation::run(&client(&cli)?, cli.output, c).await,
