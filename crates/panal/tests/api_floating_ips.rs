@@ -78,7 +78,10 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
     )
     .await;
     assert_eq!(got.0, 201, "{got:?}");
-    assert_eq!((got.1["external"].as_bool(), got.1["vni"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(
+        (got.1["external"].as_bool(), got.1["vni"].as_u64()),
+        (Some(true), Some(0))
+    );
     let got = call(
         &tp,
         Method::POST,
@@ -114,7 +117,10 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
     let a = ok(&fip(json!({"network": "ext"})).await, 201);
     assert_eq!(a.address, ip("198.51.100.2"));
     assert!(a.vm.is_none());
-    let b = ok(&fip(json!({"network": "ext", "address": "198.51.100.5"})).await, 201);
+    let b = ok(
+        &fip(json!({"network": "ext", "address": "198.51.100.5"})).await,
+        201,
+    );
     assert_eq!(b.address, ip("198.51.100.5"));
     assert_err(
         &fip(json!({"network": "ext", "address": "198.51.100.5"})).await,
@@ -122,7 +128,13 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
         "conflict",
         Some("address"),
     );
-    for bad in ["198.51.100.1", "198.51.100.7", "198.51.100.0", "10.0.0.9", "x"] {
+    for bad in [
+        "198.51.100.1",
+        "198.51.100.7",
+        "198.51.100.0",
+        "10.0.0.9",
+        "x",
+    ] {
         assert_err(
             &fip(json!({"network": "ext", "address": bad})).await,
             400,
@@ -130,8 +142,18 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
             Some("address"),
         );
     }
-    assert_err(&fip(json!({"network": "lan"})).await, 400, "invalid_value", Some("network"));
-    assert_err(&fip(json!({"network": "nope"})).await, 404, "not_found", Some("network"));
+    assert_err(
+        &fip(json!({"network": "lan"})).await,
+        400,
+        "invalid_value",
+        Some("network"),
+    );
+    assert_err(
+        &fip(json!({"network": "nope"})).await,
+        404,
+        "not_found",
+        Some("network"),
+    );
     assert_err(
         &fip(json!({"network": "ext", "project": "nope"})).await,
         404,
@@ -144,7 +166,12 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
     for _ in 0..3 {
         ok(&fip(json!({"network": "ext"})).await, 201);
     }
-    assert_err(&fip(json!({"network": "ext"})).await, 409, "conflict", Some("network"));
+    assert_err(
+        &fip(json!({"network": "ext"})).await,
+        409,
+        "conflict",
+        Some("network"),
+    );
     let list = c.list_floating_ips(None, None).await.unwrap();
     assert_eq!(list.items.len(), 5);
     // An external network holding floating addresses cannot be deleted.
@@ -179,7 +206,12 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
         let path = format!("/api/v1/floating-ips/{addr}/associate");
         async move { call(tp, Method::POST, &path, Some(body)).await }
     };
-    assert_err(&assoc("198.51.100.2", json!({"vm": "nope"})).await, 404, "not_found", Some("vm"));
+    assert_err(
+        &assoc("198.51.100.2", json!({"vm": "nope"})).await,
+        404,
+        "not_found",
+        Some("vm"),
+    );
     assert_err(
         &assoc("198.51.100.2", json!({"vm": "web", "nic": iso_nic})).await,
         400,
@@ -192,21 +224,43 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
         "invalid_value",
         Some("nic"),
     );
-    assert_err(&assoc("198.51.100.9", json!({"vm": "web"})).await, 404, "not_found", Some("address"));
-    assert_err(&assoc("nope", json!({"vm": "web"})).await, 400, "invalid_value", Some("address"));
+    assert_err(
+        &assoc("198.51.100.9", json!({"vm": "web"})).await,
+        404,
+        "not_found",
+        Some("address"),
+    );
+    assert_err(
+        &assoc("nope", json!({"vm": "web"})).await,
+        400,
+        "invalid_value",
+        Some("address"),
+    );
     // Without a NIC named: the first on a network with a router.
     let got = ok(&assoc("198.51.100.2", json!({"vm": "web"})).await, 200);
-    assert_eq!((got.vm.as_ref().map(|v| v.as_str()), got.nic.as_deref()), (Some("web"), Some(lan_nic.as_str())));
+    assert_eq!(
+        (got.vm.as_ref().map(|v| v.as_str()), got.nic.as_deref()),
+        (Some("web"), Some(lan_nic.as_str()))
+    );
     // Again: nothing changes. The NIC already has one: another address is refused.
     ok(&assoc("198.51.100.2", json!({"vm": "web"})).await, 200);
-    assert_err(&assoc("198.51.100.5", json!({"vm": "web"})).await, 409, "conflict", Some("nic"));
+    assert_err(
+        &assoc("198.51.100.5", json!({"vm": "web"})).await,
+        409,
+        "conflict",
+        Some("nic"),
+    );
 
     // The plan of the VM's host carries it on the routed NIC's port, nobody else's does.
     let plan = app.host_network_plan("sim-a").await.unwrap();
     let floating: Vec<_> = plan
         .networks
         .iter()
-        .flat_map(|n| n.ports.iter().filter_map(|p| p.floating.map(|f| (p.nic.clone(), f))))
+        .flat_map(|n| {
+            n.ports
+                .iter()
+                .filter_map(|p| p.floating.map(|f| (p.nic.clone(), f)))
+        })
         .collect();
     assert_eq!(floating, vec![(lan_nic.clone(), ip("198.51.100.2"))]);
 
@@ -238,7 +292,13 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
     assert!(on("sim-a").await.is_empty());
 
     // Disassociate: gone from the plan; the NIC may take another.
-    let got = call(&tp, Method::POST, "/api/v1/floating-ips/198.51.100.2/disassociate", None).await;
+    let got = call(
+        &tp,
+        Method::POST,
+        "/api/v1/floating-ips/198.51.100.2/disassociate",
+        None,
+    )
+    .await;
     let got = ok(&got, 200);
     assert!(got.vm.is_none() && got.nic.is_none());
     assert!(on("sim-b").await.is_empty());
@@ -246,10 +306,19 @@ async fn floating_addresses_are_allocated_associated_and_follow_the_vm() {
     assert_eq!(on("sim-b").await, vec![ip("198.51.100.5")]);
 
     // Delete releases the address (an associated one too): it can be allocated again.
-    let got = call(&tp, Method::DELETE, "/api/v1/floating-ips/198.51.100.5", None).await;
+    let got = call(
+        &tp,
+        Method::DELETE,
+        "/api/v1/floating-ips/198.51.100.5",
+        None,
+    )
+    .await;
     assert_eq!(got.0, 204, "{got:?}");
     assert!(on("sim-b").await.is_empty());
-    let again = ok(&fip(json!({"network": "ext", "address": "198.51.100.5"})).await, 201);
+    let again = ok(
+        &fip(json!({"network": "ext", "address": "198.51.100.5"})).await,
+        201,
+    );
     assert_eq!(again.address, ip("198.51.100.5"));
     let got = call(&tp, Method::GET, "/api/v1/floating-ips/198.51.100.5", None).await;
     assert!(ok(&got, 200).vm.is_none());
