@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub network: Option<crate::network::NetworkConfig>,
     /// The address incoming live migrations listen on (none: this host takes none).
     pub migration_address: Option<std::net::IpAddr>,
+    /// How long a pre-copy that does not converge is given before it is abandoned.
+    pub migration_patience: Duration,
 }
 
 impl AgentConfig {
@@ -50,6 +52,7 @@ impl AgentConfig {
             pools: Vec::new(),
             network: None,
             migration_address: None,
+            migration_patience: crate::vm_migration::NO_CONVERGENCE,
         }
     }
 }
@@ -232,6 +235,7 @@ impl Agent {
                         open_disks: self.open_disks.clone(),
                         network: self.network.clone(),
                         migration_address: self.config.migration_address,
+                        migration_patience: self.config.migration_patience,
                     };
                     let handle = survivors.remove(&vm.id);
                     let (tx, rx) = mpsc::unbounded_channel();

@@ -36,9 +36,9 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 const ARRIVED_GRACE: Duration = Duration::from_secs(2);
 /// A transfer that sends nothing for this long is given up.
 pub const STALL: Duration = Duration::from_secs(10);
-/// A pre-copy whose memory left to send has not fallen by a tenth for this long does not
-/// converge (the guest dirties memory faster than the link sends it): it is given up, the guest
-/// staying where it runs, rather than kept going for ever.
+/// By default, a pre-copy whose memory left to send has not fallen by a tenth for this long does
+/// not converge (the guest dirties memory faster than the link sends it): it is given up, the
+/// guest staying where it runs, rather than kept going for ever (agent `--migration-patience`).
 pub const NO_CONVERGENCE: Duration = Duration::from_secs(60);
 
 /// Who and what a job reports about.
@@ -171,6 +171,8 @@ pub struct Transfer {
     pub disks: Option<(std::net::SocketAddr, Vec<String>)>,
     /// The knobs.
     pub settings: MigrationSettings,
+    /// How long a pre-copy that does not converge is given.
+    pub patience: Duration,
     /// The target host, whose certificate must name it (the channel is TLS between agents).
     pub target_host: Name,
 }
@@ -207,6 +209,8 @@ struct Follow<'a> {
     post_copy: bool,
     /// The switch happened: from then on nothing can be cancelled.
     in_post_copy: bool,
+    /// How long a non-converging pre-copy is given.
+    patience: Duration,
 }
 
 impl Follow<'_> {
@@ -390,8 +394,8 @@ impl Follow<'_> {
             if let (MigrationPhase::Active, Some(left)) = (&status.phase, status.remaining_bytes) {
                 if left < least_left.0.saturating_sub(least_left.0 / 10) {
                     least_left = (left, Instant::now());
-                } else if self.cancelled.is_none() && least_left.1.elapsed() > NO_CONVERGENCE {
-                    let why = not_converging(&p, self.auto_converge);
+                } else if self.cancelled.is_none() && least_left.1.elapsed() > self.patience {
+                    let why = not_converging(&p, self.auto_converge, self.patience);
                     tracing::warn!(vm = %self.reporter.vm.0, "{why}; cancelling");
                     self.cancelled = Some(why);
                     self.stop().await;
@@ -408,7 +412,7 @@ impl Follow<'_> {
     }
 }
 
-fn not_converging(p: &MigrationProgress, auto_converge: bool) -> String {
+fn not_converging(p: &MigrationProgress, auto_converge: bool, patience: Duration) -> String {
     let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / f64::from(1 << 20);
     let rate = p
         .transferred_bytes
@@ -420,7 +424,7 @@ fn not_converging(p: &MigrationProgress, auto_converge: bool) -> String {
          sent, and what is left ({:.1} MiB) has not fallen for {} s; {}",
         mib(p.dirty_rate),
         mib(p.remaining_bytes),
-        NO_CONVERGENCE.as_secs(),
+        patience.as_secs(),
         if auto_converge {
             "raise the bandwidth or the downtime limit"
         } else {
@@ -475,6 +479,7 @@ pub async fn send(
         auto_converge: plan.settings.auto_converge,
         post_copy: plan.settings.post_copy,
         in_post_copy: false,
+        patience: plan.patience,
     };
     let mut sent = MigrationProgress::default();
     if in_flight(&status.phase) {

@@ -48,6 +48,8 @@ pub struct VmTaskContext {
     pub network: Option<crate::network::HostNetwork>,
     /// Where incoming live migrations listen (`None`: this host takes none).
     pub migration_address: Option<std::net::IpAddr>,
+    /// How long a pre-copy that does not converge is given before it is abandoned.
+    pub migration_patience: Duration,
 }
 
 /// This task's part in a live migration: the background job and, on the source, how to ask it
@@ -382,6 +384,7 @@ impl VmTask {
             disks,
             settings: m.settings.clone(),
             target_host: m.to.clone(),
+            patience: self.ctx.migration_patience,
         };
         let job = tokio::spawn(vm_migration::send(h, reporter, plan, rx));
         self.migration = Some(MigrationWork {

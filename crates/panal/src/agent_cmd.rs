@@ -62,6 +62,10 @@ pub struct AgentArgs {
     /// the address this host uses to reach the control plane).
     #[arg(long, value_name = "IP")]
     pub migration_address: Option<std::net::IpAddr>,
+    /// Seconds a live migration's pre-copy may go on without what is left to send falling by a
+    /// tenth before it is given up (the VM stays where it runs).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub migration_patience: u64,
     /// Prefix of the cgroup names of this agent's VMs: needed only when several agents share
     /// one machine (a VM migrating between two of them runs under both at once).
     #[arg(long, default_value = "", value_parser = parse_cgroup_prefix)]
@@ -184,6 +188,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .with_context(|| format!("cannot create the storage pool {}", p.path.display()))?;
         cfg.pools.push(p.clone());
     }
+    cfg.migration_patience = Duration::from_secs(args.migration_patience);
     if args.fake.is_none() {
         cfg.migration_address = Some(match args.migration_address {
             Some(a) => a,

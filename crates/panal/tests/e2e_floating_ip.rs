@@ -185,5 +185,33 @@ fn a_floating_address_reaches_the_guest_and_follows_it() {
             assert!(Instant::now() < gone, "still reached after disassociation");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+
+        // Mapped again, then the VM is deleted: the address is unmapped with it and stays
+        // allocated to the project.
+        client
+            .associate_floating_ip(
+                None,
+                &floating.to_string(),
+                &FloatingIpAssociate {
+                    vm: "web".into(),
+                    nic: None,
+                },
+            )
+            .await
+            .expect("associate again");
+        client.delete_vm(None, "web").await.expect("delete");
+        let gone = Instant::now() + RUNNING;
+        while client.vm(None, "web").await.is_ok() {
+            assert!(Instant::now() < gone, "the VM was not deleted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let f = client
+            .floating_ip(None, &floating.to_string())
+            .await
+            .expect("floating address kept");
+        assert!(
+            f.vm.is_none() && f.nic.is_none(),
+            "still mapped to a deleted VM: {f:?}"
+        );
     });
 }

@@ -812,7 +812,7 @@ fn a_guest_dirtying_memory_faster_than_the_link() {
                 "busy",
                 &VmMigrate {
                     to: Some(host(to)),
-                    max_bandwidth: Some(8 << 20),
+                    max_bandwidth: Some(16 << 20),
                     ..VmMigrate::default()
                 },
             )

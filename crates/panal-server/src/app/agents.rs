@@ -87,10 +87,18 @@ impl App {
                         .and_then(Op::put(&host_key, encode(&host)));
                 }
             }
-            // Its addresses and MACs go with it.
+            // Its addresses and MACs go with it, and its floating addresses are unmapped.
             for op in super::ipam::release_ops(&cur.value) {
                 txn = txn.and_then(op);
             }
+            txn = self
+                .unmap_floating(
+                    txn,
+                    cur.value.project.as_str(),
+                    cur.value.name.as_str(),
+                    &cur.value.spec.nics,
+                )
+                .await?;
             // Its volumes outlive it, detached (as a cloud's instance delete leaves volumes).
             for d in &cur.value.spec.volumes {
                 let vkey = keys::volume(cur.value.project.as_str(), d.volume.as_str());

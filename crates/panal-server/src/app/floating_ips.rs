@@ -26,6 +26,43 @@ fn owner(project: &Name) -> Result<PortOwner, ApiError> {
 }
 
 impl App {
+    /// Adds to `txn` the unmapping of the floating addresses of these NICs of a VM (deleted, or
+    /// the NICs unplugged), so no address stays mapped to a NIC that is gone.
+    pub(super) async fn unmap_floating(
+        &self,
+        mut txn: Txn,
+        project: &str,
+        vm: &str,
+        nics: &[panal_types::network::Nic],
+    ) -> Result<Txn, ApiError> {
+        for nic in nics {
+            let guard = keys::floating_nic(project, vm, &nic.id);
+            let Some(held) = self
+                .repo
+                .store()
+                .get(&guard)
+                .await
+                .map_err(crate::repo::store_error)?
+            else {
+                continue;
+            };
+            txn = txn.and_then(Op::delete(&guard));
+            let Ok(address) = String::from_utf8_lossy(&held.value).parse() else {
+                continue;
+            };
+            let key = keys::floating_ip(project, address);
+            if let Some(f) = self.repo.get::<FloatingIp>(&key).await? {
+                let mut free = f.value;
+                free.vm = None;
+                free.nic = None;
+                txn = txn
+                    .when(Compare::unchanged(&key, f.mod_revision))
+                    .and_then(Op::put(&key, crate::codec::encode(&free)));
+            }
+        }
+        Ok(txn)
+    }
+
     /// The external network a floating address is asked from: the project's own, else the
     /// `default` project's (where an administrator declares shared pools).
     async fn external_network(

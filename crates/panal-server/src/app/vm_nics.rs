@@ -134,6 +134,9 @@ impl App {
             for o in release_ops(&gone) {
                 txn = txn.and_then(o);
             }
+            txn = self
+                .unmap_floating(txn, project, next.name.as_str(), &gone.spec.nics)
+                .await?;
             let r = self.repo.txn(txn).await?;
             if r.succeeded {
                 next.revision = r.revision;

@@ -166,6 +166,8 @@ impl<'a> NsPool<'a> {
             cmd.args(["--name", &format!("host-{i}")])
                 // The hosts share this machine's cgroup tree: a migrating VM runs on both.
                 .args(["--cgroup-prefix", &format!("{}-h{i}-", self.lab.tag())])
+                // Tests of a pre-copy that never converges need not wait a minute.
+                .args(["--migration-patience", "20"])
                 .arg("--data-dir")
                 .arg(self.host_dir(i))
                 // Disk images boot with the built-in guest's kernel (as on a real host).
