@@ -392,8 +392,12 @@ impl Follow<'_> {
                 }
             }
             if let (MigrationPhase::Active, Some(left)) = (&status.phase, status.remaining_bytes) {
-                if left < least_left.0.saturating_sub(least_left.0 / 10) {
-                    least_left = (left, Instant::now());
+                // While auto-converge can still slow the guest down further, QEMU is working on
+                // it: the clock only runs once the throttle is at its top (99%).
+                let throttling =
+                    self.auto_converge && status.cpu_throttle_percent.unwrap_or(0) < 99;
+                if left < least_left.0.saturating_sub(least_left.0 / 10) || throttling {
+                    least_left = (left.min(least_left.0), Instant::now());
                 } else if self.cancelled.is_none() && least_left.1.elapsed() > self.patience {
                     let why = not_converging(&p, self.auto_converge, self.patience);
                     tracing::warn!(vm = %self.reporter.vm.0, "{why}; cancelling");

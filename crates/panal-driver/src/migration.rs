@@ -137,6 +137,8 @@ pub struct MigrationStatus {
     pub downtime: Option<Duration>,
     /// Time since the migration started (its whole duration once completed).
     pub total_time: Option<Duration>,
+    /// How much auto-converge slows the guest's vCPUs now, in percent (once it has started).
+    pub cpu_throttle_percent: Option<u64>,
 }
 
 /// The id that names a VM's boot-image overlay ([`crate::BootSource::Disk`]) among its disks

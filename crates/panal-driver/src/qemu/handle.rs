@@ -433,6 +433,7 @@ impl VmHandle for QemuVm {
                 expected_downtime: None,
                 downtime: None,
                 total_time: None,
+                cpu_throttle_percent: None,
             });
         }
         Ok(s)

@@ -104,6 +104,7 @@ fn parse_status(q: &Value) -> MigrationStatus {
         expected_downtime: ms(q, "expected-downtime"),
         downtime: ms(q, "downtime"),
         total_time: ms(q, "total-time"),
+        cpu_throttle_percent: q.get("cpu-throttle-percentage").and_then(Value::as_u64),
     }
 }
 
