@@ -121,7 +121,18 @@ pub async fn check_after_unclean_end(
     disk: &Path,
     log: &Path,
 ) -> Result<Verdict, DriverError> {
-    let first = run_check(qemu_img, disk, false).await?;
+    let mut first = run_check(qemu_img, disk, false).await?;
+    // The image lock of a QEMU that just ended may outlive it by a moment: wait for it briefly,
+    // so that a truly busy disk is still refused but a just-killed QEMU is not.
+    for _ in 0..25 {
+        match &first {
+            Verdict::Failed(m) if m.contains("lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                first = run_check(qemu_img, disk, false).await?;
+            }
+            _ => break,
+        }
+    }
     let outcome = match &first {
         Verdict::Clean => Ok(first.clone()),
         Verdict::Leaks(n) => match run_check(qemu_img, disk, true).await? {

@@ -32,19 +32,40 @@ impl ProcState {
 }
 
 /// The state of `pid` from `/proc/PID/stat`.
+///
+/// A process whose main thread is a zombie while other threads still run is still exiting, and
+/// still holds its files (a SIGKILLed QEMU's I/O or vCPU threads can outlive the main thread by
+/// a moment, keeping the image locks): it counts as alive until every thread is gone, so that
+/// "dead" means its disks are free for `qemu-img check` or another QEMU.
 pub fn proc_state(pid: u32) -> ProcState {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(state) = stat_state(&format!("/proc/{pid}/stat")) else {
         return ProcState::Gone;
     };
-    // The command name may contain spaces and parentheses: the state follows the last ')'.
-    match stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-    {
-        Some("Z") | Some("X") | Some("x") => ProcState::Zombie,
-        Some(_) => ProcState::Alive,
-        None => ProcState::Gone,
+    if !matches!(state.as_str(), "Z" | "X" | "x") {
+        return ProcState::Alive;
     }
+    let still_running = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            stat_state(&t.path().join("stat").to_string_lossy())
+                .is_some_and(|s| !matches!(s.as_str(), "Z" | "X" | "x"))
+        });
+    if still_running {
+        ProcState::Alive
+    } else {
+        ProcState::Zombie
+    }
+}
+
+/// The state letter of a `/proc/.../stat` file; `None` when it is gone.
+fn stat_state(path: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may contain spaces and parentheses: the state follows the last ')'.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .map(str::to_owned)
 }
 
 /// Whether `pid` is a live process whose command line mentions `marker` (its run directory):
@@ -140,4 +161,24 @@ pub async fn spawn_daemonized(spawn: &Spawn) -> Result<(), DriverError> {
         stderr
     };
     Err(DriverError::Launch(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_an_unreaped_one_and_a_missing_one() {
+        assert_eq!(proc_state(std::process::id()), ProcState::Alive);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie whose only thread is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proc_state(pid) == ProcState::Alive && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(proc_state(pid), ProcState::Zombie);
+        child.wait().unwrap();
+        assert_eq!(proc_state(pid), ProcState::Gone);
+    }
 }
