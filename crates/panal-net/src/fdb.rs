@@ -113,6 +113,7 @@ mod tests {
                 remote_macs: vec![(vm, peer_b)],
                 ports: vec![],
                 router: None,
+                ipv6: None,
             }],
         };
         let mut current = Fdb::new();

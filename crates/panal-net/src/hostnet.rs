@@ -1,5 +1,5 @@
 //! `HostNet`: converges this host's bridges, VXLAN devices, taps, forwarding entries, nftables
-//! rules and DHCP listeners to a `HostPlan`. One `apply()` at a time (a mutex); each step reads
+//! rules and DHCP listeners (which also advertise IPv6 prefixes) to a `HostPlan`. One `apply()` at a time (a mutex); each step reads
 //! the current state, changes only the difference and is safe to repeat, so an agent that
 //! restarts and applies the same plan disturbs nothing. Commands and sockets act in the network
 //! namespace of the calling thread.
@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::cmd;
-use crate::dhcp::{self, Listener};
+use crate::dhcp::{self, Advert, Listener, PortService, advertiser_mac};
 use crate::error::NetError;
 use crate::fdb;
 use crate::links::{self, Link, Underlay};
@@ -158,21 +158,36 @@ impl HostNet {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut wanted = BTreeSet::new();
-        for port in plan.networks.iter().flat_map(|n| &n.ports) {
-            let Some(lease) = &port.dhcp else { continue };
+        for (net, port) in plan
+            .networks
+            .iter()
+            .flat_map(|n| n.ports.iter().map(move |p| (n, p)))
+        {
+            let service = PortService {
+                mac: port.mac,
+                lease: port.dhcp.clone(),
+                advert: net.ipv6.map(|prefix| Advert {
+                    prefix,
+                    mtu: net.mtu,
+                    source: advertiser_mac(net.vni),
+                }),
+            };
+            if service.lease.is_none() && service.advert.is_none() {
+                continue;
+            }
             let Some(&ifindex) = index.get(port.ifname.as_str()) else {
                 return Err(NetError::bad_plan(format!("port {} vanished", port.ifname)));
             };
             wanted.insert(port.ifname.as_str());
             match listeners.get(&port.ifname) {
                 Some(l) if l.ifindex == ifindex => {
-                    report.listeners_updated += usize::from(l.update(port.mac, lease));
+                    report.listeners_updated += usize::from(l.update(&service));
                 }
                 old => {
                     if old.is_some() {
                         report.listeners_stopped += 1;
                     }
-                    let l = dhcp::spawn(&port.ifname, ifindex, port.mac, lease.clone())
+                    let l = dhcp::spawn(&port.ifname, ifindex, service)
                         .map_err(|e| NetError::io(format!("DHCP socket on {}", port.ifname), e))?;
                     listeners.insert(port.ifname.clone(), l);
                     report.listeners_started += 1;

@@ -146,10 +146,11 @@ pub(crate) fn diff_links(
                 let ok = l.mtu == mtu
                     && l.is_up()
                     && num(l.data("stp_state")) == Some(0)
-                    && num(l.data("nf_call_iptables")) == Some(1);
+                    && num(l.data("nf_call_iptables")) == Some(1)
+                    && num(l.data("nf_call_ip6tables")) == Some(1);
                 if !ok {
                     ch.batch.push(format!(
-                        "link set dev {br} mtu {mtu} up type bridge stp_state 0 nf_call_iptables 1"
+                        "link set dev {br} mtu {mtu} up type bridge stp_state 0 nf_call_iptables 1 nf_call_ip6tables 1"
                     ));
                     ch.changed += 1;
                 }
@@ -159,12 +160,15 @@ pub(crate) fn diff_links(
                     ch.batch.push(format!("link del dev {br}"));
                     ch.removed += 1;
                 }
-                // nf_call_iptables: bridged IPv4 goes through the inet hooks, where conntrack
-                // gives the security groups their state (see nft.rs). Per bridge, so other
-                // bridges on the host keep the host's sysctl.
+                // nf_call_ip(6)tables: bridged IPv4 and IPv6 go through the inet hooks, where
+                // conntrack gives the security groups their state (see nft.rs). Per bridge, so
+                // other bridges on the host keep the host's sysctl. addrgenmode none: the host
+                // takes no IPv6 link-local address on a tenant's segment (it would send router
+                // solicitations and listener reports into it), and is no neighbour there.
                 ch.batch.push(format!(
-                    "link add name {br} mtu {mtu} type bridge stp_state 0 nf_call_iptables 1"
+                    "link add name {br} mtu {mtu} type bridge stp_state 0 nf_call_iptables 1 nf_call_ip6tables 1"
                 ));
+                ch.batch.push(format!("link set dev {br} addrgenmode none"));
                 ch.batch.push(format!("link set dev {br} up"));
                 ch.created += 1;
             }
@@ -216,6 +220,9 @@ pub(crate) fn diff_links(
                 }
                 None if p.create_tap => {
                     ch.batch.push(format!("tuntap add dev {name} mode tap"));
+                    // As for the bridge: no host address on the guest's wire.
+                    ch.batch
+                        .push(format!("link set dev {name} addrgenmode none"));
                     ch.batch
                         .push(format!("link set dev {name} mtu {mtu} master {br} up"));
                     ch.created += 1;
@@ -298,6 +305,7 @@ mod tests {
                 remote_macs: vec![],
                 ports: vec![port("pnt00000001", 2)],
                 router: None,
+                ipv6: None,
             }],
         }
     }
@@ -309,7 +317,7 @@ mod tests {
                 "bridge",
                 1450,
                 None,
-                serde_json::json!({"stp_state": 0, "nf_call_iptables": 1}),
+                serde_json::json!({"stp_state": 0, "nf_call_iptables": 1, "nf_call_ip6tables": 1}),
             ),
             link(
                 "pnx7",
@@ -335,12 +343,14 @@ mod tests {
         assert_eq!(
             ch.batch,
             vec![
-                "link add name pnb7 mtu 1450 type bridge stp_state 0 nf_call_iptables 1",
+                "link add name pnb7 mtu 1450 type bridge stp_state 0 nf_call_iptables 1 nf_call_ip6tables 1",
+                "link set dev pnb7 addrgenmode none",
                 "link set dev pnb7 up",
                 "link add name pnx7 mtu 1450 type vxlan id 7 local 10.250.0.1 dstport 4789 nolearning",
                 "link set dev pnx7 master pnb7 up",
                 "link set dev pnx7 type bridge_slave learning off",
                 "tuntap add dev pnt00000001 mode tap",
+                "link set dev pnt00000001 addrgenmode none",
                 "link set dev pnt00000001 mtu 1450 master pnb7 up",
             ]
         );

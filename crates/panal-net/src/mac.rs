@@ -13,6 +13,26 @@ impl MacAddr {
     pub const ZERO: MacAddr = MacAddr([0; 6]);
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 
+    /// The modified EUI-64 interface identifier (RFC 4291 appendix A): `ff:fe` in the middle,
+    /// the universal/local bit flipped. What a guest's SLAAC derives its addresses from.
+    pub fn interface_id(self) -> [u8; 8] {
+        let m = self.0;
+        [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]
+    }
+
+    /// The address SLAAC gives this MAC in a /64 `prefix` (the prefix's low 64 bits are
+    /// replaced): Linux guests use it unless told to hide their MAC.
+    pub fn slaac(self, prefix: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
+        let mut o = prefix.octets();
+        o[8..].copy_from_slice(&self.interface_id());
+        std::net::Ipv6Addr::from(o)
+    }
+
+    /// The link-local address (`fe80::/64`) of this MAC.
+    pub fn link_local(self) -> std::net::Ipv6Addr {
+        self.slaac(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0))
+    }
+
     /// Group (multicast or broadcast) addresses cannot be a NIC's own address.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
@@ -87,6 +107,25 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(json, "\"52:54:00:ab:cd:0f\"");
         assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn slaac_and_link_local_addresses_follow_eui_64() {
+        // What Linux configures for a NIC with this MAC (u/l bit of 0x52 flipped to 0x50).
+        let m: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(
+            m.link_local(),
+            "fe80::5054:ff:fe12:3456"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
+        let prefix = "fd00:1:2:3::".parse().unwrap();
+        assert_eq!(
+            m.slaac(prefix),
+            "fd00:1:2:3:5054:ff:fe12:3456"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+        );
     }
 
     #[test]

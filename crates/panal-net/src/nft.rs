@@ -5,19 +5,26 @@
 //! - `table bridge T`, stateless, per frame:
 //!   - `prerouting` (priority -300, before br_netfilter at 0): `iifname vmap @guard` jumps to the
 //!     port's guard chain: source MAC, ARP sender (MAC and address, or 0.0.0.0 probes), IPv4
-//!     source, no DHCP server packets, IPv6 and other ethertypes dropped. DHCP client packets are
-//!     dropped too: the local responder already has its copy (AF_PACKET sees a frame before the
-//!     bridge does), so they never flood to other ports or over VXLAN.
+//!     source, no DHCP server packets; on a network with IPv6, the IPv6 source (the MAC's
+//!     link-local address, its SLAAC address, or `::` for duplicate-address probes), no router
+//!     advertisements or redirects, no DHCPv6 server packets, neighbour advertisements only for
+//!     its own addresses; other ethertypes (and IPv6 on IPv4-only networks) dropped. DHCP client
+//!     packets and router solicitations are dropped too: the local responder and advertiser
+//!     already have their copy (AF_PACKET sees a frame before the bridge does), so they never
+//!     flood to other ports or over VXLAN.
 //!   - `classify` (forward, priority -250, before br_netfilter's forward hook at -1): writes the
 //!     out port's id into the low 16 bits of `meta mark` (`oifname map`, VXLAN devices map to 0),
 //!     then ORs the in port's id into the high 16 bits (`iifname vmap` to a one-rule chain: nft
 //!     cannot OR a looked-up value).
-//! - `table inet T`, stateful: with `nf_call_iptables` on our bridges, br_netfilter passes
-//!   bridged IPv4 through the inet hooks with the same skb (so the mark), where `ct` works.
+//! - `table inet T`, stateful: with `nf_call_iptables` and `nf_call_ip6tables` on our bridges,
+//!   br_netfilter passes bridged IPv4 and IPv6 through the inet hooks with the same skb (so the
+//!   mark), where `ct` works.
 //!   - `prerouting` (priority -300, before conntrack): `ct zone set iifname map @zone`, one
 //!     conntrack zone per network, so two networks with the same CIDR never share a connection.
 //!   - `forward`: traffic of our bridges only; `ct state established,related accept`, invalid
-//!     dropped; then `meta mark and 0xffff0000 vmap @egress` (the sender port's egress chain
+//!     dropped; neighbour discovery and multicast listener messages pass (the guard chains
+//!     already vetted them; they are how IPv6 finds its neighbours at all); then
+//!     `meta mark and 0xffff0000 vmap @egress` (the sender port's egress chain
 //!     returns on a match, drops otherwise) and `meta mark and 0xffff vmap @ingress` (the receiver
 //!     port's ingress chain accepts on a match, drops otherwise). Vmap dispatch keeps the cost per
 //!     NEW packet to the rules of the two ports involved, however many ports the host has.
@@ -163,7 +170,8 @@ fn render_bridge(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> String {
              \t\tether type ip udp sport 67 drop\n\
              \t\tether type ip udp sport 68 udp dport 67 drop\n\
              \t\tip saddr {ip} meta mark set {mark:#010x} accept\n\
-             \t\tdrop\n\t}}\n"
+             {}\t\tdrop\n\t}}\n",
+            guard_ipv6(p, mark)
         );
         let _ = write!(
             s,
@@ -256,6 +264,7 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
          \t\tiifname != @bridges return\n\
          \t\tct state established,related accept\n\
          \t\tct state invalid drop\n\
+         \t\ticmpv6 type {{ {NEIGHBOUR_DISCOVERY} }} accept\n\
          \t\tmeta mark and 0xffff0000 vmap @egress\n\
          \t\tmeta mark and 0x0000ffff vmap @ingress\n\
          {routed_marks}\t}}\n"
@@ -300,6 +309,30 @@ fn render_inet(ports: &[&PortPlan], plan: &HostPlan, prefix: &str) -> (String, u
     (s, count)
 }
 
+/// ICMPv6 messages every IPv6 link needs between its members: neighbour and router discovery
+/// and multicast listener discovery (MLD, which switches use to forward multicast).
+const NEIGHBOUR_DISCOVERY: &str = "nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, \
+     nd-router-advert, mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report";
+
+/// The IPv6 part of a port's guard chain (empty for a port without IPv6: its IPv6 is dropped).
+/// nft 1.0 has no `icmpv6 taddr`: the target of a neighbour advertisement is read raw, 128 bits
+/// at bit 64 of the ICMPv6 header.
+fn guard_ipv6(p: &PortPlan, mark: usize) -> String {
+    let Some(global) = p.ipv6 else {
+        return String::new();
+    };
+    let local = p.mac.link_local();
+    let hex = |a: std::net::Ipv6Addr| format!("{:#034x}", u128::from(a));
+    format!(
+        "\t\ticmpv6 type {{ nd-router-advert, nd-redirect, nd-router-solicit }} drop\n\
+         \t\tether type ip6 udp sport 547 drop\n\
+         \t\ticmpv6 type nd-neighbor-advert @th,64,128 != {{ {}, {} }} drop\n\
+         \t\tip6 saddr {{ ::, {local}, {global} }} meta mark set {mark:#010x} accept\n",
+        hex(local),
+        hex(global)
+    )
+}
+
 /// The chain-name stem (`port{id}`) of a port, by its place in `ports` (see `ports_by_id`).
 fn port_chain(ports: &[&PortPlan], p: &PortPlan) -> String {
     let id = ports.iter().position(|q| q.ifname == p.ifname).unwrap_or(0) + 1;
@@ -317,19 +350,27 @@ pub(crate) enum Direction {
 /// ingress; ports are always the destination port of the NEW packet.
 pub(crate) fn rule(r: &RulePlan, dir: Direction) -> String {
     let mut s = String::new();
+    let (family, nfproto, icmp) = match r.remote {
+        ipnet::IpNet::V4(_) => ("ip", "ipv4", "icmp"),
+        ipnet::IpNet::V6(_) => ("ip6", "ipv6", "ipv6-icmp"),
+    };
     if r.remote.prefix_len() > 0 {
         let side = if dir == Direction::Egress {
             "daddr"
         } else {
             "saddr"
         };
-        let _ = write!(s, "ip {side} {} ", r.remote.trunc());
+        let _ = write!(s, "{family} {side} {} ", r.remote.trunc());
+    } else {
+        let _ = write!(s, "meta nfproto {nfproto} ");
     }
     match r.protocol {
         Protocol::Any => {}
         Protocol::Tcp => s.push_str("meta l4proto tcp "),
         Protocol::Udp => s.push_str("meta l4proto udp "),
-        Protocol::Icmp => s.push_str("meta l4proto icmp "),
+        Protocol::Icmp => {
+            let _ = write!(s, "meta l4proto {icmp} ");
+        }
         Protocol::Number(n) => {
             let _ = write!(s, "meta l4proto {n} ");
         }
@@ -368,7 +409,22 @@ mod tests {
     #[test]
     fn renders_rules() {
         use Direction::*;
-        assert_eq!(rule(&r(Protocol::Any, None, "0.0.0.0/0"), Egress), "return");
+        assert_eq!(
+            rule(&r(Protocol::Any, None, "0.0.0.0/0"), Egress),
+            "meta nfproto ipv4 return"
+        );
+        assert_eq!(
+            rule(&r(Protocol::Any, None, "::/0"), Egress),
+            "meta nfproto ipv6 return"
+        );
+        assert_eq!(
+            rule(&r(Protocol::Icmp, None, "fd00:1::/64"), Ingress),
+            "ip6 saddr fd00:1::/64 meta l4proto ipv6-icmp accept"
+        );
+        assert_eq!(
+            rule(&r(Protocol::Tcp, Some((80, 80)), "::/0"), Ingress),
+            "meta nfproto ipv6 meta l4proto tcp th dport 80 accept"
+        );
         assert_eq!(
             rule(&r(Protocol::Tcp, Some((22, 22)), "10.0.0.0/8"), Ingress),
             "ip saddr 10.0.0.0/8 meta l4proto tcp th dport 22 accept"
@@ -387,7 +443,7 @@ mod tests {
         );
         assert_eq!(
             rule(&r(Protocol::Number(47), None, "0.0.0.0/0"), Ingress),
-            "meta l4proto 47 accept"
+            "meta nfproto ipv4 meta l4proto 47 accept"
         );
     }
 
@@ -406,6 +462,7 @@ mod tests {
                 remote_macs: vec![],
                 ports: vec![b, a],
                 router: None,
+                ipv6: None,
             }],
         };
         let rs = render("pt", &plan, "pn");
@@ -427,7 +484,11 @@ mod tests {
         assert!(s.contains("ip saddr 10.0.0.2 meta mark set 0x00010000 accept"));
         assert!(s.contains("\"pnb9\" : 10"), "zone of VNI 9: {s}");
         assert!(s.contains("0x00010000 : jump port1_egress, 0x00020000 : jump port2_egress"));
-        assert!(s.contains("chain port1_egress {\n\t\treturn\n\t\tdrop\n\t}"));
+        assert!(s.contains("chain port1_egress {\n\t\tmeta nfproto ipv4 return\n\t\tdrop\n\t}"));
+        assert!(
+            !s.contains("ip6 saddr"),
+            "no IPv6 on an IPv4-only network: {s}"
+        );
         assert!(s.contains(
             "chain port2_ingress {\n\t\tip saddr 10.0.0.0/24 meta l4proto tcp th dport 80 accept\n\t\tdrop\n\t}"
         ));

@@ -2,9 +2,9 @@
 //! it, and its validation. Plain data: no I/O here.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
@@ -32,6 +32,10 @@ pub struct NetworkPlan {
     /// Outbound NAT through this host's uplink (see `router.rs`); `None`: an isolated network.
     #[serde(default)]
     pub router: Option<RouterPlan>,
+    /// The network's IPv6 /64, advertised to the local guests (`ra.rs`) for SLAAC; `None`: an
+    /// IPv4-only network, whose ports may not send IPv6 at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Net>,
 }
 
 /// The gateway of a routed network.
@@ -54,6 +58,10 @@ pub struct PortPlan {
     pub mac: MacAddr,
     /// The guest's address: the only source IPv4 accepted from this port.
     pub ipv4: Ipv4Addr,
+    /// The guest's SLAAC address in the network's /64 (`MacAddr::slaac`): with the MAC's
+    /// link-local address, the only IPv6 sources accepted from this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// None: no DHCP answers for this port.
     pub dhcp: Option<DhcpLease>,
     /// Allowed NEW inbound flows (replies to allowed flows always pass).
@@ -73,10 +81,12 @@ pub struct RulePlan {
     pub protocol: Protocol,
     /// Inclusive range; only for protocols that have ports (TCP, UDP, SCTP, DCCP, UDP-Lite).
     pub ports: Option<(u16, u16)>,
-    pub remote: Ipv4Net,
+    /// IPv4 or IPv6: the rule applies to that family only (`0.0.0.0/0` is any IPv4 peer).
+    pub remote: IpNet,
 }
 
-/// The IP protocol a rule matches.
+/// The IP protocol a rule matches. `Icmp` is the ICMP of the rule's family (ICMPv6 for an IPv6
+/// remote).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -143,6 +153,14 @@ impl HostPlan {
                 return Err(NetError::bad_plan(format!("VNI {} appears twice", net.vni)));
             }
             check_mtu(net.mtu, &format!("network {}", net.vni))?;
+            if let Some(p) = net.ipv6
+                && (p.prefix_len() != 64 || p.network() != p.addr())
+            {
+                return Err(NetError::bad_plan(format!(
+                    "network {}: IPv6 prefix {p} is not a /64 network (SLAAC needs one)",
+                    net.vni
+                )));
+            }
             for name in [bridge_name(prefix, net.vni), vxlan_name(prefix, net.vni)] {
                 check_ifname(&name)?;
                 ifnames.insert(name);
@@ -164,6 +182,16 @@ impl HostPlan {
                     )));
                 }
                 check_port(port)?;
+                match (port.ipv6, net.ipv6) {
+                    (None, _) => {}
+                    (Some(a), Some(p)) if p.contains(&a) => {}
+                    (Some(a), _) => {
+                        return Err(NetError::bad_plan(format!(
+                            "{}: IPv6 address {a} outside the network's prefix {:?}",
+                            port.ifname, net.ipv6
+                        )));
+                    }
+                }
                 if let Some(f) = port.floating {
                     if net.router.is_none() {
                         return Err(NetError::bad_plan(format!(
@@ -290,6 +318,7 @@ pub(crate) mod tests {
             create_tap: true,
             mac: MacAddr([0x52, 0x54, 0, 0, 0, last]),
             ipv4: Ipv4Addr::new(10, 0, 0, last),
+            ipv6: None,
             dhcp: None,
             ingress: vec![],
             egress: vec![],
@@ -306,6 +335,7 @@ pub(crate) mod tests {
                 remote_macs: vec![],
                 ports,
                 router: None,
+                ipv6: None,
             }],
         }
     }
@@ -362,6 +392,20 @@ pub(crate) mod tests {
         assert!(p.validate("pn").is_err(), "twice");
         p.networks[0].ports.pop();
         assert!(p.validate("pn").is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_live_in_the_networks_64() {
+        let mut p = port("pnt1", 2);
+        p.ipv6 = Some(p.mac.slaac("fd00:9::".parse().unwrap()));
+        let mut with = plan(vec![p.clone()]);
+        assert!(with.validate("pn").is_err(), "an address without a prefix");
+        with.networks[0].ipv6 = Some("fd00:9::/64".parse().unwrap());
+        assert!(with.validate("pn").is_ok());
+        with.networks[0].ipv6 = Some("fd00:8::/64".parse().unwrap());
+        assert!(with.validate("pn").is_err(), "another prefix");
+        with.networks[0].ipv6 = Some("fd00:9::/48".parse().unwrap());
+        assert!(with.validate("pn").is_err(), "not a /64");
     }
 
     #[test]

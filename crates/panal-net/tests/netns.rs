@@ -40,6 +40,7 @@ fn port(ifname: &str, mac: MacAddr, ip: Ipv4Addr) -> PortPlan {
         ingress: vec![rule(Protocol::Icmp, None, "0.0.0.0/0")],
         egress: vec![any()],
         floating: None,
+        ipv6: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn network(
         remote_macs,
         ports,
         router: None,
+        ipv6: None,
     }
 }
 
@@ -719,6 +721,153 @@ fn floating_address_reaches_a_guest_and_is_its_source_outside() {
     wait_for(|| !server.peers().is_empty());
     assert_eq!(server.peers(), vec![h1.underlay]);
     drop(guest_server);
+}
+
+/// The VM's global IPv6 addresses that finished duplicate-address detection.
+fn global_ipv6(vm: &lab::Vm) -> Vec<String> {
+    let out = vm.must(&[
+        "ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    v.iter()
+        .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a.get("tentative").is_none())
+        .filter_map(|a| a["local"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn ipv6_by_slaac_across_hosts_with_anti_spoofing_and_security_groups() {
+    if !root_or_skip("ipv6_by_slaac_across_hosts_with_anti_spoofing_and_security_groups") {
+        return;
+    }
+    let mut lab = Lab::new("six");
+    let (h1, h2) = lab.hosts(7);
+    let prefix: ipnet::Ipv6Net = "fd00:77:0:1::/64".parse().unwrap();
+    let (ip_a, ip_b) = (Ipv4Addr::new(10, 70, 0, 2), Ipv4Addr::new(10, 70, 0, 3));
+    let a = lab.vm("a", &h1, "vpa", mac(0x6a), None);
+    let b = lab.vm("b", &h2, "vpb", mac(0x6b), None);
+    let (a6, b6) = (a.mac.slaac(prefix.addr()), b.mac.slaac(prefix.addr()));
+    // Both: ICMP of either family in, everything out; no DHCP lease (the listener runs for the
+    // prefix alone).
+    let v6 = |p: &mut PortPlan, addr| {
+        p.ipv6 = Some(addr);
+        p.ingress.push(rule(Protocol::Icmp, None, "::/0"));
+        p.egress.push(rule(Protocol::Any, None, "::/0"));
+    };
+    let mut pa = port("vpa", a.mac, ip_a);
+    v6(&mut pa, a6);
+    let mut pb = port("vpb", b.mac, ip_b);
+    v6(&mut pb, b6);
+    let net = |peer: &Host, remote: (MacAddr, Ipv4Addr), p: PortPlan| {
+        let mut n = network(1007, &[peer], vec![remote], vec![p]);
+        n.ipv6 = Some(prefix);
+        plan(vec![n])
+    };
+    let r1 = h1.apply(&net(&h2, (b.mac, h2.underlay), pa.clone()));
+    h2.apply(&net(&h1, (a.mac, h1.underlay), pb.clone()));
+    assert_eq!(
+        r1.listeners_started, 1,
+        "an advertiser without a lease: {r1:?}"
+    );
+
+    // The namespaces' kernels solicit a router when their link comes up (a flap now, so that
+    // they ask after the advertisers run) and form prefix + EUI-64: the addresses the plan
+    // allows. Duplicate-address detection takes a second of its own.
+    for vm in [&a, &b] {
+        vm.must(&["ip", "link", "set", "eth0", "down"]);
+        vm.must(&["ip", "link", "set", "eth0", "up"]);
+    }
+    let mut got = (vec![], vec![]);
+    for _ in 0..75 {
+        got = (global_ipv6(&a), global_ipv6(&b));
+        if !got.0.is_empty() && !got.1.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(got, (vec![a6.to_string()], vec![b6.to_string()]));
+    // Router lifetime 0: no default route through the advertiser.
+    let routes = a.must(&["ip", "-6", "route", "show", "default"]);
+    assert!(routes.trim().is_empty(), "{routes}");
+    let mtu = a.must(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1450");
+
+    assert!(a.pings(b6), "A reaches B over IPv6 across hosts");
+    assert!(b.pings(a6), "B reaches A over IPv6 across hosts");
+
+    // TCP over IPv6 is closed until a rule for it exists; an IPv4-only rule does not open it.
+    let server = b.listen(9096);
+    let to_b = SocketAddr::from((b6, 9096));
+    assert!(!a.connects(to_b), "default deny inbound over IPv6");
+    pb.ingress
+        .push(rule(Protocol::Tcp, Some((9096, 9096)), "0.0.0.0/0"));
+    h2.apply(&net(&h1, (a.mac, h1.underlay), pb.clone()));
+    assert!(!a.connects(to_b), "an IPv4 rule opens nothing over IPv6");
+    pb.ingress.push(rule(
+        Protocol::Tcp,
+        Some((9096, 9096)),
+        &format!("{a6}/128"),
+    ));
+    h2.apply(&net(&h1, (a.mac, h1.underlay), pb.clone()));
+    assert!(a.connects(to_b), "an IPv6 rule for A opens the port");
+    drop(server);
+
+    // B forges a source address in the prefix: A never hears it, nor B's neighbour
+    // advertisement for it.
+    a.count("forged6", "ip6 saddr fd00:77:0:1::99");
+    a.count(
+        "forged_na",
+        "icmpv6 type nd-neighbor-advert @th,64,128 0xfd000077000000010000000000000099",
+    );
+    a.count(
+        "genuine6",
+        &format!("ip6 saddr {b6} icmpv6 type echo-request"),
+    );
+    b.must(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:77:0:1::99/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let _ = b.run(&[
+        "busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        "fd00:77:0:1::99",
+        &a6.to_string(),
+    ]);
+    assert!(!a.pings("fd00:77:0:1::99".parse::<std::net::Ipv6Addr>().unwrap()));
+    assert_eq!(a.counted("forged6"), 0, "a forged IPv6 source is dropped");
+    assert_eq!(
+        a.counted("forged_na"),
+        0,
+        "advertising a foreign address is dropped"
+    );
+    // Control: from its own address (source selection may now pick the forged one), B is
+    // heard.
+    let _ = b.run(&[
+        "busybox",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        &b6.to_string(),
+        &a6.to_string(),
+    ]);
+    assert!(
+        a.counted("genuine6") > 0,
+        "control: B's own address is heard"
+    );
 }
 
 fn wait_for(mut f: impl FnMut() -> bool) {

@@ -1,7 +1,8 @@
-//! One port's DHCP listener: a tokio task that owns the port's packet socket, reads client
-//! frames, and writes the replies back out of the same interface. Its MAC and lease can change
-//! under it (a `watch` channel, so no frame is missed by a restart); it ends when its `Listener`
-//! handle is dropped.
+//! One port's DHCP listener and router advertiser: a tokio task that owns the port's packet
+//! socket, reads client frames (DHCP requests, router solicitations), and writes the replies
+//! back out of the same interface; it also advertises the IPv6 prefix unasked every minute.
+//! Its MAC, lease and prefix can change under it (a `watch` channel, so no frame is missed by a
+//! restart); it ends when its `Listener` handle is dropped.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::frame::{self, responder_mac};
+use super::ra::{self, Advert};
 use super::reply;
 use super::socket::{PACKET_OUTGOING, PacketSocket};
 use crate::mac::MacAddr;
@@ -20,23 +22,38 @@ use crate::plan::DhcpLease;
 /// BOOTP's minimum message size; some clients drop shorter replies.
 const BOOTP_MIN_LEN: usize = 300;
 
+/// How often the prefix is advertised unasked (the guest asks at boot; this covers a guest
+/// that asked before the listener ran, and refreshes the prefix's lifetimes).
+const ADVERT_EVERY: Duration = Duration::from_secs(60);
+
+/// What one port's guest is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortService {
+    /// The guest's MAC: frames from any other are ignored.
+    pub mac: MacAddr,
+    /// Its DHCP lease (IPv4), if it gets one.
+    pub lease: Option<DhcpLease>,
+    /// Its network's IPv6 prefix, if the network has one.
+    pub advert: Option<Advert>,
+}
+
 /// The running listener of one port. Dropping it stops the task and closes the socket.
 pub(crate) struct Listener {
     /// The interface index the socket is bound to: a port recreated under the same name gets a
     /// new index, and then a new listener.
     pub ifindex: u32,
-    config: watch::Sender<(MacAddr, DhcpLease)>,
+    config: watch::Sender<PortService>,
     task: JoinHandle<()>,
 }
 
 impl Listener {
-    /// Points the listener at a new MAC or lease; returns whether anything changed.
-    pub(crate) fn update(&self, mac: MacAddr, lease: &DhcpLease) -> bool {
+    /// Points the listener at a new MAC, lease or prefix; returns whether anything changed.
+    pub(crate) fn update(&self, service: &PortService) -> bool {
         self.config.send_if_modified(|cur| {
-            if cur.0 == mac && cur.1 == *lease {
+            if cur == service {
                 false
             } else {
-                *cur = (mac, lease.clone());
+                *cur = service.clone();
                 true
             }
         })
@@ -50,14 +67,9 @@ impl Drop for Listener {
 }
 
 /// Opens the socket now (in the calling thread's network namespace) and starts the task.
-pub(crate) fn spawn(
-    ifname: &str,
-    ifindex: u32,
-    mac: MacAddr,
-    lease: DhcpLease,
-) -> io::Result<Listener> {
+pub(crate) fn spawn(ifname: &str, ifindex: u32, service: PortService) -> io::Result<Listener> {
     let sock = PacketSocket::bind(ifindex)?;
-    let (tx, rx) = watch::channel((mac, lease));
+    let (tx, rx) = watch::channel(service);
     let name = ifname.to_string();
     let task = tokio::spawn(async move { serve(name, sock, rx).await });
     Ok(Listener {
@@ -67,10 +79,27 @@ pub(crate) fn spawn(
     })
 }
 
-async fn serve(ifname: String, sock: PacketSocket, config: watch::Receiver<(MacAddr, DhcpLease)>) {
+async fn serve(ifname: String, sock: PacketSocket, mut config: watch::Receiver<PortService>) {
     let mut buf = vec![0u8; 2048];
+    let mut advertise = tokio::time::interval(ADVERT_EVERY);
     loop {
-        let (n, pkttype) = match sock.recv(&mut buf).await {
+        let received = tokio::select! {
+            r = sock.recv(&mut buf) => r,
+            _ = advertise.tick() => {
+                let service = config.borrow().clone();
+                advertise_to(&ifname, &sock, &service).await;
+                continue;
+            }
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A new prefix or MAC: tell the guest now, not in a minute.
+                advertise.reset_immediately();
+                continue;
+            }
+        };
+        let (n, pkttype) = match received {
             Ok(r) => r,
             Err(e) => {
                 // ENETDOWN and the like while the interface is reconfigured: wait, do not spin.
@@ -82,13 +111,31 @@ async fn serve(ifname: String, sock: PacketSocket, config: watch::Receiver<(MacA
         if pkttype == PACKET_OUTGOING {
             continue;
         }
-        let (mac, lease) = config.borrow().clone();
-        let Some(out) = answer(&buf[..n], mac, &lease) else {
+        let service = config.borrow().clone();
+        if ra::is_solicitation(&buf[..n], service.mac) {
+            advertise_to(&ifname, &sock, &service).await;
+            continue;
+        }
+        let Some(lease) = &service.lease else {
+            continue;
+        };
+        let Some(out) = answer(&buf[..n], service.mac, lease) else {
             continue;
         };
         if let Err(e) = sock.send(&out).await {
             tracing::warn!(%ifname, error = %e, "DHCP reply not sent");
         }
+    }
+}
+
+/// Sends the port's router advertisement, if its network has IPv6.
+async fn advertise_to(ifname: &str, sock: &PacketSocket, service: &PortService) {
+    let Some(advert) = &service.advert else {
+        return;
+    };
+    if let Err(e) = sock.send(&ra::build(advert, service.mac)).await {
+        // A tap whose QEMU has not opened it yet refuses frames; the guest asks once it runs.
+        tracing::debug!(%ifname, error = %e, "router advertisement not sent");
     }
 }
 

@@ -1,4 +1,5 @@
-//! An AF_PACKET socket bound to one interface that sees only DHCP client packets (a classic BPF
+//! An AF_PACKET socket bound to one interface that sees only DHCP client packets and IPv6 router
+//! solicitations (a classic BPF
 //! filter in the kernel, so a busy guest does not wake us per frame), and sends whole frames out
 //! of that interface. On a tap, a frame sent here goes straight to the guest; on a veth, to its
 //! peer. The only `unsafe` of the crate lives here: plain libc socket calls on a descriptor this
@@ -18,21 +19,27 @@ const ETH_P_ALL: u16 = 0x0003;
 /// `sll_pkttype` of frames this host sends: our own replies, seen again; skipped.
 pub(crate) const PACKET_OUTGOING: u8 = libc::PACKET_OUTGOING;
 
-/// Accept IPv4, UDP, unfragmented, destination port 67; drop everything else in the kernel.
-fn dhcp_filter() -> [libc::sock_filter; 11] {
+/// Accept IPv4, UDP, unfragmented, destination port 67, and IPv6 ICMPv6 type 133 (a router
+/// solicitation, which carries no extension header); drop everything else in the kernel.
+fn dhcp_filter() -> [libc::sock_filter; 16] {
     let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     [
-        op(0x28, 0, 0, 12),          // ldh [12]            ethertype
-        op(0x15, 0, 8, 0x0800),      // jeq IPv4 else drop
-        op(0x30, 0, 0, 23),          // ldb [23]            IP protocol
-        op(0x15, 0, 6, 17),          // jeq UDP else drop
-        op(0x28, 0, 0, 20),          // ldh [20]            flags + fragment offset
-        op(0x45, 4, 0, 0x3fff),      // jset MF|offset -> drop
-        op(0xb1, 0, 0, 14),          // ldxb 4*([14]&0xf)   IP header length
-        op(0x48, 0, 0, 16),          // ldh [x+16]          UDP destination port
-        op(0x15, 0, 1, 67),          // jeq 67 else drop
-        op(0x06, 0, 0, 0x0004_0000), // accept (whole frame)
-        op(0x06, 0, 0, 0),           // drop
+        op(0x28, 0, 0, 12),          // 0  ldh [12]            ethertype
+        op(0x15, 0, 7, 0x0800),      // 1  jeq IPv4 else 9
+        op(0x30, 0, 0, 23),          // 2  ldb [23]            IP protocol
+        op(0x15, 0, 11, 17),         // 3  jeq UDP else drop
+        op(0x28, 0, 0, 20),          // 4  ldh [20]            flags + fragment offset
+        op(0x45, 9, 0, 0x3fff),      // 5  jset MF|offset -> drop
+        op(0xb1, 0, 0, 14),          // 6  ldxb 4*([14]&0xf)   IP header length
+        op(0x48, 0, 0, 16),          // 7  ldh [x+16]          UDP destination port
+        op(0x15, 5, 6, 67),          // 8  jeq 67 -> accept else drop
+        op(0x15, 0, 5, 0x86dd),      // 9  jeq IPv6 (A: ethertype) else drop
+        op(0x30, 0, 0, 20),          // 10 ldb [20]            next header
+        op(0x15, 0, 3, 58),          // 11 jeq ICMPv6 else drop
+        op(0x30, 0, 0, 54),          // 12 ldb [54]            ICMPv6 type
+        op(0x15, 0, 1, 133),         // 13 jeq router solicitation else drop
+        op(0x06, 0, 0, 0x0004_0000), // 14 accept (whole frame)
+        op(0x06, 0, 0, 0),           // 15 drop
     ]
 }
 

@@ -183,7 +183,8 @@ impl Vm {
     }
 
     /// Whether one of up to three pings gets an answer (the first may wait for ARP).
-    pub fn pings(&self, ip: Ipv4Addr) -> bool {
+    pub fn pings(&self, ip: impl Into<std::net::IpAddr>) -> bool {
+        let ip = ip.into();
         self.run(&[
             "busybox",
             "ping",

@@ -102,13 +102,18 @@ fn listen_in(ns: &str, port: u16) -> TcpServer {
     let (flag, seen) = (stop.clone(), peers.clone());
     let thread = std::thread::spawn(move || {
         enter(&ns);
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        // Dual-stack: IPv4 peers arrive as IPv4-mapped IPv6 addresses.
+        let l = TcpListener::bind(("::", port)).expect("bind");
         l.set_nonblocking(true).unwrap();
         tx.send(()).unwrap();
         while !flag.load(Ordering::Relaxed) {
             match l.accept() {
                 Ok((_, SocketAddr::V4(peer))) => seen.lock().unwrap().push(*peer.ip()),
-                Ok(_) => {}
+                Ok((_, SocketAddr::V6(peer))) => {
+                    if let Some(v4) = peer.ip().to_ipv4_mapped() {
+                        seen.lock().unwrap().push(v4);
+                    }
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
