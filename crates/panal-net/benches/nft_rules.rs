@@ -55,6 +55,7 @@ fn plan() -> HostPlan {
             peers: vec![Ipv4Addr::new(10, 251, 0, 2), Ipv4Addr::new(10, 251, 0, 3)],
             remote_macs: vec![],
             router: None,
+            ipv6: None,
             ports: (0..PORTS_PER_NETWORK)
                 .map(|i| {
                     let ip = Ipv4Addr::new(10, 60 + net as u8, 0, 10 + i as u8);
@@ -63,6 +64,7 @@ fn plan() -> HostPlan {
                         create_tap: true,
                         mac: MacAddr([0x52, 0x54, 0, 0x20, net as u8, i as u8]),
                         ipv4: ip,
+                        ipv6: None,
                         dhcp: Some(DhcpLease {
                             address: ip,
                             prefix_len: 24,
