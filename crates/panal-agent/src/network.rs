@@ -159,6 +159,7 @@ impl HostNetwork {
                             gateway: *gateway,
                         })
                     }),
+                    ipv6: n.ipv6.as_deref().and_then(|p| p.parse().ok()),
                 })
                 .collect(),
         }
@@ -178,6 +179,7 @@ impl HostNetwork {
             create_tap: true,
             mac,
             ipv4: p.ip,
+            ipv6: p.ipv6,
             dhcp: Some(DhcpLease {
                 address: p.ip,
                 prefix_len: p.prefix_len,

@@ -7,7 +7,7 @@
 
 use crate::{Name, NetworkId, SecurityGroupId};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 16_777_215;
@@ -29,6 +29,10 @@ pub struct Network {
     pub project: Name,
     /// The IPv4 subnet, canonical (`10.0.0.0/24`).
     pub cidr: String,
+    /// The IPv6 /64 of the network, if it has IPv6: guests configure `prefix + EUI-64(MAC)` by
+    /// SLAAC from the hosts' router advertisements. On-link only (no IPv6 gateway or NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_cidr: Option<String>,
     /// The gateway address handed out by DHCP (inside the subnet, never given to a NIC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -67,6 +71,11 @@ pub struct NetworkCreate {
     pub project: Option<String>,
     /// IPv4 subnet in CIDR notation, /8 to /29, not overlapping another network of the project.
     pub cidr: String,
+    /// IPv6 as well: a /64 (`fd12:3456:789a:1::/64`), or `auto` for a random unique local one
+    /// (RFC 4193). Guests get `prefix + EUI-64(MAC)` by SLAAC; IPv6 stays on the network (no
+    /// gateway, no NAT). Not on external networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_cidr: Option<String>,
     /// Gateway address (default: the subnet's first address; `none` for no gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -170,6 +179,11 @@ pub struct Nic {
     /// The guest's IPv4 address (served by DHCP, enforced by anti-spoofing).
     #[schema(value_type = String)]
     pub ip: Ipv4Addr,
+    /// The guest's IPv6 address on a network with IPv6: its SLAAC address (the network's /64 and
+    /// the EUI-64 of the MAC), enforced by anti-spoofing with the MAC's link-local address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ipv6: Option<Ipv6Addr>,
     /// Security groups applied to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<Name>,
@@ -211,7 +225,8 @@ pub struct SecurityRule {
     /// Last port (tcp and udp only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_max: Option<u16>,
-    /// The other side, as a CIDR.
+    /// The other side, as a CIDR (IPv4 or IPv6: the rule covers that family only). Neither
+    /// this nor `remote_group`: anywhere, IPv4 and IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_cidr: Option<String>,
     /// The other side, as the NICs of a security group of the same project.
@@ -234,7 +249,8 @@ pub struct SecurityRuleCreate {
     /// Last port, `port_min` to 65535 (default `port_min`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_max: Option<u32>,
-    /// The other side as a CIDR (default `0.0.0.0/0` unless `remote_group` is given).
+    /// The other side as a CIDR, IPv4 or IPv6 (`0.0.0.0/0` is every IPv4 peer, `::/0` every
+    /// IPv6 one). Neither this nor `remote_group`: anywhere, of both families.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_cidr: Option<String>,
     /// The other side as the members of a security group of the same project.
@@ -296,6 +312,9 @@ pub struct NetworkPlan {
     /// For outbound NAT: the subnet and the gateway this host carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<(String, Ipv4Addr)>,
+    /// The network's IPv6 /64, advertised to the local guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 /// One NIC on its host.
@@ -309,6 +328,9 @@ pub struct PortPlan {
     pub mac: String,
     /// The guest's address.
     pub ip: Ipv4Addr,
+    /// The guest's IPv6 (SLAAC) address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// The subnet's prefix length.
     pub prefix_len: u8,
     /// Gateway handed out by DHCP.

@@ -215,7 +215,11 @@ async fn network_lifecycle_defaults_vnis_and_projects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_networks_are_refused_and_change_nothing() {
     let tp = start().await;
-    network(&tp, json!({"name": "big", "cidr": "10.0.0.0/16"})).await;
+    network(
+        &tp,
+        json!({"name": "big", "cidr": "10.0.0.0/16", "ipv6_cidr": "fd00:aa:bb:1::/64"}),
+    )
+    .await;
     let net = |cidr: &str| json!({"name": "n", "cidr": cidr});
     let with = |field: &str, v: Value| {
         let mut b = json!({"name": "n", "cidr": "192.168.0.0/24"});
@@ -267,6 +271,49 @@ async fn bad_networks_are_refused_and_change_nothing() {
             400,
             "invalid_value",
             Some("outbound_nat"),
+        ),
+        // IPv6: a /64 of unicast space, written canonically, once per project.
+        (
+            with("ipv6_cidr", json!("fd00::/48")),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
+        ),
+        (
+            with("ipv6_cidr", json!("fd00::1/64")),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
+        ),
+        (
+            with("ipv6_cidr", json!("fe80::/64")),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
+        ),
+        (
+            with("ipv6_cidr", json!("ff02::/64")),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
+        ),
+        (
+            with("ipv6_cidr", json!("10.0.0.0/24")),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
+        ),
+        (
+            with("ipv6_cidr", json!("fd00:aa:bb:1::/64")),
+            409,
+            "conflict",
+            Some("ipv6_cidr"),
+        ),
+        (
+            json!({"name": "n", "cidr": "192.168.0.0/24", "external": true, "ipv6_cidr": "auto"}),
+            400,
+            "invalid_value",
+            Some("ipv6_cidr"),
         ),
         (with("mtu", json!(100)), 400, "invalid_value", Some("mtu")),
         (with("mtu", json!(10000)), 400, "invalid_value", Some("mtu")),
@@ -532,6 +579,93 @@ async fn a_network_with_nics_cannot_be_deleted_until_its_vms_are() {
 /// 40 VMs on one network, half in one batch and half as concurrent single creates: every NIC
 /// has its own address and MAC, the addresses are the 40 lowest, and once the VMs are deleted
 /// none is left behind.
+/// IPv6: `auto` picks a unique local /64; a NIC's address is its MAC's SLAAC address in the
+/// network's prefix (what the guest will configure), computed here independently; an
+/// IPv4-only network's NICs have none; security rules take IPv6 CIDRs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_networks_give_nics_their_slaac_address() {
+    let tp = start().await;
+    let auto = network(
+        &tp,
+        json!({"name": "auto6", "cidr": "10.61.0.0/24", "ipv6_cidr": "auto"}),
+    )
+    .await;
+    let (addr, len) = auto.ipv6_cidr.as_deref().unwrap().split_once('/').unwrap();
+    let addr: std::net::Ipv6Addr = addr.parse().unwrap();
+    assert_eq!(len, "64");
+    assert_eq!(addr.segments()[0] >> 8, 0xfd, "unique local: {addr}");
+    assert_eq!(&addr.segments()[4..], &[0; 4], "a network address: {addr}");
+    let again = network(
+        &tp,
+        json!({"name": "auto6b", "cidr": "10.62.0.0/24", "ipv6_cidr": "auto"}),
+    )
+    .await;
+    assert_ne!(
+        again.ipv6_cidr, auto.ipv6_cidr,
+        "a random prefix per network"
+    );
+    network(
+        &tp,
+        json!({"name": "dual", "cidr": "10.63.0.0/24", "ipv6_cidr": "2001:db8:63:0::/64"}),
+    )
+    .await;
+    network(&tp, json!({"name": "v4", "cidr": "10.64.0.0/24"})).await;
+
+    let fixed = NicRequest {
+        mac: Some("52:54:00:12:34:56".into()),
+        ..nic("dual")
+    };
+    let vm = vm_with(&tp, fake_vm("six", vec![fixed, nic("dual"), nic("v4")])).await;
+    let nics = &vm.spec.nics;
+    assert_eq!(
+        nics[0].ipv6,
+        Some("2001:db8:63:0:5054:ff:fe12:3456".parse().unwrap()),
+        "u/l bit flipped, ff:fe in the middle"
+    );
+    let second = nics[1].ipv6.expect("every NIC of the network");
+    let mac: Vec<u8> = nics[1]
+        .mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let mut want = [0u8; 16];
+    want[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0x63, 0, 0]);
+    want[8..].copy_from_slice(&[
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    assert_eq!(second, std::net::Ipv6Addr::from(want));
+    assert_eq!(nics[2].ipv6, None, "an IPv4-only network");
+
+    let rule = |cidr: &str| {
+        json!({"name": format!("g{}", cidr.len()), "rules": [
+            {"direction": "ingress", "protocol": "tcp", "port_min": 22, "remote_cidr": cidr}]})
+    };
+    let got = call(
+        &tp,
+        Method::POST,
+        "/api/v1/security-groups",
+        Some(rule("2001:db8::/32")),
+    )
+    .await;
+    assert_eq!(got.0, 201, "{got:?}");
+    let got = call(
+        &tp,
+        Method::POST,
+        "/api/v1/security-groups",
+        Some(rule("2001:db8::1/32")),
+    )
+    .await;
+    assert_err(&got, 400, "invalid_value", Some("rules[0].remote_cidr"));
+    delete_vms(&tp, None, &["six".into()]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_are_distinct_and_none_leaks() {
     const HALF: usize = 20;
@@ -611,7 +745,7 @@ async fn security_groups_rules_and_what_protects_them() {
     let r = &out.rules[0];
     assert_eq!(r.direction, panal_types::network::Direction::Egress);
     assert_eq!(r.protocol, "any");
-    assert_eq!(r.remote_cidr.as_deref(), Some("0.0.0.0/0"));
+    assert_eq!(r.remote_cidr, None, "anywhere, IPv4 and IPv6");
     assert_eq!(
         (r.port_min, r.port_max, &r.remote_group),
         (None, None, &None)
@@ -638,7 +772,7 @@ async fn security_groups_rules_and_what_protects_them() {
     let r = &web.rules;
     assert_eq!(r.len(), 3);
     assert_eq!((r[0].port_min, r[0].port_max), (Some(80), Some(80)));
-    assert_eq!(r[0].remote_cidr.as_deref(), Some("0.0.0.0/0"));
+    assert_eq!(r[0].remote_cidr, None);
     assert_eq!(r[1].protocol, "tcp", "protocols are lower-cased");
     assert_eq!((r[1].port_min, r[1].port_max), (Some(8000), Some(8080)));
     assert_eq!(r[2].remote_group.as_ref().map(|g| g.as_str()), Some("web"));
@@ -984,17 +1118,24 @@ async fn a_hosts_network_plan_has_its_ports_and_their_rules() {
     ];
     ingress.sort();
     assert_eq!(a.ingress, ingress);
-    assert_eq!(a.egress, [rule(17, Some((53, 53)), "0.0.0.0/0")]);
+    // No remote: anywhere, of both families.
+    assert_eq!(
+        a.egress,
+        [
+            rule(17, Some((53, 53)), "0.0.0.0/0"),
+            rule(17, Some((53, 53)), "::/0")
+        ]
+    );
     assert_eq!(port("b").ingress, ingress);
     // No group: nothing in, everything out.
     let none = port("c");
     assert!(none.ingress.is_empty());
-    let any_out = RulePlan {
+    let any_out = |remote: &str| RulePlan {
         protocol: None,
         ports: None,
-        remote: "0.0.0.0/0".into(),
+        remote: remote.into(),
     };
-    assert_eq!(none.egress, [any_out]);
+    assert_eq!(none.egress, [any_out("0.0.0.0/0"), any_out("::/0")]);
     // The local host runs none of them.
     let here = app.host_network_plan(local.name.as_str()).await.unwrap();
     assert!(here.networks.is_empty(), "{here:?}");

@@ -2,7 +2,8 @@
 //! lab's gateway namespace, two `panal agent`s each in its own namespace, VMs on a VXLAN
 //! overlay between them.
 //!
-//! Shows: guests get their planned addresses by DHCP and ping each other across hosts; a
+//! Shows: guests get their planned addresses by DHCP and ping each other across hosts, and
+//! over IPv6 with the SLAAC addresses the platform recorded (a forged IPv6 source unheard); a
 //! project using the same CIDR cannot reach them; a security-group rule opens a TCP port of a
 //! running guest and its removal closes it again; a guest forging its source address is not
 //! heard; after a VM moves host (a drain live-migrates it) its peer reaches it again;
@@ -86,6 +87,21 @@ async fn wait_lease(lab: &NsPool<'_>, vm: &Vm, ip: &str) {
     }
 }
 
+/// Waits until the guest has `addr` on eth0, past duplicate-address detection.
+async fn wait_ipv6(console: &mut Console, addr: &str) {
+    let deadline = Instant::now() + GUEST;
+    loop {
+        let out = console
+            .run("ip -6 addr show dev eth0 scope global 2>&1", GUEST)
+            .await;
+        if out.contains(&format!("{addr}/64")) && !out.contains("tentative") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {addr} on the guest: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Whether `ping` from the console's guest gets an answer from `to` (optionally from `from`).
 async fn pings(console: &mut Console, to: &str, from: Option<&str>) -> bool {
     let src = from.map(|f| format!("-I {f} ")).unwrap_or_default();
@@ -124,10 +140,12 @@ fn two_hosts_one_overlay() {
             cidr: "10.77.0.0/24".into(),
             ..NetworkCreate::default()
         };
-        // The default project's network lets guests out (NAT); the other project's is isolated.
+        // The default project's network lets guests out (NAT) and has IPv6 too; the other
+        // project's is isolated.
         client
             .create_network(&NetworkCreate {
                 outbound_nat: Some(true),
+                ipv6_cidr: Some("fd00:77:0:1::/64".into()),
                 ..lan(None)
             })
             .await
@@ -190,6 +208,36 @@ fn two_hosts_one_overlay() {
             pings(&mut cb, &a_ip, None).await,
             "b cannot reach a across hosts"
         );
+
+        // IPv6 by SLAAC from the hosts' router advertisements: each guest forms the address
+        // the platform recorded (prefix + EUI-64 of its MAC); they reach each other across
+        // hosts; a source outside what the platform planned is not heard.
+        let v6 = |vm: &Vm| {
+            vm.spec.nics[0]
+                .ipv6
+                .expect("a NIC of an IPv6 network")
+                .to_string()
+        };
+        let (a6, b6) = (v6(&a), v6(&b));
+        assert!(a6.starts_with("fd00:77:0:1:"), "{a6}");
+        wait_ipv6(&mut ca, &a6).await;
+        wait_ipv6(&mut cb, &b6).await;
+        assert!(
+            pings(&mut ca, &b6, None).await,
+            "a cannot reach b over IPv6"
+        );
+        assert!(
+            pings(&mut cb, &a6, None).await,
+            "b cannot reach a over IPv6"
+        );
+        cb.run("ip addr add fd00:77:0:1::99/64 dev eth0 nodad", GUEST)
+            .await;
+        assert!(
+            !pings(&mut cb, &a6, Some("fd00:77:0:1::99")).await,
+            "a forged IPv6 source was heard"
+        );
+        cb.run("ip addr del fd00:77:0:1::99/64 dev eth0", GUEST)
+            .await;
 
         // Another project's guest on the same CIDR (it even gets a's address) reaches nobody of
         // the default project.

@@ -229,6 +229,15 @@ impl App {
                     groups.push(gname);
                 }
             }
+            // IPv6 by SLAAC: the address follows from the MAC, which is unique in the network,
+            // so it needs no record of its own.
+            let ipv6 = net
+                .value
+                .ipv6_cidr
+                .as_deref()
+                .and_then(|c| c.parse::<ipnet::Ipv6Net>().ok())
+                .zip(mac.parse::<panal_net::MacAddr>().ok())
+                .map(|(prefix, m)| m.slaac(prefix.network()));
             let nic = Nic {
                 id: format!("{:08x}", rand::thread_rng().r#gen::<u32>()),
                 network: net.value.name.clone(),
@@ -237,6 +246,7 @@ impl App {
                 mtu: net.value.mtu,
                 mac: mac.clone(),
                 ip,
+                ipv6,
                 security_groups: groups,
             };
             let owner = encode(&PortOwner {

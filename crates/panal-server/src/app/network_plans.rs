@@ -19,8 +19,11 @@ use panal_types::network::{
 use panal_types::vm::{PowerState, Vm, VmPhase};
 use panal_types::{ApiError, NetworkId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
+
+/// Every peer, of either address family.
+const ANYWHERE: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
 /// How long changes are gathered before a plan is recomputed: a burst of VM starts costs one
 /// computation, not one per VM.
@@ -73,16 +76,17 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
         .iter()
         .map(|g| ((g.project.as_str(), g.name.as_str()), g))
         .collect();
-    // Members of each group, for rules naming a remote group: every NIC in it, running or not
-    // (an address held by a stopped VM is still that VM's).
-    let mut members: HashMap<(&str, &str), BTreeSet<Ipv4Addr>> = HashMap::new();
+    // Members of each group, for rules naming a remote group: every address of every NIC in
+    // it, running or not (an address held by a stopped VM is still that VM's).
+    let mut members: HashMap<(&str, &str), BTreeSet<IpAddr>> = HashMap::new();
     for vm in &state.vms {
         for nic in &vm.spec.nics {
             for g in &nic.security_groups {
-                members
+                let m = members
                     .entry((vm.project.as_str(), g.as_str()))
-                    .or_default()
-                    .insert(nic.ip);
+                    .or_default();
+                m.insert(nic.ip.into());
+                m.extend(nic.ipv6.map(IpAddr::from));
             }
         }
     }
@@ -104,6 +108,7 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
     let mut local: BTreeMap<u32, Vec<PortPlan>> = BTreeMap::new();
     let mut mtus: HashMap<u32, u32> = HashMap::new();
     let mut routers: HashMap<u32, (String, Ipv4Addr)> = HashMap::new();
+    let mut prefixes: HashMap<u32, String> = HashMap::new();
     let mut remote: HashMap<u32, Vec<(String, Ipv4Addr)>> = HashMap::new();
     for vm in state.vms.iter().filter(|v| needs_ports(v)) {
         let on = vm.status.host.as_ref().map(|h| h.as_str()).unwrap_or("");
@@ -119,6 +124,9 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 continue;
             };
             mtus.insert(net.vni, net.mtu);
+            if let Some(p) = &net.ipv6_cidr {
+                prefixes.insert(net.vni, p.clone());
+            }
             if let (true, Some(gw)) = (net.outbound_nat, net.gateway) {
                 routers.insert(net.vni, (net.cidr.clone(), gw));
             }
@@ -142,6 +150,8 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 nic: nic.id.clone(),
                 mac: nic.mac.clone(),
                 ip: nic.ip,
+                // Only while the network still has the prefix the address was formed in.
+                ipv6: nic.ipv6.filter(|_| net.ipv6_cidr.is_some()),
                 prefix_len,
                 gateway: net.gateway,
                 dns: net.dns.clone(),
@@ -177,6 +187,7 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
                 remote_macs,
                 ports,
                 router: routers.get(&vni).cloned(),
+                ipv6: prefixes.remove(&vni),
             }
         })
         .collect();
@@ -184,21 +195,25 @@ pub(super) fn plan_for(host: &str, state: &NetworkState) -> HostNetworkPlan {
 }
 
 /// A NIC's allowed flows: the union of its groups' rules, remote groups expanded to their
-/// members' addresses. No group: nothing in, everything out.
+/// members' addresses (of both families). No group: nothing in, everything out. A rule without
+/// a remote covers both address families; one with a CIDR, that CIDR's family.
 fn rules_of(
     vm: &Vm,
     nic: &panal_types::network::Nic,
     groups: &HashMap<(&str, &str), &SecurityGroup>,
-    members: &HashMap<(&str, &str), BTreeSet<Ipv4Addr>>,
+    members: &HashMap<(&str, &str), BTreeSet<IpAddr>>,
 ) -> (Vec<RulePlan>, Vec<RulePlan>) {
     if nic.security_groups.is_empty() {
         return (
             vec![],
-            vec![RulePlan {
-                protocol: None,
-                ports: None,
-                remote: "0.0.0.0/0".into(),
-            }],
+            ANYWHERE
+                .iter()
+                .map(|remote| RulePlan {
+                    protocol: None,
+                    ports: None,
+                    remote: (*remote).into(),
+                })
+                .collect(),
         );
     }
     let mut ingress = BTreeSet::new();
@@ -218,9 +233,13 @@ fn rules_of(
                 (Some(c), _) => vec![c.clone()],
                 (None, Some(rg)) => members
                     .get(&(vm.project.as_str(), rg.as_str()))
-                    .map(|m| m.iter().map(|ip| format!("{ip}/32")).collect())
+                    .map(|m| {
+                        m.iter()
+                            .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                            .collect()
+                    })
                     .unwrap_or_default(),
-                (None, None) => vec!["0.0.0.0/0".into()],
+                (None, None) => ANYWHERE.iter().map(|r| (*r).into()).collect(),
             };
             for remote in remotes {
                 let rule = RulePlan {

@@ -40,6 +40,53 @@ pub(super) fn parse_subnet(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
     Ok(net)
 }
 
+/// Parses a network's IPv6 prefix: a /64 of unicast space (SLAAC forms addresses in a /64
+/// only), or `auto` for a random unique local one (RFC 4193: `fd` and a 40-bit random global
+/// id, subnet 0).
+pub(super) fn parse_ipv6_prefix(field: &str, s: &str) -> Result<ipnet::Ipv6Net, ApiError> {
+    let s = s.trim();
+    if s == "auto" {
+        let id: [u8; 5] = rand::thread_rng().r#gen();
+        let mut o = [0u8; 16];
+        o[0] = 0xfd;
+        o[1..6].copy_from_slice(&id);
+        return ipnet::Ipv6Net::new(o.into(), 64).map_err(|_| ApiError::internal());
+    }
+    let net: ipnet::Ipv6Net = s.parse().map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{s:?} is not an IPv6 CIDR such as fd12:3456:789a:1::/64 (or \"auto\")"),
+        )
+    })?;
+    if net.prefix_len() != 64 {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "an IPv6 network is a /64 (guests form their addresses by SLAAC), not /{}",
+                net.prefix_len()
+            ),
+        ));
+    }
+    if net.network() != net.addr() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s} has host bits set; the network is {}", net.trunc()),
+        ));
+    }
+    let first = net.addr().segments()[0];
+    if net.addr().is_unspecified()
+        || net.addr().is_loopback()
+        || first & 0xff00 == 0xff00
+        || first & 0xffc0 == 0xfe80
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("{net} is not unicast space (multicast, link-local and loopback are not)"),
+        ));
+    }
+    Ok(net)
+}
+
 /// Parses an IPv4 address.
 pub(super) fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
     s.trim()
@@ -109,6 +156,16 @@ impl App {
                 "an external network has no guests to route; outbound NAT is for the networks of VMs",
             ));
         }
+        let ipv6 = match req.ipv6_cidr.as_deref() {
+            None => None,
+            Some(_) if external => {
+                return Err(ApiError::invalid(
+                    "ipv6_cidr",
+                    "an external network holds IPv4 floating addresses only",
+                ));
+            }
+            Some(c) => Some(parse_ipv6_prefix("ipv6_cidr", c)?),
+        };
         let key = keys::network(project_name, name.as_str());
         let guard = keys::network_guard(project_name);
         for _ in 0..16 {
@@ -129,6 +186,16 @@ impl App {
                     ))
                     .with_field("cidr"));
                 }
+                let theirs = other.value.ipv6_cidr.as_deref();
+                if let (Some(mine), Some(o)) = (ipv6, theirs.and_then(|c| c.parse().ok()))
+                    && mine == o
+                {
+                    return Err(ApiError::conflict(format!(
+                        "{mine} is the IPv6 prefix of network \"{}\" of project \"{project_name}\"",
+                        other.value.name
+                    ))
+                    .with_field("ipv6_cidr"));
+                }
             }
             let guard_rev = self
                 .repo
@@ -148,6 +215,7 @@ impl App {
                 name: name.clone(),
                 project: project.value.name.clone(),
                 cidr: subnet.to_string(),
+                ipv6_cidr: ipv6.map(|p| p.to_string()),
                 gateway,
                 dns: dns.clone(),
                 mtu,

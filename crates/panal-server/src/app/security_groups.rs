@@ -6,7 +6,7 @@
 use super::{App, next_token, page_bounds};
 use crate::keys;
 use crate::repo::Versioned;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use panal_types::error::check_name;
 use panal_types::network::{
     Direction, MAX_RULES, SecurityGroup, SecurityGroupCreate, SecurityRule, SecurityRuleCreate,
@@ -39,7 +39,7 @@ fn allow_all_outbound() -> SecurityRule {
         protocol: "any".into(),
         port_min: None,
         port_max: None,
-        remote_cidr: Some("0.0.0.0/0".into()),
+        remote_cidr: None,
         remote_group: None,
     }
 }
@@ -134,10 +134,10 @@ impl App {
                 ));
             }
             (Some(c), None) => {
-                let net: Ipv4Net = c.trim().parse().map_err(|_| {
+                let net: IpNet = c.trim().parse().map_err(|_| {
                     ApiError::invalid(
                         &field("remote_cidr"),
-                        format!("{c:?} is not an IPv4 CIDR such as 192.0.2.0/24"),
+                        format!("{c:?} is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32"),
                     )
                 })?;
                 if net.network() != net.addr() {
@@ -148,8 +148,8 @@ impl App {
                 }
                 Some(net.to_string())
             }
-            (None, None) => Some("0.0.0.0/0".to_owned()),
-            (None, Some(_)) => None,
+            // Anywhere, of either address family.
+            (None, None) | (None, Some(_)) => None,
         };
         Ok(SecurityRule {
             id: new_rule_id(),

@@ -16,7 +16,7 @@ use panal_types::network::{
 pub enum NetworkCommand {
     /// Create a network (a VXLAN overlay spanning the hosts that run its VMs).
     #[command(
-        after_help = "Examples:\n  panal network create lan --cidr 10.0.0.0/24\n  panal network create db --cidr 10.1.0.0/24 --gateway none --dns 10.1.0.2 --mtu 1400"
+        after_help = "Examples:\n  panal network create lan --cidr 10.0.0.0/24\n  panal network create dual --cidr 10.2.0.0/24 --ipv6-cidr auto\n  panal network create db --cidr 10.1.0.0/24 --gateway none --dns 10.1.0.2 --mtu 1400"
     )]
     Create(NetworkCreateArgs),
     /// List networks.
@@ -121,7 +121,8 @@ pub async fn run_nic(client: &Client, cmd: &NicCommand) -> Result<()> {
     if let NicCommand::Add(_) = cmd
         && let Some(n) = accepted.vm.spec.nics.last()
     {
-        println!("NIC {} on {}: {} {}", n.id, n.network, n.ip, n.mac);
+        let v6 = n.ipv6.map(|a| format!(" {a}")).unwrap_or_default();
+        println!("NIC {} on {}: {}{v6} {}", n.id, n.network, n.ip, n.mac);
     }
     if no_wait {
         eprintln!("operation {}", accepted.operation.id);
@@ -163,6 +164,10 @@ pub struct NetworkCreateArgs {
     /// IPv4 subnet, e.g. 10.0.0.0/24.
     #[arg(long)]
     cidr: String,
+    /// IPv6 as well: a /64 such as fd12:3456:789a:1::/64, or `auto` for a random unique local
+    /// one. Guests configure their address by SLAAC; IPv6 stays inside the network.
+    #[arg(long)]
+    ipv6_cidr: Option<String>,
     /// Gateway address handed out by DHCP (default: the first address; `none` for none).
     #[arg(long)]
     gateway: Option<String>,
@@ -208,7 +213,7 @@ pub struct RuleAddArgs {
     /// A port or a range (tcp and udp), e.g. 80 or 8000-8100.
     #[arg(long, value_parser = parse_ports)]
     port: Option<(u32, u32)>,
-    /// The other side as a CIDR (default 0.0.0.0/0).
+    /// The other side as a CIDR, IPv4 or IPv6 (default: anywhere, both families).
     #[arg(long, conflicts_with = "remote_group")]
     remote_cidr: Option<String>,
     /// The other side as the NICs of a group.
@@ -290,7 +295,7 @@ fn rule_row(r: &SecurityRule) -> Vec<String> {
         .remote_cidr
         .clone()
         .or(r.remote_group.as_ref().map(|g| format!("group {g}")))
-        .unwrap_or_default();
+        .unwrap_or_else(|| "anywhere".into());
     vec![
         r.id.clone(),
         format!("{:?}", r.direction).to_lowercase(),
@@ -314,6 +319,7 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
                     name: a.target.name.clone(),
                     project: a.target.project.clone(),
                     cidr: a.cidr.clone(),
+                    ipv6_cidr: a.ipv6_cidr.clone(),
                     gateway: a.gateway.clone(),
                     dns: a.dns.clone(),
                     mtu: a.mtu,
@@ -351,6 +357,10 @@ pub async fn run(client: &Client, format: Format, cmd: &NetworkCommand) -> Resul
                 ("name", n.name.to_string()),
                 ("project", n.project.to_string()),
                 ("cidr", n.cidr.clone()),
+                (
+                    "ipv6 cidr",
+                    n.ipv6_cidr.clone().unwrap_or_else(|| "-".into()),
+                ),
                 (
                     "gateway",
                     n.gateway

@@ -591,7 +591,10 @@ fn show(format: Format, vm: &Vm) -> Result<()> {
                 .spec
                 .nics
                 .iter()
-                .map(|n| format!("{} {} {} on {}", n.id, n.ip, n.mac, n.network))
+                .map(|n| {
+                    let v6 = n.ipv6.map(|a| format!(" {a}")).unwrap_or_default();
+                    format!("{} {}{v6} {} on {}", n.id, n.ip, n.mac, n.network)
+                })
                 .collect();
             fields.push(("NICs", nics.join(", ")));
         }
