@@ -223,9 +223,14 @@ impl Platform {
         if let Some(g) = &guest {
             import_builtin_images(&app, g).await;
         }
-        // Wait until the local host is registered so the first request can be placed.
-        for _ in 0..200 {
-            if app.host(cfg.host_name.as_str()).await.is_ok() {
+        // Wait until the local host is registered and ready so the first request can be placed
+        // (and find its pools); a loaded machine may take seconds.
+        for _ in 0..1000 {
+            if app
+                .host(cfg.host_name.as_str())
+                .await
+                .is_ok_and(|h| h.alive())
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -331,7 +331,21 @@ impl App {
                 "pool names are 1-63 letters, digits, '-' or '_'",
             ));
         }
-        let hosts = self.all_hosts_cached().await?;
+        let cached = self.all_hosts_cached().await?;
+        // The cache may predate a host that just registered (or reported its pools): a miss
+        // is checked against the store before it is an error.
+        let has_pool = |hs: &[Host]| {
+            hs.iter().any(|h| {
+                (host.is_none_or(|n| h.name.as_str() == n.trim()))
+                    && h.inventory.storage.iter().any(|p| p.name == pool)
+            })
+        };
+        let hosts = if has_pool(&cached) {
+            cached
+        } else {
+            let (fresh, _, _) = self.repo.list::<Host>(keys::HOSTS, None, 0).await?;
+            std::sync::Arc::new(fresh.into_iter().map(|v| v.value).collect::<Vec<_>>())
+        };
         if let Some(h) = host {
             let name = check_name("host", h)?;
             let found = hosts
