@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p panal --bench create_engines` (PANAL_BENCH_SECS, PANAL_BENCH_CLIENTS,
 //! PANAL_BENCH_BATCH_CLIENTS (8), PANAL_BENCH_BATCH_SIZE (VMs per batch request, 64: one etcd
-//! transaction)).
+//! transaction), PANAL_BENCH_NO_CONTROLLERS (set: no controllers, so the creates' own cost)).
 
 use panal_agent::{Agent, AgentConfig};
 use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
@@ -52,7 +52,11 @@ async fn run_engine(
         panal_server::auth::create_token(app.repo(), "bench", panal_server::auth::Role::Admin)
             .await
             .unwrap();
-    let _controllers = Controllers::start(&app, Policy::default());
+    // PANAL_BENCH_NO_CONTROLLERS=1 measures the API and the store alone (created VMs are
+    // never placed): the difference is what the controllers' writes cost the creates.
+    let _controllers = std::env::var("PANAL_BENCH_NO_CONTROLLERS")
+        .is_err()
+        .then(|| Controllers::start(&app, Policy::default()));
     let mut cfg = AgentConfig::new(Name::parse("sim-1").unwrap());
     cfg.capacity_override = Some((4096, 64 << 40));
     let agent = Agent::new(
