@@ -74,6 +74,26 @@ impl Repo {
         }))
     }
 
+    /// Reads several objects, in the order of `keys` (one round trip on etcd).
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<Versioned<T>>>, ApiError> {
+        let kvs = self.store.get_many(keys).await.map_err(store_error)?;
+        kvs.into_iter()
+            .zip(keys)
+            .map(|(kv, key)| {
+                kv.map(|kv| {
+                    Ok(Versioned {
+                        value: decode(key, &kv.value).map_err(store_error)?,
+                        mod_revision: kv.mod_revision,
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
     /// Lists objects under `prefix` after `start_after`; returns them, whether more exist, and
     /// the store revision of the read.
     pub async fn list<T: DeserializeOwned>(

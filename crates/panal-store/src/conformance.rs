@@ -37,6 +37,7 @@ macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@cases $factory;
             get_put_delete,
+            get_many_in_order,
             revisions_and_versions,
             txn_compare_branches,
             txn_without_writes_keeps_revision,
@@ -73,6 +74,7 @@ where
     Fut: Future<Output = DynStore>,
 {
     get_put_delete(new_store().await).await;
+    get_many_in_order(new_store().await).await;
     revisions_and_versions(new_store().await).await;
     txn_compare_branches(new_store().await).await;
     txn_without_writes_keeps_revision(new_store().await).await;

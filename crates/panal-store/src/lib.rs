@@ -36,6 +36,13 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
+    /// Reads several keys, in the order given (`None` for an absent one), each as `get` would.
+    /// Engines where a read is a network round trip override it with one round trip (etcd: a
+    /// read-only transaction, which etcd serves without a raft proposal).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        futures::future::try_join_all(keys.iter().map(|k| self.get(k))).await
+    }
+
     /// Reads keys starting with `prefix`, in key order, after `start_after` (exclusive) if given,
     /// at most `limit` of them (0 means no limit). Also returns the store revision of the read.
     async fn range(

@@ -41,6 +41,9 @@ mod slot {
         async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
             self.store.get(key).await
         }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StoreError> {
+            self.store.get_many(keys).await
+        }
         async fn range(
             &self,
             prefix: &str,

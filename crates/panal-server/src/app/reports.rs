@@ -14,8 +14,10 @@
 
 use super::App;
 use super::agents::{ReportPlan, plan_report};
+use crate::repo::Versioned;
 use panal_store::Txn;
 use panal_types::agent::VmStatusReport;
+use panal_types::operation::Operation;
 use panal_types::{ApiError, ErrorCode};
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -107,6 +109,45 @@ async fn work(
     }
 }
 
+/// Each report's VM key, VM and operation, or `Err` when the batch could not be read (then each
+/// report goes alone).
+async fn read_batch(app: &App, batch: &[Pending]) -> Vec<Result<Read, ApiError>> {
+    let keys: Vec<String> = batch
+        .iter()
+        .map(|p| crate::keys::vm(p.report.project.as_str(), p.report.name.as_str()))
+        .collect();
+    let vms = match app.repo.get_many::<panal_types::vm::Vm>(&keys).await {
+        Ok(v) => v,
+        Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let op_keys: Vec<String> = vms
+        .iter()
+        .filter_map(|v| v.as_ref()?.value.status.operation)
+        .map(|id| crate::keys::op(&id))
+        .collect();
+    let mut ops = match app.repo.get_many::<Operation>(&op_keys).await {
+        Ok(o) => o.into_iter(),
+        Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+    };
+    keys.into_iter()
+        .zip(vms)
+        .map(|(key, vm)| {
+            let has_op = vm
+                .as_ref()
+                .is_some_and(|v| v.value.status.operation.is_some());
+            let op = if has_op { ops.next().flatten() } else { None };
+            Ok((key, vm, op))
+        })
+        .collect()
+}
+
+/// What one report's plan is made from.
+type Read = (
+    String,
+    Option<Versioned<panal_types::vm::Vm>>,
+    Option<Versioned<Operation>>,
+);
+
 async fn write_batch(app: &App, batch: Vec<Pending>) {
     if batch.len() == 1 {
         let p = batch.into_iter().next().expect("one report");
@@ -114,13 +155,9 @@ async fn write_batch(app: &App, batch: Vec<Pending>) {
         let _ = p.answer.send(r);
         return;
     }
-    let reads = futures::future::join_all(batch.iter().map(|p| async {
-        let key = crate::keys::vm(p.report.project.as_str(), p.report.name.as_str());
-        let vm = app.repo.get::<panal_types::vm::Vm>(&key).await?;
-        let op = app.report_operation(vm.as_ref()).await?;
-        Ok::<_, ApiError>((key, vm, op))
-    }))
-    .await;
+    // Two reads for the whole batch (its VMs, then their operations): on etcd each is one
+    // round trip, where one read per report cost the cluster as much as the writes.
+    let reads = read_batch(app, &batch).await;
     let mut txn = Txn::new();
     let mut together = Vec::new();
     let mut alone = Vec::new();

@@ -27,6 +27,35 @@ pub async fn get_put_delete(store: DynStore) {
     );
 }
 
+/// Several keys read at once come back in the order asked, absent ones as `None`, each as a
+/// single `get` sees it; more keys than one transaction may hold are read as well.
+pub async fn get_many_in_order(store: DynStore) {
+    ok(store.put("conf/m/b", b"bee".to_vec()).await, "put");
+    ok(store.put("conf/m/a", b"ay".to_vec()).await, "put");
+    let asked: Vec<String> = ["conf/m/b", "conf/m/none", "conf/m/a", "conf/m/b"]
+        .map(String::from)
+        .to_vec();
+    let got = ok(store.get_many(&asked).await, "get_many");
+    assert_eq!(got.len(), 4);
+    for (key, kv) in asked.iter().zip(&got) {
+        assert_eq!(*kv, ok(store.get(key).await, "get"), "{key}");
+    }
+    assert_eq!(got[1], None);
+    assert_eq!(
+        got[0].as_ref().map(|kv| kv.value.as_slice()),
+        Some(&b"bee"[..])
+    );
+    assert!(ok(store.get_many(&[]).await, "get_many of nothing").is_empty());
+    let many: Vec<String> = (0..store.max_txn_ops() + 3)
+        .map(|i| format!("conf/m/{i}"))
+        .collect();
+    ok(store.put("conf/m/2", b"two".to_vec()).await, "put");
+    let got = ok(store.get_many(&many).await, "get_many past one transaction");
+    assert_eq!(got.len(), many.len());
+    assert_eq!(got.iter().filter(|kv| kv.is_some()).count(), 1);
+    assert_eq!(got[2].as_ref().map(|kv| kv.key.as_str()), Some("conf/m/2"));
+}
+
 /// One revision per writing transaction; create/mod revisions and versions as in etcd.
 pub async fn revisions_and_versions(store: DynStore) {
     let r0 = ok(store.current_revision().await, "current_revision");

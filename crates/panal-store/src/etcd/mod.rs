@@ -232,6 +232,27 @@ impl Store for EtcdStore {
         r.kvs().first().map(|kv| self.keys.kv(kv)).transpose()
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        // etcd counts a read-only transaction's gets against --max-txn-ops too.
+        for chunk in keys.chunks(self.max_txn_ops().max(1)) {
+            let txn = chunk
+                .iter()
+                .fold(crate::Txn::new(), |t, k| t.and_then(crate::Op::get(k)));
+            for r in self.txn(txn).await?.responses {
+                match r {
+                    crate::OpResponse::Get { kv } => out.push(kv),
+                    other => {
+                        return Err(StoreError::Corrupt(format!(
+                            "a read-only transaction answered {other:?}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn range(
         &self,
         prefix: &str,

@@ -35,6 +35,9 @@ impl Store for ClusterStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         self.store.get(key).await
     }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        self.store.get_many(keys).await
+    }
     async fn range(
         &self,
         prefix: &str,
