@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestPlatform, raw, start, start_with, wait_op};
+use common::{TestPlatform, assert_err, raw, start, start_with, wait_op};
 use panal_types::vm::{HypervisorKind, VmCreate};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,16 +17,6 @@ async fn post_vm(tp: &TestPlatform, body: Value) -> (u16, Value) {
         Some(&body.to_string()),
     )
     .await
-}
-
-fn assert_err(got: &(u16, Value), status: u16, code: &str, field: Option<&str>) {
-    assert_eq!(got.0, status, "status for {got:?}");
-    assert_eq!(got.1["code"], code, "code for {got:?}");
-    assert_eq!(got.1["field"].as_str(), field, "field for {got:?}");
-    assert!(
-        got.1["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message for {got:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestPlatform, eventually, raw, start};
+use common::{TestPlatform, assert_err, call, eventually, start};
 use panal_types::Name;
 use panal_types::agent::HostRegistration;
 use panal_types::network::{FloatingIp, NicRequest};
@@ -16,18 +16,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::time::Duration;
-
-async fn call(tp: &TestPlatform, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    raw(tp, method, path, Some(&tp.platform.token), body.as_deref()).await
-}
-
-#[track_caller]
-fn assert_err(got: &(u16, Value), status: u16, code: &str, field: Option<&str>) {
-    assert_eq!(got.0, status, "status for {got:?}");
-    assert_eq!(got.1["code"], code, "code for {got:?}");
-    assert_eq!(got.1["field"].as_str(), field, "field for {got:?}");
-}
 
 #[track_caller]
 fn ok(got: &(u16, Value), status: u16) -> FloatingIp {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod networks;
+
 use panal::platform::{Platform, PlatformConfig};
 use panal_client::Client;
 use panal_types::operation::{Operation, OperationState};
@@ -44,6 +46,29 @@ pub async fn start_with(
         client,
         dir,
     }
+}
+
+/// A request with the admin token: (status, JSON body).
+pub async fn call(
+    tp: &TestPlatform,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string());
+    raw(tp, method, path, Some(&tp.platform.token), body.as_deref()).await
+}
+
+/// A refusal: its HTTP status, stable code, field, and a message.
+#[track_caller]
+pub fn assert_err(got: &(u16, serde_json::Value), status: u16, code: &str, field: Option<&str>) {
+    assert_eq!(got.0, status, "status for {got:?}");
+    assert_eq!(got.1["code"], code, "code for {got:?}");
+    assert_eq!(got.1["field"].as_str(), field, "field for {got:?}");
+    assert!(
+        got.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message for {got:?}"
+    );
 }
 
 /// Waits for an operation to end and returns it.
