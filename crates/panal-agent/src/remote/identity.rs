@@ -82,38 +82,17 @@ impl AgentIdentity {
     /// Saves the identity in `dir` (created private), the key readable by its owner only. The
     /// metadata file is written last, so a crash half-way leaves a directory `load` ignores.
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let write = |name: &str, bytes: &[u8], mode: u32| -> Result<(), String> {
-            let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&tmp)
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            f.write_all(bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
-        };
-        write(KEY, self.key_pem.as_bytes(), 0o600)?;
-        write(CERT, self.cert_pem.as_bytes(), 0o644)?;
-        write(CA, self.ca_pem.as_bytes(), 0o644)?;
+        use super::private_files::{private_dir, replace as write};
+        private_dir(dir)?;
+        write(dir, KEY, self.key_pem.as_bytes(), 0o600)?;
+        write(dir, CERT, self.cert_pem.as_bytes(), 0o644)?;
+        write(dir, CA, self.ca_pem.as_bytes(), 0o644)?;
         let meta = serde_json::to_vec_pretty(&Saved {
             url: self.url.clone(),
             alternates: self.alternates.clone(),
             host: self.host.clone(),
         })
         .map_err(|e| e.to_string())?;
-        write(META, &meta, 0o644)
+        write(dir, META, &meta, 0o644)
     }
 }

@@ -74,16 +74,7 @@ fn usable(id: &AgentIdentity) -> Result<(), String> {
 /// Writes the five files (keys readable by their owner only, the directory private), each
 /// replaced atomically so a QEMU reading them never sees half a file.
 fn write(id: &AgentIdentity, dir: &Path) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // An existing directory keeps its mode through `create`: make it private either way.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+    super::private_files::private_dir(dir)?;
     let files = [
         ("ca-cert.pem", id.ca_pem.as_str(), 0o644),
         ("server-cert.pem", id.cert_pem.as_str(), 0o644),
@@ -93,22 +84,7 @@ fn write(id: &AgentIdentity, dir: &Path) -> Result<(), String> {
         ("dh-params.pem", DH_PARAMS_PEM, 0o644),
     ];
     for (name, text, mode) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        // `mode` applies only to a new file: a leftover temporary keeps its own.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .and_then(|()| f.write_all(text.as_bytes()))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        super::private_files::replace(dir, name, text.as_bytes(), mode)?;
     }
     Ok(())
 }

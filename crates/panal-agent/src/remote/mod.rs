@@ -11,6 +11,7 @@ mod images;
 mod join;
 mod link;
 pub mod migration_tls;
+mod private_files;
 mod transfer;
 
 pub use identity::AgentIdentity;

@@ -76,6 +76,11 @@ impl App {
         {
             return Ok(hosts.clone());
         }
+        self.all_hosts_fresh().await
+    }
+
+    /// Every host as the store has it now; refreshes the cache.
+    pub(super) async fn all_hosts_fresh(&self) -> Result<Arc<Vec<Host>>, ApiError> {
         let (hosts, _, _) = self.repo.list::<Host>(keys::HOSTS, None, 0).await?;
         let hosts = Arc::new(hosts.into_iter().map(|v| v.value).collect::<Vec<_>>());
         *self.host_cache.lock() = Some((Instant::now(), hosts.clone()));

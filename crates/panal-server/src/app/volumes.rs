@@ -343,8 +343,7 @@ impl App {
         let hosts = if has_pool(&cached) {
             cached
         } else {
-            let (fresh, _, _) = self.repo.list::<Host>(keys::HOSTS, None, 0).await?;
-            std::sync::Arc::new(fresh.into_iter().map(|v| v.value).collect::<Vec<_>>())
+            self.all_hosts_fresh().await?
         };
         if let Some(h) = host {
             let name = check_name("host", h)?;
