@@ -34,8 +34,8 @@ pub struct AgentConfig {
     pub pools: Vec<inventory::PoolDir>,
     /// Virtual networks on this host (none: VMs with NICs cannot run here).
     pub network: Option<crate::network::NetworkConfig>,
-    /// The address incoming live migrations listen on (none: this host takes none).
-    pub migration_address: Option<std::net::IpAddr>,
+    /// Whether and how this host takes part in live migrations.
+    pub migrations: crate::remote::migration_tunnel::Migrations,
     /// How long a pre-copy that does not converge is given before it is abandoned.
     pub migration_patience: Duration,
 }
@@ -51,7 +51,7 @@ impl AgentConfig {
             capacity_override: None,
             pools: Vec::new(),
             network: None,
-            migration_address: None,
+            migrations: crate::remote::migration_tunnel::Migrations::Off,
             migration_patience: crate::vm_migration::NO_CONVERGENCE,
         }
     }
@@ -112,7 +112,7 @@ impl Agent {
             cpu_flags: inventory::cpu_flags(),
             storage: inventory::storage(&self.config.pools),
             tunnel_address: self.config.network.as_ref().map(|n| n.tunnel_address),
-            migration_address: self.config.migration_address,
+            migration_address: self.config.migrations.address(),
         }
     }
 
@@ -234,7 +234,7 @@ impl Agent {
                         pools: self.pools.clone(),
                         open_disks: self.open_disks.clone(),
                         network: self.network.clone(),
-                        migration_address: self.config.migration_address,
+                        migrations: self.config.migrations.clone(),
                         migration_patience: self.config.migration_patience,
                     };
                     let handle = survivors.remove(&vm.id);

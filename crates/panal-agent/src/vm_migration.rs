@@ -14,14 +14,19 @@
 //! this job, decides where the VM runs.
 
 use crate::link::DynLink;
+use crate::remote::migration_tunnel::{Relay, Tunnel};
 use panal_driver::{
-    DynVmHandle, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget, RuntimeState,
+    DynVmHandle, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
+    RuntimeState,
 };
 use panal_types::migration::{
     MigrationEvent, MigrationProgress, MigrationReport, MigrationSettings, VmMigration,
 };
 use panal_types::vm::Vm;
 use panal_types::{Name, OperationId};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -165,26 +170,70 @@ fn in_flight(p: &MigrationPhase) -> bool {
 
 /// What the source sends where.
 pub struct Transfer {
-    /// Where the target's hypervisor takes the memory stream.
-    pub to: std::net::SocketAddr,
-    /// Where the target serves the local disks, and which: copied before the memory.
-    pub disks: Option<(std::net::SocketAddr, Vec<String>)>,
+    /// The VM.
+    pub vm: panal_types::VmId,
+    /// Where the target's relay takes the memory stream.
+    pub to: SocketAddr,
+    /// Where the target's relay takes the local disks, and which: copied before the memory.
+    pub disks: Option<(SocketAddr, Vec<String>)>,
     /// The knobs.
     pub settings: MigrationSettings,
     /// How long a pre-copy that does not converge is given.
     pub patience: Duration,
-    /// The target host, whose certificate must name it (the channel is TLS between agents).
+    /// The target host, whose certificate must name it.
     pub target_host: Name,
+    /// This host's end of the agents' tunnel.
+    pub tunnel: Arc<Tunnel>,
 }
 
 impl Transfer {
-    /// `addr` on the target host.
-    fn target(&self, addr: std::net::SocketAddr) -> MigrationTarget {
-        MigrationTarget::Host {
-            addr,
-            host: self.target_host.to_string(),
-        }
+    /// A relay from a Unix socket of this host (named `what`) to the target's relay at `addr`,
+    /// and that socket as the hypervisor's target.
+    async fn relay(
+        &self,
+        what: &str,
+        addr: SocketAddr,
+    ) -> Result<(MigrationTarget, Relay), String> {
+        let socket = self
+            .tunnel
+            .socket(self.vm, what)
+            .map_err(|e| e.to_string())?;
+        let relay = self
+            .tunnel
+            .forward(socket.clone(), addr, self.target_host.clone())
+            .await
+            .map_err(|e| format!("cannot open the migration tunnel: {e}"))?;
+        Ok((MigrationTarget::Unix(socket), relay))
     }
+}
+
+/// Target: serves the incoming hypervisor's sockets (`memory`, and `disks` for the local disks'
+/// export when some are copied) to the source host through this host's relays. Returns where,
+/// as the event to report, and the relays to keep while the migration lasts.
+pub async fn serve(
+    tunnel: &Tunnel,
+    handle: &DynVmHandle,
+    m: &VmMigration,
+    (memory, disks): (PathBuf, PathBuf),
+) -> Result<(MigrationEvent, Vec<Relay>), String> {
+    let listen = |e: std::io::Error| format!("cannot listen for the migration: {e}");
+    let (address, relay) = tunnel.serve(m.from.clone(), memory).await.map_err(listen)?;
+    let mut relays = vec![relay];
+    let mut disk_address = None;
+    if !m.disks.is_empty() {
+        handle
+            .export_disks(&Incoming::Unix(disks.clone()), &m.disks)
+            .await
+            .map_err(|e| format!("cannot serve the disks for the copy: {e}"))?;
+        let (a, relay) = tunnel.serve(m.from.clone(), disks).await.map_err(listen)?;
+        disk_address = Some(a.to_string());
+        relays.push(relay);
+    }
+    let listening = MigrationEvent::Listening {
+        address: address.to_string(),
+        disk_address,
+    };
+    Ok((listening, relays))
 }
 
 /// How a watch of the transfer ended.
@@ -499,9 +548,21 @@ pub async fn send(
         f.abort(why).await;
         return;
     }
+    // Held until the migration has ended: they carry its streams.
+    let mut relays = Vec::new();
     if let Some((addr, ids)) = &plan.disks {
+        let target = match plan.relay("nbd-out", *addr).await {
+            Ok((target, relay)) => {
+                relays.push(relay);
+                target
+            }
+            Err(e) => {
+                f.abort(format!("the disk copy could not start: {e}")).await;
+                return;
+            }
+        };
         if let Err(e) = handle
-            .mirror_disks(&plan.target(*addr), ids, plan.settings.max_bandwidth)
+            .mirror_disks(&target, ids, plan.settings.max_bandwidth)
             .await
         {
             f.stop().await;
@@ -512,15 +573,24 @@ pub async fn send(
             return;
         }
     }
-    if let Err(e) = handle
-        .migrate(&plan.target(plan.to), &params(&plan.settings))
-        .await
-    {
+    let target = match plan.relay("out", plan.to).await {
+        Ok((target, relay)) => {
+            relays.push(relay);
+            target
+        }
+        Err(e) => {
+            f.stop().await;
+            f.abort(format!("the transfer could not start: {e}")).await;
+            return;
+        }
+    };
+    if let Err(e) = handle.migrate(&target, &params(&plan.settings)).await {
         f.stop().await;
         f.abort(format!("the transfer could not start: {e}")).await;
         return;
     }
     f.memory(&sent).await;
+    drop(relays);
 }
 
 /// The target's job: waits for the guest to run in the incoming hypervisor and reports it.
@@ -548,13 +618,6 @@ pub async fn receive(handle: DynVmHandle, reporter: Reporter) {
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// A free TCP port on `ip` for an incoming hypervisor to listen on (bound, then released for
-/// the hypervisor to bind right after).
-pub fn free_port(ip: std::net::IpAddr) -> std::io::Result<std::net::SocketAddr> {
-    let l = std::net::TcpListener::bind((ip, 0))?;
-    l.local_addr()
 }
 
 /// A background job of a VM task, aborted when dropped.

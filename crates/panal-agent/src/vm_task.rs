@@ -46,8 +46,8 @@ pub struct VmTaskContext {
     pub open_disks: crate::volumes::OpenDisks,
     /// The host's virtual networks (`None`: VMs with NICs cannot start here).
     pub network: Option<crate::network::HostNetwork>,
-    /// Where incoming live migrations listen (`None`: this host takes none).
-    pub migration_address: Option<std::net::IpAddr>,
+    /// Whether and how this host takes part in live migrations.
+    pub migrations: crate::remote::migration_tunnel::Migrations,
     /// How long a pre-copy that does not converge is given before it is abandoned.
     pub migration_patience: Duration,
 }
@@ -60,6 +60,8 @@ struct MigrationWork {
     created: Vec<std::path::PathBuf>,
     cancel: Option<tokio::sync::watch::Sender<Option<String>>>,
     _job: Option<vm_migration::Job>,
+    /// Target: the tunnel's relays into the incoming hypervisor, closed with the migration.
+    _relays: Vec<crate::remote::migration_tunnel::Relay>,
 }
 
 /// A launch that takes longer than this is reported as `Starting` while it goes on; a faster one
@@ -342,12 +344,16 @@ impl VmTask {
             return;
         }
         let reporter = Reporter::new(self.ctx.host.clone(), self.ctx.link.clone(), vm, m);
-        let (Some(h), Some(to)) = (
+        let tunnel = self.ctx.migrations.tunnel_or_refusal().cloned();
+        let (Some(h), Some(to), Ok(tunnel)) = (
             self.handle.clone(),
             m.destination.as_deref().and_then(|d| d.parse().ok()),
+            tunnel.clone(),
         ) else {
             let why = if self.handle.is_none() {
                 "the VM is not running on the source".to_string()
+            } else if let Err(why) = tunnel {
+                why
             } else {
                 format!("the target's address {:?} is not usable", m.destination)
             };
@@ -356,6 +362,7 @@ impl VmTask {
                 created: Vec::new(),
                 cancel: None,
                 _job: None,
+                _relays: Vec::new(),
             });
             reporter.send(MigrationEvent::Aborted { reason: why }).await;
             return;
@@ -369,6 +376,7 @@ impl VmTask {
                     created: Vec::new(),
                     cancel: None,
                     _job: None,
+                    _relays: Vec::new(),
                 });
                 let why = format!(
                     "the target serves no usable disk address ({:?})",
@@ -380,6 +388,8 @@ impl VmTask {
         };
         let (tx, rx) = tokio::sync::watch::channel(reason);
         let plan = vm_migration::Transfer {
+            vm: vm.id,
+            tunnel,
             to,
             disks,
             settings: m.settings.clone(),
@@ -392,6 +402,7 @@ impl VmTask {
             created: Vec::new(),
             cancel: Some(tx),
             _job: Some(vm_migration::Job(job)),
+            _relays: Vec::new(),
         });
     }
 
@@ -418,6 +429,9 @@ impl VmTask {
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,
                     )))),
+                    // Its relays died with the agent, and with them the stream: the source
+                    // fails the migration, or it had completed already.
+                    _relays: Vec::new(),
                 });
                 return;
             }
@@ -430,6 +444,7 @@ impl VmTask {
             created: Vec::new(),
             cancel: None,
             _job: None,
+            _relays: Vec::new(),
         });
         let failed = |reason: String| MigrationEvent::DestinationFailed { reason };
         if m.step != MigrationStep::Preparing {
@@ -438,21 +453,26 @@ impl VmTask {
                 .await;
             return;
         }
-        let Some(ip) = self.ctx.migration_address else {
-            reporter
-                .send(failed("this host takes no live migrations".into()))
-                .await;
-            return;
-        };
-        let addr = match vm_migration::free_port(ip) {
-            Ok(a) => a,
-            Err(e) => {
-                reporter
-                    .send(failed(format!("no port to listen on at {ip}: {e}")))
-                    .await;
+        let tunnel = match self.ctx.migrations.tunnel_or_refusal() {
+            Ok(t) => t.clone(),
+            Err(why) => {
+                reporter.send(failed(why)).await;
                 return;
             }
         };
+        // The incoming hypervisor listens on Unix sockets of this agent's; the source's agent
+        // reaches them through this agent's relays.
+        let (memory_socket, disk_socket) =
+            match (tunnel.socket(vm.id, "in"), tunnel.socket(vm.id, "nbd")) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    reporter.send(failed(e.to_string())).await;
+                    return;
+                }
+            };
+        for s in [&memory_socket, &disk_socket] {
+            let _ = tokio::fs::remove_file(s).await;
+        }
         // Local volumes arrive in new, empty files (the copy fills them); the incoming
         // hypervisor opens those.
         let mut here = vm.clone();
@@ -483,7 +503,11 @@ impl VmTask {
         }
         let vm = &here;
         match self
-            .launch(vm, Some(Incoming::Tcp(addr)), m.settings.post_copy)
+            .launch(
+                vm,
+                Some(Incoming::Unix(memory_socket.clone())),
+                m.settings.post_copy,
+            )
             .await
         {
             Ok(h) => {
@@ -492,34 +516,15 @@ impl VmTask {
                 self.disks = vm.spec.volumes.clone();
                 self.nics = vm.spec.nics.clone();
                 self.check_disks = false;
-                // Local disks are served for the source's copy on a port of their own.
-                let disk_address = if m.disks.is_empty() {
-                    None
-                } else {
-                    let served = match vm_migration::free_port(ip) {
-                        Ok(a) => h
-                            .export_disks(a, &m.disks)
-                            .await
-                            .map(|()| a)
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match served {
-                        Ok(a) => Some(a.to_string()),
-                        Err(e) => {
-                            reporter
-                                .send(failed(format!("cannot serve the disks for the copy: {e}")))
-                                .await;
-                            return;
-                        }
+                let sockets = (memory_socket, disk_socket);
+                let (listening, relays) = match vm_migration::serve(&tunnel, &h, m, sockets).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reporter.send(failed(e)).await;
+                        return;
                     }
                 };
-                reporter
-                    .send(MigrationEvent::Listening {
-                        address: addr.to_string(),
-                        disk_address,
-                    })
-                    .await;
+                reporter.send(listening).await;
                 let created = self.migration.take().map(|w| w.created).unwrap_or_default();
                 self.migration = Some(MigrationWork {
                     operation: m.operation,
@@ -528,6 +533,7 @@ impl VmTask {
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,
                     )))),
+                    _relays: relays,
                 });
             }
             Err(e) => {

@@ -10,15 +10,14 @@ mod migration;
 pub mod qemu;
 
 pub use migration::{
-    DiskMirrorStatus, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
-    ROOT_DISK,
+    DiskMirrorStatus, Endpoint, Incoming, MigrationParams, MigrationPhase, MigrationStatus,
+    MigrationTarget, ROOT_DISK,
 };
 
 use async_trait::async_trait;
 use panal_types::VmId;
 use panal_types::host::HypervisorInfo;
 use panal_types::vm::{HypervisorKind, MachineProfile};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -311,11 +310,11 @@ pub trait VmHandle: Send + Sync + 'static {
     }
 
     /// Destination of a migration with local disks: serves these disks ([`ROOT_DISK`] for the
-    /// boot-image overlay, data disk ids) writable over NBD on `addr`, each as an export named
+    /// boot-image overlay, data disk ids) writable over NBD at `at`, each as an export named
     /// by its disk id, for the source's [`VmHandle::mirror_disks`]. Only on a VM launched with
     /// [`VmLaunch::incoming`]. Already serving is not an error.
-    async fn export_disks(&self, addr: SocketAddr, disks: &[String]) -> Result<(), DriverError> {
-        let _ = (addr, disks);
+    async fn export_disks(&self, at: &Incoming, disks: &[String]) -> Result<(), DriverError> {
+        let _ = (at, disks);
         Err(DriverError::Unsupported("disk migration".into()))
     }
 

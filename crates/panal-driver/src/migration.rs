@@ -1,17 +1,23 @@
 //! Live migration types shared by every backend: where a destination listens, where a source
 //! sends, the knobs of one migration and its progress, and the progress of copying a VM's local
 //! disks along with it. Only the driver-level primitive: which host and the persisted multi-step
-//! operation live above the driver; the channel's credentials are the backend's configuration
-//! (QEMU: `QemuConfig::migration_tls`).
+//! operation live above the driver; the channel's security is the caller's (a local socket that
+//! the caller carries to the other host over its own authenticated channel) or the backend's
+//! configuration (QEMU: `QemuConfig::migration_tls` on TCP).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How a destination VM receives the migration stream.
+/// Where a destination VM receives the migration stream, or (for
+/// [`crate::VmHandle::export_disks`]) serves its disks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// Listen on this TCP address (plain TCP: the channel's security is the caller's).
+    /// Listen on this TCP address (QEMU's TLS if configured, else plain TCP).
     Tcp(SocketAddr),
+    /// Listen on this Unix socket: the caller carries each connection to the source's host
+    /// (and secures it), so the hypervisor does no cryptography of its own.
+    Unix(PathBuf),
 }
 
 /// Where a source VM sends the migration stream (or, for [`crate::VmHandle::mirror_disks`], its
@@ -30,20 +36,43 @@ pub enum MigrationTarget {
         /// The destination host's name, as its certificate carries it.
         host: String,
     },
+    /// A Unix socket on this host whose listener carries each connection to the destination
+    /// (the caller's tunnel; see [`Incoming::Unix`]).
+    Unix(PathBuf),
+}
+
+/// A socket address either side of a migration uses, as one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket's path.
+    Unix(&'a Path),
+}
+
+impl Incoming {
+    /// Where it listens.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        match self {
+            Incoming::Tcp(a) => Endpoint::Tcp(*a),
+            Incoming::Unix(p) => Endpoint::Unix(p),
+        }
+    }
 }
 
 impl MigrationTarget {
-    /// Where the destination listens.
-    pub fn addr(&self) -> SocketAddr {
+    /// Where the stream goes.
+    pub fn endpoint(&self) -> Endpoint<'_> {
         match self {
-            MigrationTarget::Tcp(a) | MigrationTarget::Host { addr: a, .. } => *a,
+            MigrationTarget::Tcp(a) | MigrationTarget::Host { addr: a, .. } => Endpoint::Tcp(*a),
+            MigrationTarget::Unix(p) => Endpoint::Unix(p),
         }
     }
 
     /// The destination host's name, if given.
     pub fn host(&self) -> Option<&str> {
         match self {
-            MigrationTarget::Tcp(_) => None,
+            MigrationTarget::Tcp(_) | MigrationTarget::Unix(_) => None,
             MigrationTarget::Host { host, .. } => Some(host),
         }
     }

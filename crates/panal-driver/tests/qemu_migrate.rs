@@ -1,6 +1,7 @@
 //! Real-QEMU (TCG) live migration tests of the `qemu` driver: a guest moves between two QEMU
-//! processes over loopback TCP and keeps running on the destination, and a throttled migration
-//! is cancelled with the guest still running on the source. Each side is its own "host": its
+//! processes over loopback TCP and keeps running on the destination, it moves between Unix
+//! sockets that the caller relays, and a throttled migration is cancelled with the guest still
+//! running on the source. Each side is its own "host": its
 //! own driver and state directory (one `Env` each), so both can hold the same VM id, and each
 //! `Env` kills its QEMUs on drop, also when an assertion fails.
 
@@ -27,18 +28,30 @@ fn last_tick(text: &str) -> Option<u64> {
 
 const COUNTER: &str = "i=0; while true; do echo TICK-$i; i=$((i+1)); sleep 0.2; done &";
 
+/// A 256 MiB microvm guest launched by `driver` of `env`, booted and counting.
+async fn counting_guest(
+    env: &Env,
+    driver: &panal_driver::qemu::QemuDriver,
+) -> (
+    panal_driver::VmLaunch,
+    panal_driver::DynVmHandle,
+    common::Console,
+) {
+    let spec = env.microvm(256);
+    let vm = driver.launch(&spec).await.expect("launch source");
+    let mut con = env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    con.send(COUNTER).await;
+    con.wait_for("TICK-3", Duration::from_secs(20)).await;
+    (spec, vm, con)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_migrates_and_keeps_running_on_the_destination() {
     let src_env = Env::new();
     let dst_env = Env::new();
-    let src = src_env.driver();
-    let dst = destination_driver(&dst_env);
-    let spec = src_env.microvm(256);
-    let vm = src.launch(&spec).await.expect("launch source");
-    let mut con = src_env.console(spec.id);
-    con.wait_for(READY_LINE, BOOT).await;
-    con.send(COUNTER).await;
-    con.wait_for("TICK-3", Duration::from_secs(20)).await;
+    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
+    let (spec, vm, _con) = counting_guest(&src_env, &src).await;
 
     let addr = free_addr();
     let mut dspec = spec.clone();
@@ -109,18 +122,71 @@ async fn a_running_guest_migrates_and_keeps_running_on_the_destination() {
     dst.cleanup(spec.id).await.expect("cleanup destination");
 }
 
+/// The agents' tunnel, reduced to what the driver sees: the destination listens on a Unix
+/// socket, the source sends to another, and the caller carries each connection between them
+/// (here a plain copy; in Panal, TLS between the hosts' agents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_migrates_between_unix_sockets_the_caller_relays() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
+    let (spec, vm, _con) = counting_guest(&src_env, &src).await;
+
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let (incoming, outgoing) = (sockets.path().join("in"), sockets.path().join("out"));
+    let mut dspec = spec.clone();
+    dspec.incoming = Some(Incoming::Unix(incoming.clone()));
+    let dvm = dst.launch(&dspec).await.expect("launch destination");
+    assert!(
+        incoming.exists(),
+        "the destination does not listen on its socket"
+    );
+    let relay = tokio::net::UnixListener::bind(&outgoing).expect("bind");
+    let carried = tokio::spawn(async move {
+        let (mut from, _) = relay.accept().await.expect("the source connects");
+        let mut to = tokio::net::UnixStream::connect(&incoming)
+            .await
+            .expect("connect to the destination");
+        tokio::io::copy_bidirectional(&mut from, &mut to)
+            .await
+            .map(|(sent, _)| sent)
+    });
+
+    vm.migrate(
+        &MigrationTarget::Unix(outgoing),
+        &MigrationParams::default(),
+    )
+    .await
+    .expect("migrate");
+    let done = wait_finished(&vm, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, MigrationPhase::Completed, "{done:?}");
+    // With the return path, "completed" means the destination has the guest.
+    assert_eq!(dvm.state().await.unwrap(), RuntimeState::Running);
+    let sent = tokio::time::timeout(Duration::from_secs(10), carried)
+        .await
+        .expect("the relay ends with the migration")
+        .expect("relay task")
+        .unwrap_or(0);
+    assert!(
+        sent >= done.transferred_bytes.unwrap_or(u64::MAX),
+        "the relay carried {sent} bytes, QEMU sent {done:?}"
+    );
+    let mut dcon = dst_env.console(spec.id);
+    dcon.connect().await;
+    dcon.send("echo relayed-$((6*7))").await;
+    dcon.wait_for("relayed-42", Duration::from_secs(20)).await;
+    vm.kill().await.expect("kill source");
+    src.cleanup(spec.id).await.expect("cleanup source");
+    dvm.kill().await.expect("kill destination");
+    dst.cleanup(spec.id).await.expect("cleanup destination");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
     let src_env = Env::new();
     let dst_env = Env::new();
-    let src = src_env.driver();
-    let dst = destination_driver(&dst_env);
-    let spec = src_env.microvm(256);
-    let vm = src.launch(&spec).await.expect("launch source");
-    let mut con = src_env.console(spec.id);
-    con.wait_for(READY_LINE, BOOT).await;
-    con.send(COUNTER).await;
-    con.wait_for("TICK-3", Duration::from_secs(20)).await;
+    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
+    let (spec, vm, mut con) = counting_guest(&src_env, &src).await;
 
     let addr = free_addr();
     let mut dspec = spec.clone();

@@ -184,10 +184,12 @@ async fn a_guest_moves_with_its_local_data_disk_and_writes_made_during_the_copy(
     dspec.incoming = Some(Incoming::Tcp(mig));
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![VOL.to_string()];
-    dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
     // Serving a running guest's disks is refused.
     assert!(matches!(
-        vm.export_disks(free_addr(), &disks).await,
+        vm.export_disks(&Incoming::Tcp(free_addr()), &disks).await,
         Err(DriverError::Invalid(_))
     ));
 
@@ -265,8 +267,12 @@ async fn a_guest_booted_from_a_disk_image_moves_with_its_overlay_only() {
     dspec.incoming = Some(Incoming::Tcp(mig));
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![ROOT_DISK.to_string()];
-    dvm.export_disks(nbd, &disks).await.expect("export");
-    dvm.export_disks(nbd, &disks).await.expect("export twice");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export twice");
     // Moving memory alone would leave the guest's writes behind in the local overlay.
     let refused = vm
         .migrate(&MigrationTarget::Tcp(mig), &MigrationParams::default())
@@ -363,7 +369,9 @@ async fn a_throttled_disk_copy_is_cancelled_and_the_source_keeps_running_on_its_
     dspec.incoming = Some(Incoming::Tcp(mig));
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![VOL.to_string()];
-    dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
 
     // 512 KiB/s: QEMU copies a first burst of 16 MiB (its mirror buffer), then waits 32 s
     // before the next; the 48 MiB of data (zeros cost nothing) are far from done at the cancel.
@@ -429,7 +437,9 @@ async fn a_throttled_disk_copy_is_cancelled_and_the_source_keeps_running_on_its_
         .unwrap();
     dspec.incoming = Some(Incoming::Tcp(mig));
     let dvm = dst.launch(&dspec).await.expect("relaunch destination");
-    dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
     move_vm(&vm, &disks, nbd, mig).await;
     wait_state(&dvm, RuntimeState::Running, Duration::from_secs(10)).await;
     dvm.unexport_disks().await.expect("unexport");
@@ -461,7 +471,9 @@ async fn a_disk_copy_that_breaks_before_the_switch_over_keeps_the_guest_here() {
     dspec.incoming = Some(Incoming::Tcp(mig));
     let dvm = dst.launch(&dspec).await.expect("launch destination");
     let disks = vec![VOL.to_string()];
-    dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
     vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, None)
         .await
         .expect("mirror");

@@ -166,7 +166,9 @@ async fn a_guest_and_its_local_disk_move_over_mutually_authenticated_tls() {
     let (dqvm, _) = dst.launch_qemu(&dspec).await.expect("launch destination");
     let dvm: DynVmHandle = dqvm.clone();
     let disks = vec![VOL.to_string()];
-    dvm.export_disks(nbd, &disks).await.expect("export");
+    dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export");
     assert_eq!(
         tls_params(&dqvm).await.0,
         "mig-tls-server",
@@ -217,7 +219,9 @@ async fn a_guest_and_its_local_disk_move_over_mutually_authenticated_tls() {
     let mut back = spec.clone();
     back.incoming = Some(Incoming::Tcp(mig));
     let home = src.launch(&back).await.expect("launch the way back");
-    home.export_disks(nbd, &disks).await.expect("export back");
+    home.export_disks(&Incoming::Tcp(nbd), &disks)
+        .await
+        .expect("export back");
     dvm.mirror_disks(&to(nbd, "host-a"), &disks, None)
         .await
         .expect("mirror back");

@@ -651,7 +651,9 @@ impl BareHosts {
         let mut disk_bytes = 0;
         if disk {
             let nbd = self.free_addr(to).await;
-            dvm.export_disks(nbd, &disks).await.expect("export");
+            dvm.export_disks(&Incoming::Tcp(nbd), &disks)
+                .await
+                .expect("export");
             vm.mirror_disks(&MigrationTarget::Tcp(nbd), &disks, None)
                 .await
                 .expect("mirror");

@@ -3,16 +3,17 @@
 //! data directory; later runs start from that identity. VMs keep running when the agent stops
 //! or the control plane is unreachable; the agent reconnects with back-off. Live migrations
 //! between hosts are authenticated and encrypted with the identity's certificate
-//! (`panal_agent::remote::migration_tls`).
+//! (`panal_agent::remote::migration_tunnel`).
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use panal_agent::inventory::PoolDir;
-use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink, migration_tls};
+use panal_agent::remote::migration_tunnel::Migrations;
+use panal_agent::remote::{AgentIdentity, RemoteImages, RemoteLink};
 use panal_agent::{Agent, AgentConfig};
 use panal_driver::DynDriver;
 use panal_driver::fake::{FakeConfig, FakeDriver, FakeWorld};
-use panal_driver::qemu::{GuestImage, MigrationTls, QemuConfig, QemuDriver};
+use panal_driver::qemu::{GuestImage, QemuConfig, QemuDriver};
 use panal_types::Name;
 use panal_types::vm::MachineProfile;
 use std::path::PathBuf;
@@ -190,12 +191,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     cfg.migration_patience = Duration::from_secs(args.migration_patience);
     if args.fake.is_none() {
-        cfg.migration_address = Some(match args.migration_address {
+        let address = match args.migration_address {
             Some(a) => a,
             None => local_address_towards(&id.endpoints())
                 .context("pass --migration-address")?
                 .into(),
-        });
+        };
+        // Migrations between hosts travel only through the agents' TLS tunnel, with this
+        // host's certificate.
+        cfg.migrations = Migrations::tunnel(address, &args.data_dir.join("migrations"), &id);
+        match &cfg.migrations {
+            Migrations::Refused { why, .. } => {
+                tracing::warn!("live migrations to and from this host are refused: {why}");
+            }
+            m => tracing::info!(channel = ?m, "live migrations use the agents' TLS tunnel"),
+        }
+        // QEMU's own TLS credentials, which agents before the tunnel wrote: a copy of the
+        // private key that nothing reads any more.
+        let _ = std::fs::remove_dir_all(args.data_dir.join("migration-tls"));
     }
     if !args.no_networks && args.fake.is_none() {
         let tunnel_address = match args.tunnel_address {
@@ -214,15 +227,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     } else {
         let mut qcfg = QemuConfig::new(args.data_dir.join("qemu"));
         qcfg.cgroup_prefix = args.cgroup_prefix.clone();
-        // Migrations between hosts travel only over TLS with this host's certificate.
-        qcfg.migration_tls =
-            migration_tls::materialise(&id, &args.data_dir.join(migration_tls::DIR));
-        match &qcfg.migration_tls {
-            MigrationTls::Unavailable(why) => {
-                tracing::warn!("live migrations to and from this host are refused: {why}");
-            }
-            tls => tracing::info!(credentials = ?tls, "live migrations use TLS"),
-        }
         if let Some(g) = args
             .guest_dir
             .as_deref()

@@ -10,7 +10,7 @@ mod identity;
 mod images;
 mod join;
 mod link;
-pub mod migration_tls;
+pub mod migration_tunnel;
 mod private_files;
 mod transfer;
 

@@ -6,13 +6,13 @@
 //! Exporting activates the node early (QEMU keeps an incoming VM's disks inactive until the
 //! migration ends, for shared storage), which is what lets the mirror write while the memory
 //! migration is still to come. Export ids are `exp-<disk id>`; only ours are ever removed. With
-//! migration TLS (`tls.rs`) the NBD server speaks only TLS, with the destination's credentials.
+//! migration TLS (`tls.rs`) an NBD server on TCP speaks only TLS, with the destination's
+//! credentials; one on a Unix socket is the caller's to secure.
 
 use super::disk_mirror::{check_disk_ids, source_node};
 use super::handle::QemuVm;
-use crate::DriverError;
+use crate::{DriverError, Endpoint, Incoming};
 use serde_json::json;
-use std::net::SocketAddr;
 
 const EXPORT_PREFIX: &str = "exp-";
 
@@ -21,11 +21,7 @@ fn export_id(disk: &str) -> String {
 }
 
 impl QemuVm {
-    pub(super) async fn export(
-        &self,
-        addr: SocketAddr,
-        disks: &[String],
-    ) -> Result<(), DriverError> {
+    pub(super) async fn export(&self, at: &Incoming, disks: &[String]) -> Result<(), DriverError> {
         check_disk_ids(disks)?;
         let status = self.run_status().await?;
         if status != "inmigrate" {
@@ -34,19 +30,21 @@ impl QemuVm {
                 "only a VM waiting for an incoming migration serves its disks (QEMU state {status})"
             )));
         }
-        let r = self.add_exports(addr, disks).await;
+        let r = self.add_exports(at.endpoint(), disks).await;
         if r.is_err() {
             let _ = self.unexport().await;
         }
         r
     }
 
-    async fn add_exports(&self, addr: SocketAddr, disks: &[String]) -> Result<(), DriverError> {
-        let mut server = json!({ "addr": { "type": "inet", "data": {
-            "host": addr.ip().to_string(),
-            "port": addr.port().to_string(),
-        }}});
-        if let Some(creds) = self.server_tls().await? {
+    async fn add_exports(&self, at: Endpoint<'_>, disks: &[String]) -> Result<(), DriverError> {
+        // `nbd-server-start` takes the older, nested form of a socket address.
+        let mut addr = super::migrate::socket_address(at);
+        let kind = addr.as_object_mut().and_then(|o| o.remove("type"));
+        let mut server = json!({ "addr": { "type": kind, "data": addr } });
+        if let Endpoint::Tcp(_) = at
+            && let Some(creds) = self.server_tls().await?
+        {
             // Only a source with a certificate from the same CA may connect.
             server["tls-creds"] = creds.into();
         }

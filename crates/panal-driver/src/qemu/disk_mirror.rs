@@ -39,7 +39,6 @@ use super::qmp::Qmp;
 use super::tls::ClientTls;
 use crate::{DiskMirrorStatus, DriverError, MigrationTarget, ROOT_DISK};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -311,7 +310,10 @@ impl QemuVm {
         max_bandwidth: Option<u64>,
     ) -> Result<(), DriverError> {
         check_disk_ids(disks)?;
-        let tls = self.client_tls(to).await?;
+        let tls = match to {
+            MigrationTarget::Unix(_) => None,
+            _ => self.client_tls(to).await?,
+        };
         if max_bandwidth == Some(0) {
             return Err(DriverError::Invalid(
                 "a bandwidth limit of 0 would never finish".into(),
@@ -337,7 +339,7 @@ impl QemuVm {
                 None => {}
             }
             if let Err(e) = self
-                .start_mirror(qmp, to.addr(), tls.as_ref(), disk, max_bandwidth)
+                .start_mirror(qmp, to.endpoint(), tls.as_ref(), disk, max_bandwidth)
                 .await
             {
                 // All or nothing: a partial set would make `migrate` move some disks only.
@@ -352,7 +354,7 @@ impl QemuVm {
     async fn start_mirror(
         &self,
         qmp: &Qmp,
-        to: SocketAddr,
+        to: crate::Endpoint<'_>,
         tls: Option<&ClientTls>,
         disk: &str,
         max_bandwidth: Option<u64>,
@@ -366,11 +368,7 @@ impl QemuVm {
         let mut node = json!({
             "driver": "nbd",
             "node-name": target,
-            "server": {
-                "type": "inet",
-                "host": to.ip().to_string(),
-                "port": to.port().to_string(),
-            },
+            "server": super::migrate::socket_address(to),
             "export": disk,
         });
         if let Some(t) = tls {

@@ -451,11 +451,11 @@ impl VmHandle for QemuVm {
 
     async fn export_disks(
         &self,
-        addr: std::net::SocketAddr,
+        at: &crate::Incoming,
         disks: &[String],
     ) -> Result<(), DriverError> {
         self.live()?;
-        self.export(addr, disks).await
+        self.export(at, disks).await
     }
 
     async fn unexport_disks(&self) -> Result<(), DriverError> {

@@ -14,15 +14,17 @@
 //! is paused and before the destination may run it; without, that capability is turned off, so
 //! nothing carries over from an earlier attempt.
 //!
-//! With migration TLS configured (`tls.rs`), both sides set `tls-creds` before they listen or
-//! send, and the source `tls-hostname` (the destination host's name); without, the source sets
-//! both empty (plain TCP), again so that nothing carries over.
+//! Over TCP with migration TLS configured (`tls.rs`), both sides set `tls-creds` before they
+//! listen or send, and the source `tls-hostname` (the destination host's name); without (plain
+//! TCP, or a Unix socket whose listener is the caller's tunnel) the source sets both empty,
+//! again so that nothing carries over.
 
 use super::disk_mirror;
 use super::handle::QemuVm;
 use super::tls::Side;
 use crate::{
-    DriverError, Incoming, MigrationParams, MigrationPhase, MigrationStatus, MigrationTarget,
+    DriverError, Endpoint, Incoming, MigrationParams, MigrationPhase, MigrationStatus,
+    MigrationTarget,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,9 +40,24 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The failure reason when QEMU gives none.
 const NO_REASON: &str = "no reason given";
 
-fn uri(addr: &std::net::SocketAddr) -> String {
-    // `SocketAddr` prints IPv6 in brackets, which is what QEMU's `tcp:` URI expects.
-    format!("tcp:{addr}")
+fn uri(at: Endpoint<'_>) -> String {
+    match at {
+        // `SocketAddr` prints IPv6 in brackets, which is what QEMU's `tcp:` URI expects.
+        Endpoint::Tcp(addr) => format!("tcp:{addr}"),
+        Endpoint::Unix(path) => format!("unix:{}", path.display()),
+    }
+}
+
+/// QMP's (flat) `SocketAddress` for `at`.
+pub(super) fn socket_address(at: Endpoint<'_>) -> Value {
+    match at {
+        Endpoint::Tcp(addr) => json!({
+            "type": "inet",
+            "host": addr.ip().to_string(),
+            "port": addr.port().to_string(),
+        }),
+        Endpoint::Unix(path) => json!({ "type": "unix", "path": path }),
+    }
 }
 
 fn validate(p: &MigrationParams) -> Result<(), DriverError> {
@@ -111,9 +128,12 @@ fn parse_status(q: &Value) -> MigrationStatus {
 impl QemuVm {
     /// On a QEMU started with `-incoming defer`: starts listening for the migration stream.
     pub(super) async fn listen_incoming(&self, incoming: &Incoming) -> Result<(), DriverError> {
-        let Incoming::Tcp(addr) = incoming;
         // Before `migrate-incoming`: QEMU takes the channel's parameters when it starts to listen.
-        let creds = self.server_tls().await?;
+        // A Unix socket is the caller's tunnel, which carries its own TLS.
+        let creds = match incoming {
+            Incoming::Tcp(_) => self.server_tls().await?,
+            Incoming::Unix(_) => None,
+        };
         if let Some(creds) = creds {
             self.qmp(
                 "migrate-set-parameters",
@@ -121,10 +141,14 @@ impl QemuVm {
             )
             .await?;
         }
-        self.confirm_tls(Side::Destination, creds, None).await?;
-        self.qmp("migrate-incoming", Some(json!({ "uri": uri(addr) })))
-            .await
-            .map(drop)
+        self.confirm_tls(Side::Destination, creds, None, incoming.endpoint())
+            .await?;
+        self.qmp(
+            "migrate-incoming",
+            Some(json!({ "uri": uri(incoming.endpoint()) })),
+        )
+        .await
+        .map(drop)
     }
 
     pub(super) async fn start_migration(
@@ -139,7 +163,10 @@ impl QemuVm {
                 "the VM cannot migrate from here (QEMU state {status})"
             )));
         }
-        let tls = self.client_tls(to).await?;
+        let tls = match to {
+            MigrationTarget::Unix(_) => None,
+            _ => self.client_tls(to).await?,
+        };
         let disks = self.mirrors_ready().await?;
         // A new attempt: an earlier refusal no longer explains anything.
         *self.switch_lock().lock().await = None;
@@ -149,6 +176,11 @@ impl QemuVm {
                 { "capability": "auto-converge", "state": p.auto_converge },
                 { "capability": "pause-before-switchover", "state": !disks.is_empty() },
                 { "capability": "postcopy-ram", "state": p.post_copy },
+                // The destination acknowledges that it has loaded the state (and runs the
+                // guest) before the source counts the migration completed: a stream cut after
+                // the last byte left (a relay dying with data in its buffers) fails the
+                // migration and resumes the guest here, instead of leaving it nowhere.
+                { "capability": "return-path", "state": true },
             ]})),
         )
         .await?;
@@ -167,9 +199,10 @@ impl QemuVm {
             Side::Source,
             tls.as_ref().map(|t| t.creds),
             tls.as_ref().map(|t| t.hostname.as_str()),
+            to.endpoint(),
         )
         .await?;
-        self.qmp("migrate", Some(json!({ "uri": uri(&to.addr()) })))
+        self.qmp("migrate", Some(json!({ "uri": uri(to.endpoint()) })))
             .await?;
         if !disks.is_empty() {
             disk_mirror::spawn_switchover_task(

@@ -138,6 +138,7 @@ impl QemuVm {
         side: Side,
         creds: Option<&str>,
         hostname: Option<&str>,
+        at: crate::Endpoint<'_>,
     ) -> Result<(), DriverError> {
         let p = self
             .qmp_session()
@@ -166,6 +167,12 @@ impl QemuVm {
             tracing::info!(
                 vm = %crate::VmHandle::id(self),
                 "{way} migration channel: TLS (QEMU tls-creds {got_creds}{checks})"
+            );
+        } else if let crate::Endpoint::Unix(path) = at {
+            tracing::info!(
+                vm = %crate::VmHandle::id(self),
+                "{way} migration channel: Unix socket {} (the caller's tunnel)",
+                path.display()
             );
         } else {
             tracing::info!(vm = %crate::VmHandle::id(self), "{way} migration channel: plain TCP");
