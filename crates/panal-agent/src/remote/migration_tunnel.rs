@@ -31,14 +31,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// A peer that has not finished the handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The copy buffer each way: large reads let rustls fill whole 16 KiB records.
+/// The copy buffer each way (large reads let rustls fill whole 16 KiB records), and the read
+/// buffer under TLS: rustls reads at most 4 KiB from its transport per call, which straight
+/// from the socket was a system call per 4 KiB of guest memory.
 const BUFFER: usize = 256 << 10;
 /// The longest path a Unix socket address holds (`sun_path`, with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -320,6 +322,7 @@ async fn carry_in(
     to: PathBuf,
 ) {
     let _ = tcp.set_nodelay(true);
+    let tcp = BufReader::with_capacity(BUFFER, tcp);
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -367,7 +370,7 @@ async fn carry_out(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let handshake = connector.connect(name, tcp);
+    let handshake = connector.connect(name, BufReader::with_capacity(BUFFER, tcp));
     let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
