@@ -242,7 +242,13 @@ impl Tunnel {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((tcp, from)) = accepted else { continue };
+                        let (tcp, from) = match accepted {
+                            Ok(c) => c,
+                            Err(e) => {
+                                accept_failed(e).await;
+                                continue;
+                            }
+                        };
                         carried.spawn(carry_in(acceptor.clone(), tcp, from, peer.clone(), to.clone()));
                     }
                     Some(_) = carried.join_next() => {}
@@ -276,7 +282,13 @@ impl Tunnel {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((local, _)) = accepted else { continue };
+                        let local = match accepted {
+                            Ok((s, _)) => s,
+                            Err(e) => {
+                                accept_failed(e).await;
+                                continue;
+                            }
+                        };
                         carried.spawn(carry_out(
                             connector.clone(),
                             local,
@@ -388,6 +400,13 @@ async fn carry_out(
         describe(tls.get_ref().1)
     );
     pipe(&mut local, &mut tls).await;
+}
+
+/// A failed accept (out of file descriptors, typically) is retried after a pause, not at once:
+/// an immediate retry would fail again and spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "migration tunnel: accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 async fn pipe<A, B>(a: &mut A, b: &mut B)
