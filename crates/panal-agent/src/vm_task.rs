@@ -676,6 +676,13 @@ impl VmTask {
         {
             return;
         }
+        if already_recorded(vm, &r) {
+            // E.g. a VM created stopped, which the scheduler recorded as stopped when it
+            // placed it: the report would rewrite the record unchanged.
+            self.last_report = Some(r);
+            self.last_report_for = vm.revision;
+            return;
+        }
         match self.ctx.link.report(&self.ctx.host, r.clone()).await {
             Ok(()) => {
                 r.event = None;
@@ -685,6 +692,22 @@ impl VmTask {
             Err(e) => tracing::warn!(vm = %vm.id, error = %e, "status report failed"),
         }
     }
+}
+
+/// Whether the record already says all that `r` would write, with no operation or migration
+/// waiting on a report.
+fn already_recorded(vm: &Vm, r: &VmStatusReport) -> bool {
+    let s = &vm.status;
+    r.event.is_none()
+        && !r.stopped_by_guest
+        && !r.cleaned_up
+        && s.operation.is_none()
+        && s.migration.is_none()
+        && s.phase == r.phase
+        && s.reason == r.reason
+        && s.observed_generation == r.observed_generation
+        && s.observed_restart_nonce == r.observed_restart_nonce
+        && s.restarts == r.restarts
 }
 
 /// A volume's file, grown to the size the spec asks (it may have been resized while the VM was

@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use panal_store::{Compare, Op, Txn, WatchEvent, WatchStream};
 use panal_types::host::{Host, HostAllocation};
 use panal_types::operation::{Operation, OperationState, Progress};
-use panal_types::vm::{Vm, VmPhase};
+use panal_types::vm::{PowerState, Vm, VmPhase};
 use panal_types::{ApiError, ErrorCode, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -218,6 +218,56 @@ async fn fail_operation(app: &App, vm: &mut Vm, why: &str) -> Option<Op> {
     Some(Op::put(&op_key, encode(&failed)))
 }
 
+/// VMs placed with a stopped spec need nothing from their host until they start: they are what
+/// their spec asks for once placed. Recording them stopped (and settling their create) in the
+/// placement spares each a second rewrite by its agent's report, a third of the writes of a
+/// burst of creates on etcd. Their operations are read in one go; if that fails they stay
+/// `Scheduled` and the agent's report settles them, as for any other VM.
+async fn settle_stopped(app: &App, mut txn: Txn, placed: &mut [(String, Vm)]) -> Txn {
+    let stopped: Vec<usize> = (0..placed.len())
+        .filter(|&i| placed[i].1.spec.power_state == PowerState::Stopped)
+        .collect();
+    let op_keys: Vec<String> = stopped
+        .iter()
+        .filter_map(|&i| placed[i].1.status.operation.map(|o| keys::op(&o)))
+        .collect();
+    let Ok(ops) = app.repo().get_many::<Operation>(&op_keys).await else {
+        return txn;
+    };
+    let mut ops = op_keys.into_iter().zip(ops);
+    for i in stopped {
+        let vm = &mut placed[i].1;
+        vm.status.phase = VmPhase::Stopped;
+        vm.status.observed_generation = vm.generation;
+        vm.status.observed_restart_nonce = vm.spec.restart_nonce;
+        if vm.status.operation.is_none() {
+            continue;
+        }
+        let Some((op_key, Some(op))) = ops.next() else {
+            vm.status.operation = None;
+            continue;
+        };
+        if op.value.state.is_final() {
+            vm.status.operation = None;
+            continue;
+        }
+        if let Some((state, error, progress)) = crate::app::settle(&op.value, vm) {
+            let mut next = op.value;
+            next.state = state;
+            next.error = error;
+            next.progress = progress;
+            next.updated_at = chrono::Utc::now();
+            if state.is_final() {
+                vm.status.operation = None;
+            }
+            txn = txn
+                .when(Compare::unchanged(&op_key, op.mod_revision))
+                .and_then(Op::put(&op_key, encode(&next)));
+        }
+    }
+    txn
+}
+
 async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
     let batch = batch_size(app.repo().store().as_ref());
     let keys_batch: Vec<String> = st.queue.keys().take(batch).cloned().collect();
@@ -295,7 +345,6 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
                     "Scheduled",
                     format!("placed on {host_name}: {}", choice.explanation),
                 );
-                txn = txn.and_then(Op::put(key, encode(&vm)));
                 placed.push((key.clone(), vm));
             }
             Err(nofit) => {
@@ -312,6 +361,10 @@ async fn schedule(app: &App, st: &mut State) -> Result<(), String> {
     }
     if writes == 0 {
         return Ok(());
+    }
+    txn = settle_stopped(app, txn, &mut placed).await;
+    for (key, vm) in &placed {
+        txn = txn.and_then(Op::put(key, encode(vm)));
     }
     for &i in saved.keys() {
         // Encode the record with its new allocation in place: cloning whole host records
