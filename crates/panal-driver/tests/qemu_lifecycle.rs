@@ -196,7 +196,10 @@ async fn memory_resize_through_the_balloon_is_seen_by_the_guest() {
     let vm = d.launch(&spec).await.expect("launch");
     let mut con = env.console(spec.id);
     con.wait_for(READY_LINE, BOOT).await;
-    let before = meminfo_total_kib(&con.run("cat /proc/meminfo", Duration::from_secs(20)).await);
+    let before = meminfo_total_kib(
+        &con.run("grep MemTotal /proc/meminfo", Duration::from_secs(30))
+            .await,
+    );
 
     let out = vm
         .resize(&ResizeRequest {
@@ -206,7 +209,10 @@ async fn memory_resize_through_the_balloon_is_seen_by_the_guest() {
         .await
         .expect("resize");
     assert!(out.applied_live, "{out:?}");
-    let after = meminfo_total_kib(&con.run("cat /proc/meminfo", Duration::from_secs(20)).await);
+    let after = meminfo_total_kib(
+        &con.run("grep MemTotal /proc/meminfo", Duration::from_secs(30))
+            .await,
+    );
     assert!(
         before - after > 80 * 1024,
         "MemTotal {before} -> {after} KiB"
