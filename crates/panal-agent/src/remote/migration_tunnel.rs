@@ -259,7 +259,7 @@ impl Tunnel {
         Ok((
             addr,
             Relay {
-                socket: Some(to_removed),
+                socket: to_removed,
                 task,
             },
         ))
@@ -301,17 +301,14 @@ impl Tunnel {
                 }
             }
         });
-        Ok(Relay {
-            socket: Some(at),
-            task,
-        })
+        Ok(Relay { socket: at, task })
     }
 }
 
 /// One side's listener and the connections it carries; all closed when dropped.
 pub struct Relay {
     /// The Unix socket removed with it.
-    socket: Option<PathBuf>,
+    socket: PathBuf,
     task: JoinHandle<()>,
 }
 
@@ -319,9 +316,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // Aborting the listener's task drops its set of connections, which aborts them.
         self.task.abort();
-        if let Some(s) = &self.socket {
-            let _ = std::fs::remove_file(s);
-        }
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 

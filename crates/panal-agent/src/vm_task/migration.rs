@@ -19,6 +19,19 @@ pub(super) struct MigrationWork {
     _relays: Vec<crate::remote::migration_tunnel::Relay>,
 }
 
+impl MigrationWork {
+    /// Work on `operation` with nothing running for it (yet).
+    fn idle(operation: panal_types::OperationId) -> Self {
+        MigrationWork {
+            operation,
+            created: Vec::new(),
+            cancel: None,
+            _job: None,
+            _relays: Vec::new(),
+        }
+    }
+}
+
 impl VmTask {
     /// The migration bringing the VM to this host, while it is not placed here yet.
     pub(super) fn incoming_migration(
@@ -74,13 +87,7 @@ impl VmTask {
             } else {
                 format!("the target's address {:?} is not usable", m.destination)
             };
-            self.migration = Some(MigrationWork {
-                operation: m.operation,
-                created: Vec::new(),
-                cancel: None,
-                _job: None,
-                _relays: Vec::new(),
-            });
+            self.migration = Some(MigrationWork::idle(m.operation));
             reporter.send(MigrationEvent::Aborted { reason: why }).await;
             return;
         };
@@ -88,13 +95,7 @@ impl VmTask {
             ([], _) => None,
             (ids, Some(Ok(addr))) => Some((addr, ids.to_vec())),
             (_, _) => {
-                self.migration = Some(MigrationWork {
-                    operation: m.operation,
-                    created: Vec::new(),
-                    cancel: None,
-                    _job: None,
-                    _relays: Vec::new(),
-                });
+                self.migration = Some(MigrationWork::idle(m.operation));
                 let why = format!(
                     "the target serves no usable disk address ({:?})",
                     m.disk_destination
@@ -115,11 +116,9 @@ impl VmTask {
         };
         let job = tokio::spawn(vm_migration::send(h, reporter, plan, rx));
         self.migration = Some(MigrationWork {
-            operation: m.operation,
-            created: Vec::new(),
             cancel: Some(tx),
             _job: Some(vm_migration::Job(job)),
-            _relays: Vec::new(),
+            ..MigrationWork::idle(m.operation)
         });
     }
 
@@ -143,16 +142,13 @@ impl VmTask {
         if let Some(h) = self.handle.clone() {
             if m.destination.is_some() {
                 // Re-attached after an agent restart, its address already recorded.
+                // Its relays died with the agent, and with them the stream: the source fails
+                // the migration, or it had completed already.
                 self.migration = Some(MigrationWork {
-                    operation: m.operation,
-                    created: Vec::new(),
-                    cancel: None,
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,
                     )))),
-                    // Its relays died with the agent, and with them the stream: the source
-                    // fails the migration, or it had completed already.
-                    _relays: Vec::new(),
+                    ..MigrationWork::idle(m.operation)
                 });
                 return;
             }
@@ -160,13 +156,7 @@ impl VmTask {
             let _ = h.kill().await;
             self.handle = None;
         }
-        self.migration = Some(MigrationWork {
-            operation: m.operation,
-            created: Vec::new(),
-            cancel: None,
-            _job: None,
-            _relays: Vec::new(),
-        });
+        self.migration = Some(MigrationWork::idle(m.operation));
         let failed = |reason: String| MigrationEvent::DestinationFailed { reason };
         if m.step != MigrationStep::Preparing {
             reporter
@@ -248,13 +238,12 @@ impl VmTask {
                 reporter.send(listening).await;
                 let created = self.migration.take().map(|w| w.created).unwrap_or_default();
                 self.migration = Some(MigrationWork {
-                    operation: m.operation,
                     created,
-                    cancel: None,
                     _job: Some(vm_migration::Job(tokio::spawn(vm_migration::receive(
                         h, reporter,
                     )))),
                     _relays: relays,
+                    ..MigrationWork::idle(m.operation)
                 });
             }
             Err(e) => {

@@ -3,7 +3,6 @@
 //! operation that waited for them), and the final removal of deleted VMs.
 
 use super::App;
-use super::operations::settle;
 use crate::codec::encode;
 use crate::keys;
 use crate::repo::Versioned;
@@ -205,22 +204,7 @@ pub(super) fn plan_report(
     if let Some(op_id) = vm.status.operation
         && let Some(op) = op.filter(|o| o.value.id == op_id)
     {
-        if op.value.state.is_final() {
-            vm.status.operation = None;
-        } else if let Some((state, error, progress)) = settle(&op.value, &vm) {
-            let op_key = keys::op(&op_id);
-            let mut next = op.value;
-            next.state = state;
-            next.error = error;
-            next.progress = progress;
-            next.updated_at = chrono::Utc::now();
-            if state.is_final() {
-                vm.status.operation = None;
-            }
-            txn = txn
-                .when(Compare::unchanged(&op_key, op.mod_revision))
-                .and_then(Op::put(&op_key, encode(&next)));
-        }
+        txn = super::settle_into(txn, &mut vm, op);
     }
     Ok(ReportPlan::Write(txn.and_then(Op::put(&key, encode(&vm)))))
 }

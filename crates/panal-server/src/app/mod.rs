@@ -32,7 +32,7 @@ mod volumes;
 pub use agents::link_error;
 pub use events::EventStream;
 pub use images::ImageFiles;
-pub use operations::settle;
+pub use operations::{settle, settle_into};
 pub use volumes::{MAX_VOLUME_BYTES, MAX_VOLUMES_PER_VM};
 
 use crate::repo::Repo;

@@ -3,9 +3,9 @@
 
 use super::{App, next_token, page_bounds};
 use crate::keys;
-use crate::repo::store_error;
+use crate::repo::{Versioned, store_error};
 use futures::StreamExt;
-use panal_store::WatchEvent;
+use panal_store::{Compare, Op, Txn, WatchEvent};
 use panal_types::operation::{Operation, OperationKind, OperationState, Progress};
 use panal_types::page::Page;
 use panal_types::vm::{PowerState, Vm, VmPhase};
@@ -84,6 +84,30 @@ impl App {
         }
         Ok(latest)
     }
+}
+
+/// Adds to `txn` what `vm`'s operation `op` (as read) comes to given the VM: its settled state
+/// (compared with what was read), or nothing while it goes on; the VM lets go of an operation
+/// that has ended.
+pub fn settle_into(txn: Txn, vm: &mut Vm, op: Versioned<Operation>) -> Txn {
+    if op.value.state.is_final() {
+        vm.status.operation = None;
+        return txn;
+    }
+    let Some((state, error, progress)) = settle(&op.value, vm) else {
+        return txn;
+    };
+    let op_key = keys::op(&op.value.id);
+    let mut next = op.value;
+    next.state = state;
+    next.error = error;
+    next.progress = progress;
+    next.updated_at = chrono::Utc::now();
+    if state.is_final() {
+        vm.status.operation = None;
+    }
+    txn.when(Compare::unchanged(&op_key, op.mod_revision))
+        .and_then(Op::put(&op_key, crate::codec::encode(&next)))
 }
 
 /// What an operation's state should become given the VM it acts on; `None` while it goes on.

@@ -234,7 +234,7 @@ async fn settle_stopped(app: &App, mut txn: Txn, placed: &mut [(String, Vm)]) ->
     let Ok(ops) = app.repo().get_many::<Operation>(&op_keys).await else {
         return txn;
     };
-    let mut ops = op_keys.into_iter().zip(ops);
+    let mut ops = ops.into_iter();
     for i in stopped {
         let vm = &mut placed[i].1;
         vm.status.phase = VmPhase::Stopped;
@@ -243,26 +243,9 @@ async fn settle_stopped(app: &App, mut txn: Txn, placed: &mut [(String, Vm)]) ->
         if vm.status.operation.is_none() {
             continue;
         }
-        let Some((op_key, Some(op))) = ops.next() else {
-            vm.status.operation = None;
-            continue;
-        };
-        if op.value.state.is_final() {
-            vm.status.operation = None;
-            continue;
-        }
-        if let Some((state, error, progress)) = crate::app::settle(&op.value, vm) {
-            let mut next = op.value;
-            next.state = state;
-            next.error = error;
-            next.progress = progress;
-            next.updated_at = chrono::Utc::now();
-            if state.is_final() {
-                vm.status.operation = None;
-            }
-            txn = txn
-                .when(Compare::unchanged(&op_key, op.mod_revision))
-                .and_then(Op::put(&op_key, encode(&next)));
+        match ops.next() {
+            Some(Some(op)) => txn = crate::app::settle_into(txn, vm, op),
+            _ => vm.status.operation = None,
         }
     }
     txn
