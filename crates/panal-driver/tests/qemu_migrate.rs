@@ -1,14 +1,15 @@
 //! Real-QEMU (TCG) live migration tests of the `qemu` driver: a guest moves between two QEMU
 //! processes over loopback TCP and keeps running on the destination, it moves between Unix
-//! sockets that the caller relays, and a throttled migration is cancelled with the guest still
-//! running on the source. Each side is its own "host": its
+//! sockets that the caller relays, a throttled migration is cancelled with the guest still
+//! running on the source, and a guest that does not converge sees its downtime limit start low
+//! and climb to the caller's, no further. Each side is its own "host": its
 //! own driver and state directory (one `Env` each), so both can hold the same VM id, and each
 //! `Env` kills its QEMUs on drop, also when an assertion fails.
 
 mod common;
 
 use common::{BOOT, Env, destination_driver, free_addr, wait_finished, wait_state};
-use panal_driver::qemu::READY_LINE;
+use panal_driver::qemu::{QemuVm, READY_LINE};
 use panal_driver::{
     Driver, DriverError, Incoming, MigrationParams, MigrationPhase, MigrationTarget, RuntimeState,
     VmExit,
@@ -181,28 +182,38 @@ async fn a_guest_migrates_between_unix_sockets_the_caller_relays() {
     dst.cleanup(spec.id).await.expect("cleanup destination");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
-    let src_env = Env::new();
-    let dst_env = Env::new();
-    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
-    let (spec, vm, mut con) = counting_guest(&src_env, &src).await;
-
+/// Launches `spec`'s incoming destination with `dst` and starts migrating `vm` there at
+/// `bandwidth` bytes/s (caller's limit 300 ms, no auto-converge). Returns the destination.
+async fn migrate_throttled(
+    vm: &panal_driver::DynVmHandle,
+    dst: &panal_driver::qemu::QemuDriver,
+    spec: &panal_driver::VmLaunch,
+    bandwidth: u64,
+) -> (panal_driver::VmLaunch, panal_driver::DynVmHandle) {
     let addr = free_addr();
     let mut dspec = spec.clone();
     dspec.incoming = Some(Incoming::Tcp(addr));
     let dvm = dst.launch(&dspec).await.expect("launch destination");
-
-    // 1 MiB/s: the guest's non-zero memory alone takes far longer than this test waits.
     let params = MigrationParams {
         downtime_limit: Duration::from_millis(300),
-        max_bandwidth: Some(1 << 20),
+        max_bandwidth: Some(bandwidth),
         auto_converge: false,
         post_copy: false,
     };
     vm.migrate(&MigrationTarget::Tcp(addr), &params)
         .await
         .expect("migrate");
+    (dspec, dvm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
+    let (spec, vm, mut con) = counting_guest(&src_env, &src).await;
+    // 1 MiB/s: the guest's non-zero memory alone takes far longer than this test waits.
+    let (mut dspec, dvm) = migrate_throttled(&vm, &dst, &spec, 1 << 20).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = vm.migration_status().await.expect("status");
@@ -247,4 +258,63 @@ async fn a_throttled_migration_is_cancelled_and_the_source_keeps_running() {
     wait_state(&dvm, RuntimeState::Running, Duration::from_secs(10)).await;
     vm.kill().await.unwrap();
     dvm.kill().await.unwrap();
+}
+
+/// QEMU's current `downtime-limit`, in ms.
+async fn downtime_limit(vm: &QemuVm) -> u64 {
+    let p = vm.qmp("query-migrate-parameters", None).await.unwrap();
+    p["downtime-limit"].as_u64().expect("downtime-limit")
+}
+
+/// A guest rewriting 16 MiB of random data in a loop, over a link too slow to send that in
+/// 30 ms: the driver starts at 30 ms and doubles the limit every two passes over memory, up to
+/// the caller's 300 ms and never beyond, whether or not the migration then converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_does_not_converge_raises_its_downtime_limit_to_the_callers() {
+    let src_env = Env::new();
+    let dst_env = Env::new();
+    let (src, dst) = (src_env.driver(), destination_driver(&dst_env));
+    let spec = src_env.microvm(256);
+    let (qvm, _) = src.launch_qemu(&spec).await.expect("launch source");
+    let vm: panal_driver::DynVmHandle = qvm.clone();
+    let mut con = src_env.console(spec.id);
+    con.wait_for(READY_LINE, BOOT).await;
+    con.send(
+        "dd if=/dev/urandom of=/root/seed bs=1M count=16 2>/dev/null; \
+         while true; do cp /root/seed /root/f; done &",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 32 MiB/s: 30 ms hold 1 MiB, 300 ms under 10 MiB, the guest rewrites 16 MiB all the time.
+    let (_, dvm) = migrate_throttled(&vm, &dst, &spec, 32 << 20).await;
+    let mut seen = vec![downtime_limit(&qvm).await];
+    assert_eq!(seen, [30], "a migration starts at 30 ms");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = vm.migration_status().await.expect("status");
+        let limit = downtime_limit(&qvm).await;
+        if seen.last() != Some(&limit) {
+            seen.push(limit);
+        }
+        if limit == 300 || s.phase.is_finished() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limits {seen:?}, {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        [30, 60, 120, 240, 300],
+        "each step doubles, up to the caller's"
+    );
+    // And no further, however long it goes on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(downtime_limit(&qvm).await, 300);
+
+    let s = vm.migration_status().await.expect("status");
+    if !s.phase.is_finished() {
+        vm.cancel_migration().await.expect("cancel");
+    }
+    let _ = dvm.kill().await;
+    vm.kill().await.unwrap();
 }

@@ -28,6 +28,8 @@ pub struct VmMigrate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// The longest the guest may be paused for the switch-over, in ms (default 300, 1–60000).
+    /// A ceiling: the migration first aims at 30 ms (or this, if lower) and doubles its aim
+    /// every two passes over memory that do not converge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_limit_ms: Option<i64>,
     /// Bytes per second the migration may use (default: unlimited; at least 1 MiB/s).

@@ -17,8 +17,9 @@
 //!    migration go on (`migrate-continue`). Only then does the destination get the device state
 //!    and run the guest, so it never runs on a disk that misses a write. If a job has failed by
 //!    then, the driver cancels the migration instead and the guest runs on here.
-//!    Two callers run that step, serialised by the handle's switch-over lock: a task that polls
-//!    `query-migrate` (so the paused guest does not wait for the caller's next poll), and
+//!    Two callers run that step, serialised by the handle's switch-over lock: a task woken by
+//!    QEMU's `MIGRATION` event (the `events` capability; with a 100 ms poll behind it), so the
+//!    paused guest waits neither for the caller's next poll nor for a polling interval, and
 //!    `migration_status` when it sees `pre-switchover` (so a re-attached handle, whose task died
 //!    with the old agent, still gets there).
 //! 4. Destination: `unexport_disks` once its migration has completed. (QEMU logs a harmless
@@ -34,21 +35,27 @@
 //! credentials and check that the destination's certificate names the destination host.
 
 use super::cmdline::{self, ROOT_NODE};
-use super::handle::QemuVm;
+use super::handle::{QemuVm, next_event};
 use super::qmp::Qmp;
 use super::tls::ClientTls;
 use crate::{DiskMirrorStatus, DriverError, MigrationTarget, ROOT_DISK};
 use serde_json::{Value, json};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::watch;
 
 const JOB_PREFIX: &str = "mirror-";
 
 /// How long jobs may take to wind down after a cancel (a ready job first copies what is dirty).
 const JOB_END_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often the switch-over task looks for `pre-switchover` (the guest is paused meanwhile).
-const SWITCHOVER_POLL: Duration = Duration::from_millis(20);
+/// How often the switch-over task looks for `pre-switchover` when no event of QEMU's comes
+/// first (the `MIGRATION` event normally wakes it at once).
+const SWITCHOVER_POLL: Duration = Duration::from_millis(100);
+
+/// The step for the jobs' end at the switch-over when no event comes first (the guest is
+/// paused meanwhile).
+const JOB_END_POLL: Duration = Duration::from_millis(20);
 
 /// The mirror job of a disk.
 fn job_id(disk: &str) -> String {
@@ -162,9 +169,13 @@ async fn target_nodes(qmp: &Qmp) -> Result<Vec<String>, DriverError> {
 
 /// Waits until none of our jobs is still running, then dismisses them all. Returns the errors
 /// of those that failed.
-async fn end_jobs(qmp: &Qmp) -> Result<Vec<String>, DriverError> {
+async fn end_jobs(
+    qmp: &Qmp,
+    events: &mut watch::Receiver<u64>,
+) -> Result<Vec<String>, DriverError> {
     let deadline = tokio::time::Instant::now() + JOB_END_TIMEOUT;
     loop {
+        events.mark_unchanged();
         let js = jobs(qmp).await?;
         if js.iter().all(|j| j.status == "concluded") {
             let mut failed = Vec::new();
@@ -183,7 +194,7 @@ async fn end_jobs(qmp: &Qmp) -> Result<Vec<String>, DriverError> {
                 JOB_END_TIMEOUT.as_secs()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        next_event(events, JOB_END_POLL).await;
     }
 }
 
@@ -205,6 +216,7 @@ pub(super) type SwitchLock = Arc<tokio::sync::Mutex<Option<String>>>;
 /// switch-over lock, whose content `refused` is.
 pub(super) async fn switch_over(
     qmp: &Qmp,
+    events: &mut watch::Receiver<u64>,
     refused: &mut Option<String>,
 ) -> Result<(), DriverError> {
     let m = qmp.execute("query-migrate", None).await?;
@@ -234,7 +246,7 @@ pub(super) async fn switch_over(
         )
         .await?;
     }
-    let failed = end_jobs(qmp).await?;
+    let failed = end_jobs(qmp, events).await?;
     if !failed.is_empty() {
         return refuse(qmp, refused, failed).await;
     }
@@ -279,10 +291,15 @@ async fn refuse(
 
 /// The task that runs [`switch_over`] as soon as the migration reaches `pre-switchover`. Ends
 /// with the migration, or when the handle (and so the QMP session) is dropped.
-pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: SwitchLock) {
+pub(super) fn spawn_switchover_task(
+    qmp: Weak<Qmp>,
+    lock: SwitchLock,
+    mut events: watch::Receiver<u64>,
+) {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(SWITCHOVER_POLL).await;
+            next_event(&mut events, SWITCHOVER_POLL).await;
+            events.mark_unchanged();
             let Some(qmp) = qmp.upgrade() else { return };
             let status = match qmp.execute("query-migrate", None).await {
                 Ok(m) => m["status"].as_str().unwrap_or("none").to_string(),
@@ -291,7 +308,7 @@ pub(super) fn spawn_switchover_task(qmp: Weak<Qmp>, lock: SwitchLock) {
             match status.as_str() {
                 "pre-switchover" => {
                     let mut refused = lock.lock().await;
-                    if let Err(e) = switch_over(&qmp, &mut refused).await {
+                    if let Err(e) = switch_over(&qmp, &mut events, &mut refused).await {
                         tracing::warn!(error = %e, "disk migration switch-over step failed");
                     }
                 }
@@ -474,7 +491,7 @@ impl QemuVm {
                 .await?;
             }
         }
-        end_jobs(qmp).await?;
+        end_jobs(qmp, &mut self.migration_events()).await?;
         delete_target_nodes(qmp).await
     }
 }

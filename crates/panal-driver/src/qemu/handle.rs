@@ -48,6 +48,10 @@ pub struct QemuVm {
     switch_lock: super::disk_mirror::SwitchLock,
     /// How its migrations are protected (the driver's configuration).
     migration_tls: super::MigrationTls,
+    /// Bumped by the watcher at each migration or job event of QEMU's: what the paused
+    /// switch-over (`disk_mirror.rs`) and the downtime limit's steps (`downtime_ramp.rs`) wait
+    /// on instead of a polling interval.
+    migration_events: watch::Receiver<u64>,
 }
 
 impl QemuVm {
@@ -68,9 +72,10 @@ impl QemuVm {
             killed: AtomicBool::new(false),
         });
         let qmp = Arc::new(qmp);
+        let (events_tx, migration_events) = watch::channel(0);
         tokio::spawn(watch_exit(
             Arc::downgrade(&qmp),
-            events,
+            (events, events_tx),
             pid,
             shared.clone(),
             cgroup.clone(),
@@ -86,6 +91,7 @@ impl QemuVm {
             cgroup,
             switch_lock: Arc::default(),
             migration_tls,
+            migration_events,
         })
     }
 
@@ -116,6 +122,13 @@ impl QemuVm {
 
     pub(super) fn switch_lock(&self) -> &super::disk_mirror::SwitchLock {
         &self.switch_lock
+    }
+
+    /// QEMU's migration and job events from now on (see [`next_event`]).
+    pub(super) fn migration_events(&self) -> watch::Receiver<u64> {
+        let mut rx = self.migration_events.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     pub(super) fn migration_tls(&self) -> &super::MigrationTls {
@@ -492,6 +505,16 @@ impl VmHandle for QemuVm {
     }
 }
 
+/// Waits for QEMU's next migration or job event (`events` from
+/// [`QemuVm::migration_events`]), at most `poll`: the events make the paused switch-over and
+/// the downtime limit's steps react at once, the poll is the fallback.
+pub(super) async fn next_event(events: &mut watch::Receiver<u64>, poll: Duration) {
+    if let Ok(Err(_)) = tokio::time::timeout(poll, events.changed()).await {
+        // The watcher has gone (QEMU exited): no event will come.
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// The last lines QEMU wrote to its log (`-D`), for a failure's reason.
 pub(super) fn log_tail(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -503,7 +526,7 @@ pub(super) fn log_tail(path: &std::path::Path) -> Option<String> {
 /// The watcher task (see the module header for its protocol).
 async fn watch_exit(
     qmp: Weak<Qmp>,
-    mut events: mpsc::UnboundedReceiver<QmpEvent>,
+    (mut events, migration_events): (mpsc::UnboundedReceiver<QmpEvent>, watch::Sender<u64>),
     pid: u32,
     shared: Arc<Shared>,
     cgroup: Option<VmCgroup>,
@@ -519,6 +542,9 @@ async fn watch_exit(
                     "GUEST_PANICKED" => panicked = true,
                     "SHUTDOWN" => {
                         shutdown_reason = ev.data.get("reason").and_then(Value::as_str).map(str::to_string);
+                    }
+                    "MIGRATION" | "MIGRATION_PASS" | "JOB_STATUS_CHANGE" => {
+                        migration_events.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     _ => {}
                 },

@@ -19,9 +19,9 @@
 //! TCP, or a Unix socket whose listener is the caller's tunnel) the source sets both empty,
 //! again so that nothing carries over.
 
-use super::disk_mirror;
 use super::handle::QemuVm;
 use super::tls::Side;
+use super::{disk_mirror, downtime_ramp};
 use crate::{
     DriverError, Endpoint, Incoming, MigrationParams, MigrationPhase, MigrationStatus,
     MigrationTarget,
@@ -168,6 +168,7 @@ impl QemuVm {
             _ => self.client_tls(to).await?,
         };
         let disks = self.mirrors_ready().await?;
+        let first_limit = downtime_ramp::first_limit(p.downtime_limit);
         // A new attempt: an earlier refusal no longer explains anything.
         *self.switch_lock().lock().await = None;
         self.qmp(
@@ -181,13 +182,18 @@ impl QemuVm {
                 // the last byte left (a relay dying with data in its buffers) fails the
                 // migration and resumes the guest here, instead of leaving it nowhere.
                 { "capability": "return-path", "state": true },
+                // `MIGRATION` and `MIGRATION_PASS` events: the switch-over starts the moment
+                // QEMU pauses for it, and the downtime limit is raised after each pass without
+                // polling (`downtime_ramp.rs`).
+                { "capability": "events", "state": true },
             ]})),
         )
         .await?;
         self.qmp(
             "migrate-set-parameters",
             Some(json!({
-                "downtime-limit": u64::try_from(p.downtime_limit.as_millis()).unwrap_or(u64::MAX),
+                // Low first, raised while memory does not converge (`downtime_ramp.rs`).
+                "downtime-limit": downtime_ramp::millis(first_limit),
                 "max-bandwidth": p.max_bandwidth.unwrap_or(UNTHROTTLED),
                 // Empty strings: plain TCP, so no TLS setting carries over from an earlier call.
                 "tls-creds": tls.as_ref().map_or("", |t| t.creds),
@@ -204,10 +210,17 @@ impl QemuVm {
         .await?;
         self.qmp("migrate", Some(json!({ "uri": uri(to.endpoint()) })))
             .await?;
+        downtime_ramp::spawn(
+            Arc::downgrade(self.qmp_session()),
+            self.migration_events(),
+            first_limit,
+            p.downtime_limit,
+        );
         if !disks.is_empty() {
             disk_mirror::spawn_switchover_task(
                 Arc::downgrade(self.qmp_session()),
                 self.switch_lock().clone(),
+                self.migration_events(),
             );
         }
         Ok(())
@@ -237,7 +250,12 @@ impl QemuVm {
             if q.phase == MigrationPhase::Device {
                 // At `pre-switchover` the switch-over task is normally at it already; after a
                 // re-attach it is gone. Either way nothing is left to do once this returns.
-                disk_mirror::switch_over(self.qmp_session(), &mut refused).await?;
+                disk_mirror::switch_over(
+                    self.qmp_session(),
+                    &mut self.migration_events(),
+                    &mut refused,
+                )
+                .await?;
                 q = parse_status(&self.qmp("query-migrate", None).await?);
             }
             if let (MigrationPhase::Failed(_) | MigrationPhase::Cancelled, Some(why)) =

@@ -7,6 +7,7 @@
 //! for the per-VM protocol, `cmdline.rs` for argument safety rules, `probe.rs` for how the
 //! accelerator is chosen, `disk_safety.rs` for the disk cache mode and the check after a crash,
 //! `migrate.rs` and `disk_mirror.rs` for live migration (memory, and local disks over NBD),
+//! `downtime_ramp.rs` for the downtime limit it aims for,
 //! `tls.rs` for its channel's TLS.
 
 mod cgroup;
@@ -15,6 +16,7 @@ mod disk_export;
 mod disk_mirror;
 mod disk_safety;
 mod disks;
+mod downtime_ramp;
 mod guest;
 mod handle;
 mod launch;
