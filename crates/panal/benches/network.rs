@@ -1,6 +1,6 @@
 //! Virtual-network benchmark (issue 7) with real QEMU guests on two network-namespace hosts: a
 //! `panal server` in the lab's gateway namespace and a `panal agent` in each host namespace
-//! (the harness of `tests/e2e_network.rs`), guests on one overlay network.
+//! (the harness of `tests/e2e/e2e_network.rs`), guests on one overlay network.
 //!
 //! 1. Guest-to-guest TCP throughput across hosts (over VXLAN) as a ratio of the same on one
 //!    host. Receiver `a` on host 0, senders `b` on host 1 (cross-host) and `c` on host 0

@@ -25,7 +25,7 @@ fn committed_openapi_matches_the_code() {
             .unwrap_or(committed.lines().count().min(generated.lines().count()));
         panic!(
             "openapi/panal.json has drifted from the code (first difference at line {}). \
-             Regenerate: PANAL_UPDATE_OPENAPI=1 cargo test -p panal --test openapi_drift",
+             Regenerate: PANAL_UPDATE_OPENAPI=1 cargo test -p panal --test api openapi_drift",
             first_diff + 1
         );
     }

@@ -5,7 +5,7 @@
 //!
 //! As in `api_networks.rs`, a simulated host that reports a tunnel address takes the VMs.
 
-mod common;
+use crate::common;
 
 use common::{TestPlatform, assert_err, call, eventually, start};
 use panal_types::Name;

@@ -4,8 +4,8 @@
 //! after restore while its processes keep running, and dropping a lab, also in a panicking test
 //! or thread, leaves no namespace, link or process behind; leftovers of dead runs are swept.
 
-mod common_e2e;
-mod common_netns;
+use crate::common_e2e;
+use crate::common_netns;
 
 use common_e2e::alive;
 use common_netns::NetLab;

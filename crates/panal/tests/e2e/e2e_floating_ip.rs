@@ -3,9 +3,9 @@
 //! namespace (the outside) reaches the guest's HTTP server through it, and after the VM is
 //! live-migrated to the other host it is reached again through the same address.
 
-mod common_e2e;
-mod common_netns;
-mod common_pool;
+use crate::common_e2e;
+use crate::common_netns;
+use crate::common_pool;
 
 use common_e2e::{Scratch, tiny, wait_vm};
 use common_netns::NetLab;

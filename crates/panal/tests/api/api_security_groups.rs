@@ -4,7 +4,7 @@
 //! The plan test registers a simulated host that reports a tunnel address, so that VMs with
 //! NICs are placed somewhere (the fake platform's own host carries no networks).
 
-mod common;
+use crate::common;
 
 use common::networks::*;
 use common::{assert_err, call};

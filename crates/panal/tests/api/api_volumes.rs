@@ -3,7 +3,7 @@
 //! full clones, delete; and every refusal of the storage issue's bad-input list that concerns
 //! volumes, each with its status, error code and field.
 
-mod common;
+use crate::common;
 
 use common::{TestPlatform, raw, start, wait_op};
 use panal_types::operation::OperationState;

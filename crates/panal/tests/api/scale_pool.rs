@@ -3,7 +3,7 @@
 //! real API and store; spread balance, zones, anti-affinity groups, host failure by lease
 //! expiry; and hundreds of concurrent creates at a nearly full pool that must never overbook.
 
-mod scale_sim;
+use crate::scale_sim;
 
 use panal_server::scheduler::{MEMORY_OVERCOMMIT_LABEL, Policy};
 use panal_types::host::HostState;

@@ -5,7 +5,7 @@
 //! bytes without changing its parent. A live snapshot of a VM's volumes is reverted; a
 //! hypervisor killed while its guest writes leaves a volume that passes `qemu-img check`.
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::console::Console;
 use common_e2e::{BOOT, E2e, READY_LINE, operation_ok, tiny, wait_log, wait_vm};

@@ -8,7 +8,7 @@
 //! fails with `url_refused`), a raw declared file whose header is qcow2, and qcow2 files with a
 //! backing file or an external data file. Refused imports leave no image and no file.
 
-mod common;
+use crate::common;
 
 use common::{TestPlatform, raw, start_with, wait_op};
 use panal_types::image::{DiskFormat, ImageImport};

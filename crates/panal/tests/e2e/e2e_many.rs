@@ -1,7 +1,7 @@
 //! Five real VMs created at once through the API all boot: each reaches `running`, prints its
 //! readiness line, runs in its own QEMU process, and the host's allocation counts all five.
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::{E2e, READY_LINE, op_ok, qemu_pid, tiny, wait_log, wait_phase};
 use panal_types::vm::VmPhase;

@@ -9,9 +9,9 @@
 //! heard; after a VM moves host (a drain live-migrates it) its peer reaches it again;
 //! deleting everything leaves no bridge, VXLAN device, tap or nftables table on either host.
 
-mod common_e2e;
-mod common_netns;
-mod common_pool;
+use crate::common_e2e;
+use crate::common_netns;
+use crate::common_pool;
 
 use common_e2e::console::Console;
 use common_e2e::{Scratch, tiny, wait_vm};

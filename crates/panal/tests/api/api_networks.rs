@@ -9,7 +9,7 @@
 //! it: their create operation fails for want of a host, but their NICs (addresses and MACs) are
 //! taken at create and released at delete exactly as for a placed VM.
 
-mod common;
+use crate::common;
 
 use common::networks::*;
 use common::start;

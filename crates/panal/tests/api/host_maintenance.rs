@@ -4,7 +4,7 @@
 //! maintenance; a drain with nowhere to go fails and stops nothing; uncordon cancels a drain;
 //! unknown hosts and absurd overcommit labels are refused.
 
-mod scale_sim;
+use crate::scale_sim;
 
 use panal_client::ClientError;
 use panal_driver::fake::FakeConfig;

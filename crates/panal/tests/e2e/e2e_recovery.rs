@@ -3,7 +3,7 @@
 //! pids) are re-attached, every VM's status is `running`, and the re-attached VMs obey the API
 //! (a console command answers, a stop ends that very process).
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::console::Console;
 use common_e2e::up::Up;

@@ -4,7 +4,7 @@
 //! already exists. Then a batch larger than one etcd transaction, refused by its last chunk,
 //! leaves nothing behind.
 
-mod common;
+use crate::common;
 
 use common::{raw, start, wait_op};
 use panal_client::ClientError;

@@ -1,7 +1,7 @@
 //! Every kind of bad input the API must refuse with a 4xx, a stable code and the offending field,
 //! and the proof that a refused request changed nothing.
 
-mod common;
+use crate::common;
 
 use common::{TestPlatform, assert_err, raw, start, start_with, wait_op};
 use panal_types::vm::{HypervisorKind, VmCreate};

@@ -8,8 +8,8 @@
 //! Every QEMU process is checked to run in the network namespace of the host the control plane
 //! placed its VM on.
 
-mod common_e2e;
-mod common_netns;
+use crate::common_e2e;
+use crate::common_netns;
 
 use common_e2e::{Scratch, guest_dir, tiny, wait_vm};
 use common_netns::{NetLab, NsChild};

@@ -5,7 +5,7 @@
 //! the console history; SIGKILL of QEMU makes the VM failed with a reason and the `on_failure`
 //! restart policy brings it back in a new QEMU; delete leaves no process behind.
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::console::Console;
 use common_e2e::{BOOT, E2e, READY_LINE, alive, op_ok, qemu_pid, sigkill, tiny, wait_log};

@@ -3,7 +3,7 @@
 //! gets a hot-plugged vCPU its kernel sees, and what it wrote to its disk survives a stop and
 //! start (the per-VM copy-on-write overlay is kept).
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::console::Console;
 use common_e2e::{BOOT, E2e, READY_LINE, op_ok, tiny, wait_log, wait_phase, wait_vm};

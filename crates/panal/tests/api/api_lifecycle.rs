@@ -2,7 +2,7 @@
 //! resize, delete; operations that complete; the restart policy after a crash; a guest power-off;
 //! state recovered after a restart of the platform; the event stream resumed from a revision.
 
-mod common;
+use crate::common;
 
 use common::{eventually, start, start_in, wait_op};
 use panal_types::operation::{OperationKind, OperationState};

@@ -5,7 +5,7 @@
 //! that fails on the target leaves the volume on its source, usable, and no staging file; a
 //! remote host exports a volume as an image over its link; and the move's refusals.
 
-mod common;
+use crate::common;
 
 use common::{TestPlatform, eventually, raw, start_with, wait_op};
 use panal_agent::remote::{RemoteImages, RemoteLink, join};
@@ -445,7 +445,7 @@ async fn moves_across_hosts_are_refused_with_the_field() {
 
 /// Throughput of a move to another host (in-process host to a remote agent over mutual TLS on
 /// loopback) against `qemu-img convert` of the same file in the same run. A measurement, not a
-/// check: `cargo test -p panal --test agent_volumes -- --ignored --nocapture`
+/// check: `cargo test -p panal --test api agent_volumes::move_throughput -- --ignored --nocapture`
 /// (`PANAL_MOVE_MIB`, default 512, bytes written all over the volume).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]

@@ -4,7 +4,7 @@
 //! paths that are relative or symbolic links, resizes to zero. And a VM whose QEMU refuses to
 //! start (a corrupt kernel) is `failed` with QEMU's own reason in its status.
 
-mod common_e2e;
+use crate::common_e2e;
 
 use common_e2e::{E2e, guest_dir, tiny, wait_vm};
 use panal_types::image::{DiskFormat, ImageImport};
