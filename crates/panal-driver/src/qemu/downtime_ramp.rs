@@ -25,10 +25,10 @@ use tokio::sync::watch;
 
 /// The downtime a migration first aims for (the goal of issue 8 is a 50 ms median; the estimate
 /// leaves out the device state and the hand-over, which come on top).
-pub(super) const FIRST_TARGET: Duration = Duration::from_millis(30);
+const FIRST_TARGET: Duration = Duration::from_millis(30);
 
 /// Passes over memory at one limit before the next step.
-pub(super) const PASSES_PER_STEP: u64 = 2;
+const PASSES_PER_STEP: u64 = 2;
 
 /// How often the task looks at the migration when no event of QEMU's comes.
 const POLL: Duration = Duration::from_millis(500);
@@ -51,6 +51,28 @@ pub(super) fn millis(d: Duration) -> u64 {
 /// The passes over memory completed so far (`ram.dirty-sync-count`: 1 during the first pass).
 fn passes(q: &Value) -> Option<u64> {
     q["ram"]["dirty-sync-count"].as_u64()
+}
+
+/// What the task does once QEMU has made `done` passes, the limit having last changed at
+/// `since` passes.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Fewer than [`PASSES_PER_STEP`] passes at this limit.
+    Wait,
+    /// Enough passes without a switch-over: the next limit.
+    Raise,
+    /// The count went back: a new migration on this handle, which has a task of its own.
+    End,
+}
+
+fn step(since: u64, done: u64) -> Step {
+    if done < since {
+        Step::End
+    } else if done < since + PASSES_PER_STEP {
+        Step::Wait
+    } else {
+        Step::Raise
+    }
 }
 
 /// Raises the limit of the migration just started at `first` towards `ceiling` while it does
@@ -79,9 +101,10 @@ pub(super) fn spawn(
                 _ => return,
             }
             let Some(done) = passes(&q) else { continue };
-            let start = *since.get_or_insert(done);
-            if done < start + PASSES_PER_STEP {
-                continue;
+            match step(*since.get_or_insert(done), done) {
+                Step::Wait => continue,
+                Step::End => return,
+                Step::Raise => {}
             }
             limit = next_limit(limit, ceiling);
             since = Some(done);
@@ -116,6 +139,15 @@ mod tests {
             steps.push(next_limit(*steps.last().unwrap(), ms(300)));
         }
         assert_eq!(steps, [ms(30), ms(60), ms(120), ms(240), ms(300)]);
+    }
+
+    #[test]
+    fn raises_every_two_passes_and_ends_when_a_new_migration_starts() {
+        assert_eq!(step(3, 3), Step::Wait);
+        assert_eq!(step(3, 4), Step::Wait);
+        assert_eq!(step(3, 5), Step::Raise);
+        assert_eq!(step(3, 9), Step::Raise, "passes missed between looks count");
+        assert_eq!(step(3, 1), Step::End, "the count of another migration");
     }
 
     #[test]
