@@ -62,7 +62,9 @@ pub struct Lab {
 impl Lab {
     pub fn new(test: &str) -> Lab {
         Lab {
-            tag: format!("pnl{}{test}", std::process::id()),
+            // Not `pnl`: that is the platform tests' lab (`crates/panal/tests/common_netns`),
+            // whose sweep deletes the `pnl` namespaces of pids it finds dead.
+            tag: format!("pnn{}{test}", std::process::id()),
             namespaces: Vec::new(),
         }
     }

@@ -67,9 +67,20 @@ impl Names {
     }
 }
 
-/// The pid that owns a lab name, or `None` if the name is not a lab name.
+/// The pid that owns a lab name, or `None` if the name is not a lab name. Strict (`pnl`, two
+/// base-36 numbers, a role), because the sweep deletes what this names as a dead pid's: a
+/// laxer reading once took another suite's live namespace `pnl13462sg-b` for one of pid
+/// "13462sg" (base 36) and deleted it under that test.
 pub fn owner(name: &str) -> Option<u32> {
-    let (pid, _) = name.strip_prefix(PREFIX)?.split_once('-')?;
+    let mut parts = name.strip_prefix(PREFIX)?.splitn(3, '-');
+    let (pid, counter, role) = (parts.next()?, parts.next()?, parts.next()?);
+    let host = role
+        .strip_prefix('h')
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+    if !(role == "br" || role == "gw" || host) {
+        return None;
+    }
+    u32::from_str_radix(counter, 36).ok()?;
     u32::from_str_radix(pid, 36).ok()
 }
 

@@ -118,6 +118,11 @@ fn names_fit_ifnamsiz_and_name_their_owner() {
     assert_eq!(owner("eth0"), None);
     assert_eq!(owner("pnl"), None);
     assert_eq!(owner("pnl!x-0-br"), None);
+    // Names that are not this lab's, such as panal-net's own test namespaces, are never swept.
+    assert_eq!(owner("pnl13462sg-b"), None);
+    assert_eq!(owner("pnl3cf-0-veth"), None);
+    assert_eq!(owner("pnl3cf-0-h"), None);
+    assert_eq!(owner("pnl3cf-0-h1x"), None);
     let subnets: HashSet<[u8; 2]> = (0..1000).map(|c| Names::new(4321, c).subnet).collect();
     assert_eq!(subnets.len(), 1000, "labs of one process share a subnet");
 }
