@@ -82,8 +82,14 @@ impl App {
                 _ => {
                     // Already over (a repeated report, or the target's "arrived" came first):
                     // the source's figures still belong on the operation.
-                    if let MigrationEvent::Completed { progress } = &r.event {
-                        self.late_figures(&r.operation, progress).await?;
+                    match &r.event {
+                        MigrationEvent::Completed { progress } => {
+                            self.late_figures(&r.operation, progress).await?;
+                        }
+                        MigrationEvent::DestinationFailed { reason } => {
+                            self.late_cause(&r.operation, host, reason).await?;
+                        }
+                        _ => {}
                     }
                     return Ok(());
                 }
@@ -134,7 +140,8 @@ impl App {
                 MigrationEvent::Aborted { reason } => {
                     let asked = m.step == MigrationStep::Cancelling
                         && m.cancel_reason.as_deref() == Some(USER_CANCEL);
-                    self.abort_migration(&cur, reason, asked).await?
+                    let why = abort_reason(reason, m.cancel_reason.as_deref());
+                    self.abort_migration(&cur, &why, asked).await?
                 }
             };
             if done {
@@ -167,6 +174,23 @@ impl App {
                     op.progress.message = format!("{}; downtime {d} ms", op.progress.message);
                 }
                 Ok(true)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds the target's reason to a migration that already failed by the source's word: the
+    /// source only saw its transfer end (QEMU's source often gives no reason when the
+    /// destination refused the guest's state), the target knows why.
+    async fn late_cause(
+        &self,
+        op_id: &OperationId,
+        host: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        self.repo
+            .update::<Operation, _>(&keys::op(op_id), |op| {
+                Ok(add_target_cause(op, host, reason))
             })
             .await?;
         Ok(())
@@ -444,5 +468,84 @@ impl App {
                 }
             }
         }
+    }
+}
+
+/// Why a migration stopped, from the source's report and the cancel the platform asked for,
+/// if any: that cancel's reason (the target failed, a host went away) is the cause, which the
+/// source, having seen only its transfer end, may not know.
+fn abort_reason(source: &str, cancel: Option<&str>) -> String {
+    match cancel {
+        Some(cause) if cause != USER_CANCEL && !source.contains(cause) => {
+            format!("{cause} (the source: {source})")
+        }
+        _ => source.to_owned(),
+    }
+}
+
+/// Adds a target's failure to a failed migration's operation; `false` when there is nothing
+/// to add (not failed, or already said).
+fn add_target_cause(op: &mut Operation, host: &str, reason: &str) -> bool {
+    if op.state != OperationState::Failed || op.progress.message.contains(reason) {
+        return false;
+    }
+    let cause = format!("; host {host} could not receive the VM: {reason}");
+    op.progress.message.push_str(&cause);
+    if let Some(e) = op.error.as_mut() {
+        e.message.push_str(&cause);
+    }
+    op.updated_at = chrono::Utc::now();
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use panal_types::operation::OperationKind;
+
+    #[test]
+    fn the_platforms_cause_comes_first_and_a_users_cancel_stays_plain() {
+        let source = "the transfer failed: no reason given";
+        let cause = "host b could not receive the VM: load of migration failed";
+        assert_eq!(
+            abort_reason(source, Some(cause)),
+            format!("{cause} (the source: {source})")
+        );
+        assert_eq!(abort_reason(source, None), source);
+        assert_eq!(
+            abort_reason("cancelled by request", Some(USER_CANCEL)),
+            "cancelled by request"
+        );
+        // The source already passed the cause on (it saw the cancel first).
+        assert_eq!(abort_reason(cause, Some(cause)), cause);
+    }
+
+    #[test]
+    fn a_late_target_failure_is_added_once_to_a_failed_migration() {
+        let mut op: Operation = serde_json::from_value(serde_json::json!({
+            "id": OperationId::new(),
+            "kind": OperationKind::VmMigrate,
+            "target": { "kind": "vm", "project": "default", "name": "a" },
+            "state": "failed",
+            "progress": { "message": "the VM stays on host a: the transfer failed: no reason given" },
+            "error": { "code": "conflict", "message": "the transfer failed: no reason given" },
+            "created_at": chrono::Utc::now(),
+            "updated_at": chrono::Utc::now(),
+        }))
+        .unwrap();
+        let why = "the hypervisor process ended: load of migration failed: Invalid argument";
+        assert!(add_target_cause(&mut op, "b", why));
+        assert!(
+            op.progress
+                .message
+                .ends_with(&format!("; host b could not receive the VM: {why}"))
+        );
+        assert!(op.error.as_ref().unwrap().message.contains(why));
+        assert!(!add_target_cause(&mut op, "b", why), "said once");
+        op.state = OperationState::Succeeded;
+        assert!(
+            !add_target_cause(&mut op, "b", "other"),
+            "only a failed one"
+        );
     }
 }
