@@ -506,6 +506,7 @@ impl VmTask {
                 boot,
                 disks,
                 nics,
+                hotplug_slots: vm.spec.hotplug_slots,
                 post_copy: incoming.is_some() && post_copy,
                 incoming,
             };
@@ -730,6 +731,7 @@ async fn nic_for_driver(
         tap: net.tap(&n.id),
         mac: n.mac.clone(),
         mtu: n.mtu,
+        slot: n.slot,
     })
 }
 
@@ -750,6 +752,7 @@ async fn prepare_disk(
         id: d.id.to_string(),
         path,
         format: d.format.as_str().to_owned(),
+        slot: d.slot,
     })
 }
 

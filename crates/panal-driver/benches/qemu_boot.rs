@@ -116,6 +116,7 @@ async fn main() {
             boot: g.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
             nics: vec![],
+            hotplug_slots: 4,
             incoming: None,
             post_copy: false,
         };

@@ -404,6 +404,7 @@ mod tests {
             boot: BootSource::None,
             disks: vec![],
             nics: vec![],
+            hotplug_slots: 4,
             incoming: None,
             post_copy: false,
         }

@@ -85,6 +85,9 @@ pub struct VmLaunch {
     pub disks: Vec<DataDisk>,
     /// Network interfaces, in order (`eth0`, `eth1`, ...).
     pub nics: Vec<NetNic>,
+    /// Slots for volumes and NICs (q35: that many PCIe root ports, `hp0`, `hp1`, ...); each
+    /// disk and NIC names its own, so that a migration's destination has the source's layout.
+    pub hotplug_slots: u32,
     /// `Some`: start as the destination of a live migration instead of booting. The VM waits,
     /// paused ([`RuntimeState::Incoming`]), for the source's state and runs once it has arrived.
     pub incoming: Option<Incoming>,
@@ -104,6 +107,8 @@ pub struct NetNic {
     pub mac: String,
     /// The network's MTU (told to the guest through virtio's `host_mtu`).
     pub mtu: u32,
+    /// The VM's slot it sits in (chosen by the control plane).
+    pub slot: u32,
 }
 
 /// A volume attached to a VM as an extra virtio disk.
@@ -116,6 +121,8 @@ pub struct DataDisk {
     pub path: PathBuf,
     /// `qcow2` or `raw`.
     pub format: String,
+    /// The VM's slot it sits in (chosen by the control plane).
+    pub slot: u32,
 }
 
 /// What a running VM is doing, as the hypervisor sees it.

@@ -118,6 +118,7 @@ fn data_disk(path: &Path) -> DataDisk {
         id: VOL.into(),
         path: path.to_path_buf(),
         format: "raw".into(),
+        slot: 0,
     }
 }
 

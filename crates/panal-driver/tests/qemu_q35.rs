@@ -1,12 +1,13 @@
 //! Real-QEMU (TCG) tests of the q35 profile: a disk image booted through a per-VM qcow2
-//! overlay (writes persist across stop/start, the base is untouched), vCPU hot-plug, guest
-//! panic reporting through pvpanic, the per-VM cgroup, and the host probe.
+//! overlay (writes persist across stop/start, the base is untouched), vCPU hot-plug, disk
+//! hot-plug on the port of the disk's slot, guest panic reporting through pvpanic, the per-VM
+//! cgroup, and the host probe.
 
 mod common;
 
 use common::{BOOT, Env};
 use panal_driver::qemu::{AccelMode, QemuDriver, READY_LINE};
-use panal_driver::{BootSource, Driver, ResizeRequest, VmExit, VmHandle, VmLaunch, caps};
+use panal_driver::{BootSource, DataDisk, Driver, ResizeRequest, VmExit, VmHandle, VmLaunch, caps};
 use panal_types::VmId;
 use panal_types::host::Accelerator;
 use panal_types::vm::MachineProfile;
@@ -25,6 +26,7 @@ fn q35_disk(env: &Env) -> VmLaunch {
         },
         disks: vec![],
         nics: vec![],
+        hotplug_slots: 4,
         incoming: None,
         post_copy: false,
     }
@@ -90,6 +92,31 @@ async fn q35_disk_overlay_hotplug_cgroup_and_panic() {
         seen.contains("cpu1"),
         "guest does not see the new vCPU: {seen}"
     );
+
+    // A disk goes on its slot's port, which has to be there and empty: plugging into an
+    // occupied port would make the guest drop the disk already there.
+    let disk = |n: u8, slot: u32| {
+        let path = env.dir.path().join(format!("data{n}.raw"));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("disk file");
+        DataDisk {
+            id: format!("{n}b5e7c1e-2f4a-4c1b-9d6e-000000000001"),
+            path,
+            format: "raw".into(),
+            slot,
+        }
+    };
+    vm.attach_disk(&disk(1, 3)).await.expect("attach on slot 3");
+    let taken = vm.attach_disk(&disk(2, 3)).await.unwrap_err();
+    assert!(
+        taken.to_string().contains("slot 3 already holds"),
+        "{taken}"
+    );
+    let missing = vm.attach_disk(&disk(2, 4)).await.unwrap_err();
+    assert!(missing.to_string().contains("no slot 4"), "{missing}");
+    // Neither refusal left the second disk's block node behind: it plugs in a free slot.
+    vm.attach_disk(&disk(2, 0)).await.expect("attach on slot 0");
 
     vm.shutdown(Duration::from_secs(60))
         .await

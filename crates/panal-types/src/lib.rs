@@ -19,6 +19,7 @@ pub mod operation;
 pub mod page;
 pub mod project;
 pub mod size;
+pub mod slots;
 pub mod vm;
 pub mod volume;
 

@@ -187,6 +187,10 @@ pub struct Nic {
     /// Security groups applied to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<Name>,
+    /// The VM's slot it sits in (its PCIe root port on q35), chosen when plugged and kept
+    /// while it stays, so a migration's destination builds the same layout.
+    #[serde(default = "crate::slots::unset")]
+    pub slot: u32,
 }
 
 /// Whom an address of a network belongs to (the address-management record).

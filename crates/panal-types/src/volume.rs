@@ -275,6 +275,10 @@ pub struct DiskAttachment {
     /// The VM boots from it (always the first volume; it cannot be detached).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub boot: bool,
+    /// The VM's slot it sits in (its PCIe root port on q35), chosen when attached and kept
+    /// while it stays attached, so a migration's destination builds the same layout.
+    #[serde(default = "crate::slots::unset")]
+    pub slot: u32,
 }
 
 /// The host-side work a volume change needs, carried to the volume's host.

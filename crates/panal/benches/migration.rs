@@ -549,6 +549,7 @@ impl BareHosts {
             },
             disks: vec![],
             nics: vec![],
+            hotplug_slots: 4,
             incoming: None,
             post_copy: false,
         }

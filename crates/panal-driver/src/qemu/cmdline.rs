@@ -92,10 +92,12 @@ pub struct Plan {
     pub kernel: Option<(PathBuf, Option<PathBuf>, String)>,
     /// The root disk, if any.
     pub disk: Option<Disk>,
-    /// Volumes attached at boot, each on its own hot-plug port (q35) so it can be unplugged.
+    /// Volumes attached at boot, each on its slot's hot-plug port (q35) so it can be unplugged.
     pub data_disks: Vec<(crate::DataDisk, DiskCache)>,
-    /// Network interfaces, each on its own hot-plug port (q35) so it can be unplugged.
+    /// Network interfaces, each on its slot's hot-plug port (q35) so it can be unplugged.
     pub nics: Vec<crate::NetNic>,
+    /// Hot-plug ports (q35).
+    pub hotplug_slots: u32,
     /// Run directory files.
     pub paths: RunPaths,
     /// Enable QEMU's seccomp sandbox.
@@ -109,20 +111,9 @@ pub struct Plan {
     pub incoming: bool,
 }
 
-/// Hot-plug ports of a q35 VM: as many as a VM can have volumes.
-pub const HOTPLUG_PORTS: u32 = 8;
-
-/// The id of hot-plug port `i`.
-pub fn port(i: u32) -> String {
-    format!("hp{i}")
-}
-
-/// Hot-plug ports for NICs (apart from the disks' so that neither starves the other).
-pub const NIC_PORTS: u32 = 8;
-
-/// The id of NIC hot-plug port `i`.
-pub fn nic_port(i: u32) -> String {
-    format!("np{i}")
+/// The id of the hot-plug port of slot `i` (a PCIe root port; volumes and NICs alike).
+pub fn port(slot: u32) -> String {
+    format!("hp{slot}")
 }
 
 /// The netdev (host side) of a NIC.
@@ -277,21 +268,14 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         push(&format!("{},drive={ROOT_NODE},id=vda", dev("virtio-blk")));
     }
     if !micro {
-        // Empty PCIe root ports: where disks are hot-plugged later (one device per port).
-        for i in 0..HOTPLUG_PORTS {
+        // One PCIe root port per slot, where volumes and NICs sit and are hot-plugged (one
+        // device per port); as many as the VM was created with, since each costs downtime.
+        for i in 0..plan.hotplug_slots {
             push("-device");
             push(&format!("pcie-root-port,id={},chassis={}", port(i), i + 1));
         }
-        for i in 0..NIC_PORTS {
-            push("-device");
-            push(&format!(
-                "pcie-root-port,id={},chassis={}",
-                nic_port(i),
-                HOTPLUG_PORTS + i + 1
-            ));
-        }
     }
-    for (i, n) in plan.nics.iter().enumerate() {
+    for n in &plan.nics {
         // Tap names and MACs were checked by the control plane and the agent (letters, digits,
         // colons), so they never carry an option separator; escaped all the same.
         push("-netdev");
@@ -311,13 +295,10 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
         if micro {
             push(&format!("virtio-net-device,{common}"));
         } else {
-            push(&format!(
-                "virtio-net-pci,{common},bus={}",
-                nic_port(i as u32)
-            ));
+            push(&format!("virtio-net-pci,{common},bus={}", port(n.slot)));
         }
     }
-    for (i, (d, cache)) in plan.data_disks.iter().enumerate() {
+    for (d, cache) in &plan.data_disks {
         push("-blockdev");
         push(&data_disk_node(d, *cache).to_string());
         push("-device");
@@ -334,7 +315,7 @@ pub fn build(plan: &Plan) -> Vec<OsString> {
                 disk_node(&d.id),
                 disk_device(&d.id),
                 disk_serial(&d.id),
-                port(i as u32)
+                port(d.slot)
             ));
         }
     }
@@ -416,6 +397,7 @@ mod tests {
                     id: "0b5e7c1e-2f4a-4c1b-9d6e-000000000001".into(),
                     path: "/pool/v,1.qcow2".into(),
                     format: "qcow2".into(),
+                    slot: 3,
                 },
                 DiskCache::Direct,
             )],
@@ -424,7 +406,9 @@ mod tests {
                 tap: "pnt1a2b3c4d".into(),
                 mac: "52:54:00:12:34:56".into(),
                 mtu: 1450,
+                slot: 1,
             }],
+            hotplug_slots: 4,
             paths: RunPaths {
                 dir: "/run/a,b".into(),
             },
@@ -492,13 +476,18 @@ mod tests {
             a.iter()
                 .filter(|s| s.starts_with("pcie-root-port,"))
                 .count(),
-            (HOTPLUG_PORTS + NIC_PORTS) as usize
+            4
         );
         let dev = a
             .iter()
             .find(|s| s.starts_with("virtio-blk-pci,drive=v0b5e"))
             .expect("data disk device");
-        assert!(dev.ends_with(",bus=hp0"), "{dev}");
+        // Its slot's port, whatever its place in the list (the control plane chose it).
+        assert!(dev.ends_with(",bus=hp3"), "{dev}");
+        assert!(
+            a.iter()
+                .any(|s| s.starts_with("pcie-root-port,id=hp3,chassis=4"))
+        );
         assert!(dev.contains("serial=0b5e7c1e2f4a4c1b9d6e,"), "{dev}");
         let node = disk_node("0b5e7c1e-2f4a-4c1b-9d6e-000000000001");
         assert!(node.len() <= 31);
@@ -532,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn nics_are_taps_on_their_own_hotplug_ports() {
+    fn nics_are_taps_on_their_slots_hotplug_ports() {
         let a = joined(&plan(MachineProfile::Q35));
         let netdev = a.iter().position(|s| s == "-netdev").expect("a netdev");
         assert_eq!(
@@ -540,10 +529,6 @@ mod tests {
             "tap,id=n1a2b3c4d,ifname=pnt1a2b3c4d,script=no,downscript=no"
         );
         assert!(a.iter().any(|s| s
-            == "virtio-net-pci,netdev=n1a2b3c4d,id=e1a2b3c4d,mac=52:54:00:12:34:56,host_mtu=1450,bus=np0"));
-        assert!(
-            a.iter()
-                .any(|s| s.starts_with("pcie-root-port,id=np7,chassis=16"))
-        );
+            == "virtio-net-pci,netdev=n1a2b3c4d,id=e1a2b3c4d,mac=52:54:00:12:34:56,host_mtu=1450,bus=hp1"));
     }
 }

@@ -1,10 +1,8 @@
-//! Disk hot-plug on a running QEMU: add a block node and a virtio-blk device on a free PCIe
-//! root port, remove them again once the guest has let go, and grow a disk live.
-//!
-//! Which port is free is not remembered anywhere: QEMU is asked (`query-pci`) which ports have
-//! nothing behind them, which stays right after the agent restarts and re-attaches.
+//! Disk hot-plug on a running QEMU: add a block node and a virtio-blk device on the PCIe root
+//! port of the disk's slot (`slots.rs`), remove them again once the guest has let go, and grow
+//! a disk live.
 
-use super::cmdline::{self, HOTPLUG_PORTS};
+use super::cmdline;
 use super::handle::QemuVm;
 use crate::{DataDisk, DriverError};
 use panal_types::volume::SnapshotStep;
@@ -27,12 +25,9 @@ impl QemuVm {
             self.qmp("blockdev-add", Some(cmdline::data_disk_node(d, cache)))
                 .await?;
         }
-        // The port comes from what QEMU says is empty (see `free_port`: a refused plug into
-        // an occupied port makes the guest drop the device already there).
-        let port = self.free_port("hp", HOTPLUG_PORTS).await?;
-        let r = match port {
-            None => Err(DriverError::Hypervisor("no free hot-plug port".into())),
-            Some(port) => self
+        let r = match self.empty_port(d.slot).await {
+            Err(e) => Err(e),
+            Ok(port) => self
                 .qmp(
                     "device_add",
                     Some(json!({

@@ -54,6 +54,33 @@ fn validate(spec: &VmLaunch) -> Result<(), DriverError> {
             "unsupported disk format {format:?} (qcow2 or raw)"
         )));
     }
+    if spec.machine == MachineProfile::Q35 {
+        check_slots(spec)?;
+    }
+    Ok(())
+}
+
+/// Each disk and NIC of a q35 VM on its own port, and on one the VM has.
+fn check_slots(spec: &VmLaunch) -> Result<(), DriverError> {
+    let devices = spec
+        .disks
+        .iter()
+        .map(|d| (d.slot, &d.id))
+        .chain(spec.nics.iter().map(|n| (n.slot, &n.id)));
+    let mut taken = std::collections::BTreeMap::new();
+    for (slot, id) in devices {
+        if slot >= spec.hotplug_slots {
+            return Err(DriverError::Invalid(format!(
+                "device {id} is on slot {slot}, but the VM has {} slots",
+                spec.hotplug_slots
+            )));
+        }
+        if let Some(other) = taken.insert(slot, id) {
+            return Err(DriverError::Invalid(format!(
+                "devices {other} and {id} are both on slot {slot}"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -177,6 +204,7 @@ impl QemuDriver {
                 .map(|d| (d.clone(), disk_safety::choose_cache(&[&d.path])))
                 .collect(),
             nics: spec.nics.clone(),
+            hotplug_slots: spec.hotplug_slots,
             paths: paths.clone(),
             sandbox: cfg.sandbox,
             run_as: cfg.run_as_user.clone(),

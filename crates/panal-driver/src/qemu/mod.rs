@@ -25,6 +25,7 @@ mod nics;
 mod probe;
 mod process;
 mod qmp;
+mod slots;
 mod tls;
 
 pub use cgroup::CgroupMode;

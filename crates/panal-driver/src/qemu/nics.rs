@@ -1,8 +1,7 @@
-//! NIC hot-plug on a running QEMU: a tap netdev and a virtio-net device on a free NIC port,
-//! removed again once the guest has let go. As with disks, QEMU is asked which port is free,
-//! so nothing needs remembering across agent restarts.
+//! NIC hot-plug on a running QEMU: a tap netdev and a virtio-net device on the port of the
+//! NIC's slot (`slots.rs`), removed again once the guest has let go.
 
-use super::cmdline::{self, NIC_PORTS};
+use super::cmdline;
 use super::handle::QemuVm;
 use crate::{DriverError, NetNic};
 use serde_json::json;
@@ -27,12 +26,12 @@ impl QemuVm {
             Err(DriverError::Hypervisor(m)) if m.contains("Duplicate") => {}
             Err(e) => return Err(e),
         }
-        // A port is picked from what QEMU says is empty, not by trying `device_add` on each:
-        // a refused plug into an occupied port still signals that port's slot to the guest,
-        // which then loses the NIC already there.
-        let Some(port) = self.free_port("np", NIC_PORTS).await? else {
-            let _ = self.qmp("netdev_del", Some(json!({ "id": netdev }))).await;
-            return Err(DriverError::Hypervisor("no free NIC port".into()));
+        let port = match self.empty_port(n.slot).await {
+            Ok(port) => port,
+            Err(e) => {
+                let _ = self.qmp("netdev_del", Some(json!({ "id": netdev }))).await;
+                return Err(e);
+            }
         };
         let r = self
             .qmp(
@@ -52,32 +51,6 @@ impl QemuVm {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// The first of the root ports `{prefix}0..{prefix}{count}` with no device behind it.
-    pub(super) async fn free_port(
-        &self,
-        prefix: &str,
-        count: u32,
-    ) -> Result<Option<String>, DriverError> {
-        let buses = self.qmp("query-pci", None).await?;
-        let mut occupied = std::collections::HashSet::new();
-        for bus in buses.as_array().into_iter().flatten() {
-            for dev in bus["devices"].as_array().into_iter().flatten() {
-                let Some(id) = dev["qdev_id"].as_str() else {
-                    continue;
-                };
-                let behind = dev["pci_bridge"]["devices"]
-                    .as_array()
-                    .is_some_and(|d| !d.is_empty());
-                if behind {
-                    occupied.insert(id.to_owned());
-                }
-            }
-        }
-        Ok((0..count)
-            .map(|i| format!("{prefix}{i}"))
-            .find(|p| !occupied.contains(p)))
     }
 
     pub(super) async fn unplug_nic(&self, id: &str) -> Result<(), DriverError> {

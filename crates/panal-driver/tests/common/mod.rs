@@ -59,6 +59,7 @@ impl Env {
             boot: self.guest.boot_initramfs(MachineProfile::Microvm, ""),
             disks: vec![],
             nics: vec![],
+            hotplug_slots: 4,
             incoming: None,
             post_copy: false,
         }

@@ -248,6 +248,8 @@ impl App {
                 ip,
                 ipv6,
                 security_groups: groups,
+                // Given by the caller, which knows the VM's other devices.
+                slot: 0,
             };
             let owner = encode(&PortOwner {
                 project: Name::parse(project).map_err(|_| ApiError::internal())?,

@@ -271,6 +271,7 @@ mod tests {
                 placement: Default::default(),
                 volumes: vec![],
                 nics: vec![],
+                hotplug_slots: 4,
             },
             status: VmStatus {
                 phase,

@@ -6,6 +6,7 @@ use panal_types::ApiError;
 use panal_types::error::check_name;
 use panal_types::host::Host;
 use panal_types::size::{MIB, format_size};
+use panal_types::slots::{MAX_HOTPLUG_SLOTS, default_hotplug_slots};
 use panal_types::vm::{
     HypervisorKind, MAX_LABELS, MAX_PLACEMENT_TERMS, MAX_STOP_TIMEOUT_SECS, Placement,
     PlacementGroup, PlacementGroupRequest,
@@ -118,6 +119,30 @@ pub fn stop_timeout(secs: u32) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The slots a new VM gets for its volumes and NICs: what it asks (at most
+/// [`MAX_HOTPLUG_SLOTS`], and room for the `devices` it is created with), or the default.
+pub fn hotplug_slots(asked: Option<u32>, devices: usize) -> Result<u32, ApiError> {
+    let Some(n) = asked else {
+        return Ok(default_hotplug_slots(devices));
+    };
+    if n > MAX_HOTPLUG_SLOTS {
+        return Err(ApiError::invalid(
+            "hotplug_slots",
+            format!("a VM has at most {MAX_HOTPLUG_SLOTS} slots, not {n}"),
+        ));
+    }
+    if devices > n as usize {
+        return Err(ApiError::invalid(
+            "hotplug_slots",
+            format!(
+                "{n} slots cannot hold the {devices} volumes and NICs the VM is created with \
+                 (each takes one)"
+            ),
+        ));
+    }
+    Ok(n)
 }
 
 /// The placement constraints of a create request, each checked to name something the pool

@@ -123,12 +123,16 @@ impl App {
             Some(v) => Some(self.boot_volume(project_name, v).await?),
             None => None,
         };
+        let hotplug_slots = validate::hotplug_slots(
+            req.hotplug_slots,
+            usize::from(req.boot_volume.is_some()) + req.nics.len(),
+        )?;
         let nics = self
             .plan_nics(&mut ctx.nics, project_name, &name, &req.nics)
             .await?;
         let start = req.start.unwrap_or(true);
         let op_id = OperationId::new();
-        let vm = Vm {
+        let mut vm = Vm {
             id: VmId::new(),
             name: name.clone(),
             project: project.value.name.clone(),
@@ -153,6 +157,7 @@ impl App {
                 placement,
                 volumes: boot_volume.iter().map(|(_, d)| d.clone()).collect(),
                 nics: nics.nics.clone(),
+                hotplug_slots,
             },
             status: VmStatus {
                 phase: VmPhase::Pending,
@@ -171,6 +176,7 @@ impl App {
             created_at: chrono::Utc::now(),
             revision: 0,
         };
+        vm.spec.number_slots();
         let op = new_operation(op_id, OperationKind::VmCreate, &vm, "waiting for a host");
         Ok(PlannedCreate {
             key: keys::vm(project_name, name.as_str()),

@@ -5,7 +5,7 @@
 use super::App;
 use super::ipam::{NicContext, release_ops};
 use super::vms::new_operation;
-use super::volumes::busy;
+use super::volumes::{busy, no_free_slot};
 use crate::codec::encode;
 use crate::keys;
 use panal_store::{Compare, Op, Txn};
@@ -59,8 +59,12 @@ impl App {
                     let field = e.field.clone().map(|f| f.replacen("nics[0].", "", 1));
                     ApiError { field, ..e }
                 })?;
+            let Some(slot) = next.spec.free_slot() else {
+                return Err(no_free_slot(vm_name, &next));
+            };
             let op_id = OperationId::new();
-            let nic = planned.nics.remove(0);
+            let mut nic = planned.nics.remove(0);
+            nic.slot = slot;
             next.spec.nics.push(nic.clone());
             next.generation += 1;
             next.status.operation = Some(op_id);

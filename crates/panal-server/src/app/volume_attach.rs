@@ -5,7 +5,7 @@
 
 use super::App;
 use super::volumes::{
-    MAX_VOLUMES_PER_VM, attachment, busy, ready_and_alone, retrying, volume_operation,
+    MAX_VOLUMES_PER_VM, attachment, busy, no_free_slot, ready_and_alone, retrying, volume_operation,
 };
 use crate::codec::encode;
 use crate::keys;
@@ -103,8 +103,11 @@ impl App {
             ))
             .with_field("vm"));
         }
+        let Some(slot) = next.spec.free_slot() else {
+            return Err(no_free_slot(vm_name, &next));
+        };
         let op_id = OperationId::new();
-        next.spec.volumes.push(attachment(&volume, false));
+        next.spec.volumes.push(attachment(&volume, false, slot));
         next.generation += 1;
         next.status.operation = Some(op_id);
         volume.attached_to = Some(next.name.clone());
@@ -199,7 +202,8 @@ impl App {
             .with_field("boot_volume"));
         }
         ready_and_alone(&v.value).map_err(|e| e.with_field("boot_volume"))?;
-        let d = attachment(&v.value, true);
+        // Slot 0: a new VM's devices are numbered once all are known (`number_slots`).
+        let d = attachment(&v.value, true, 0);
         Ok((v, d))
     }
 

@@ -746,7 +746,7 @@ fn file_task(v: &Volume, id: OperationId, action: VolumeAction) -> HostTask {
 }
 
 /// A volume as a VM's spec carries it.
-pub(super) fn attachment(v: &Volume, boot: bool) -> DiskAttachment {
+pub(super) fn attachment(v: &Volume, boot: bool, slot: u32) -> DiskAttachment {
     DiskAttachment {
         volume: v.name.clone(),
         id: v.id,
@@ -757,6 +757,7 @@ pub(super) fn attachment(v: &Volume, boot: bool) -> DiskAttachment {
         format: v.format,
         size_bytes: v.size_bytes,
         boot,
+        slot,
     }
 }
 
@@ -769,6 +770,18 @@ fn check_size(size: u64, field: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Why a volume or NIC cannot be added to `vm`: every one of its slots is taken.
+pub(super) fn no_free_slot(vm_name: &str, vm: &Vm) -> ApiError {
+    ApiError::conflict(format!(
+        "VM \"{vm_name}\" has no free slot: its {} slots hold {} volumes and {} NICs \
+         (a VM's slots are fixed when it is created, see hotplug_slots)",
+        vm.spec.hotplug_slots,
+        vm.spec.volumes.len(),
+        vm.spec.nics.len()
+    ))
+    .with_field("vm")
 }
 
 /// Refuses work on a volume that is busy or that linked clones read from.

@@ -398,6 +398,7 @@ fn volumes_keep_a_vm_where_they_can_be_opened() {
         format: VolumeFormat::Qcow2,
         size_bytes: 1 << 30,
         boot: false,
+        slot: 0,
     };
     let placement = Placement::default();
     // A local volume of host c: only c.

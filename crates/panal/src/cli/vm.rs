@@ -124,6 +124,10 @@ pub struct CreateArgs {
     /// A NIC: network=NAME[,ip=ADDR][,mac=MAC][,sg=GROUP+GROUP] (repeatable; eth0, eth1, ...).
     #[arg(long = "nic", value_name = "network=NAME,...", value_parser = super::network::parse_nic)]
     pub nics: Vec<panal_types::network::NicRequest>,
+    /// Slots for volumes and NICs, fixed for the VM's life (default: its devices plus two, at
+    /// least four; at most 16). Each empty one adds a little to live-migration downtime.
+    #[arg(long, value_name = "N")]
+    pub hotplug_slots: Option<u32>,
     /// Virtual CPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -239,6 +243,7 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
                 image: a.image.clone(),
                 boot_volume: a.boot_volume.clone(),
                 nics: a.nics.clone(),
+                hotplug_slots: a.hotplug_slots,
                 hypervisor: a.hypervisor,
                 machine: a.machine,
                 labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),

@@ -17,6 +17,7 @@ mod api_image_url;
 mod api_lifecycle;
 mod api_networks;
 mod api_security_groups;
+mod api_slots;
 mod api_volumes;
 mod cli_agent;
 mod cli_up;

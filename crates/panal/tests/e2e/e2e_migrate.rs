@@ -541,44 +541,61 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
             .await;
         assert!(out.contains("before-the-move"), "{out}");
         let up_before = uptime(&con.run("cat /proc/uptime", GUEST).await);
-        // A data volume on its host's local pool, hot-plugged, with a pattern on it.
-        let created = client
-            .create_volume(&panal_types::volume::VolumeCreate {
-                name: "data".into(),
-                project: None,
-                size_bytes: Some(32 << 20),
-                format: None,
-                pool: None,
-                host: Some(host(from)),
-                source: None,
-            })
-            .await
-            .expect("volume");
-        let end = wait_op(&client, &created.operation, Duration::from_secs(120)).await;
+        // A data volume on its host's local pool, hot-plugged, with a pattern on it. A scratch
+        // volume is plugged before it and unplugged after, so the data volume sits on the
+        // second slot with the first one empty: the destination has to build that layout,
+        // not one from the list of volumes (QEMU refuses device state for another layout).
+        for name in ["scratch", "data"] {
+            let created = client
+                .create_volume(&panal_types::volume::VolumeCreate {
+                    name: name.into(),
+                    project: None,
+                    size_bytes: Some(32 << 20),
+                    format: None,
+                    pool: None,
+                    host: Some(host(from)),
+                    source: None,
+                })
+                .await
+                .expect("volume");
+            let end = wait_op(&client, &created.operation, Duration::from_secs(120)).await;
+            assert_eq!(
+                end.state,
+                OperationState::Succeeded,
+                "{}",
+                end.progress.message
+            );
+            let attached = client
+                .attach_volume(None, name, "disky")
+                .await
+                .expect("attach");
+            let end = wait_op(&client, &attached.operation, Duration::from_secs(120)).await;
+            assert_eq!(
+                end.state,
+                OperationState::Succeeded,
+                "{}",
+                end.progress.message
+            );
+        }
+        let detached = client.detach_volume(None, "scratch").await.expect("detach");
+        let end = wait_op(&client, &detached.operation, Duration::from_secs(120)).await;
         assert_eq!(
             end.state,
             OperationState::Succeeded,
             "{}",
             end.progress.message
         );
-        let attached = client
-            .attach_volume(None, "data", "disky")
-            .await
-            .expect("attach");
-        let end = wait_op(&client, &attached.operation, Duration::from_secs(120)).await;
-        assert_eq!(
-            end.state,
-            OperationState::Succeeded,
-            "{}",
-            end.progress.message
-        );
+        let slot_of_data = |vm: &Vm| vm.spec.volumes.iter().map(|v| v.slot).collect::<Vec<_>>();
+        let vm = client.vm(None, "disky").await.expect("vm");
+        assert_eq!(slot_of_data(&vm), [1], "the data volume keeps its slot");
         let source_file = client.volume(None, "data").await.expect("volume").file;
         let write = "dd if=/dev/urandom of=/root/pattern bs=1M count=8 2>/dev/null; \
-                     dd if=/root/pattern of=/dev/vdb bs=1M conv=fsync 2>/dev/null; \
+                     dd if=/root/pattern of=/dev/vdc bs=1M conv=fsync 2>/dev/null; \
                      md5sum /root/pattern";
         let sum = con.run(write, GUEST).await;
         let sum = sum.split_whitespace().next().expect("md5").to_string();
-        let read_back = "dd if=/dev/vdb bs=1M count=8 2>/dev/null | md5sum";
+        // vdc: the guest named the scratch volume vdb and keeps its names.
+        let read_back = "dd if=/dev/vdc bs=1M count=8 2>/dev/null | md5sum";
 
         // The plan says the root disk and the volume are copied.
         let plan = client
@@ -660,6 +677,7 @@ fn a_disk_guest_drains_live_and_moves_back_with_its_disk() {
         );
         let moved = runs_only_on(&pool, &client, "disky", to).await;
         assert!(moved.status.events.iter().any(|e| e.reason == "Migrated"));
+        assert_eq!(slot_of_data(&moved), [1]);
         assert_eq!(
             moved.status.home.as_ref().map(Name::as_str),
             Some(host(from).as_str())
