@@ -6,9 +6,10 @@ Unix socket into a fresh destination QEMU on this machine, and prints QEMU's dow
 timestamps of QMP events relative to the source's STOP (the destination's RESUME is when the
 guest runs again). Varies what the guest carries, to see what its device state costs:
 
-  scripts/measure-q35-downtime.py --ports 16 --devices    # Panal's q35 guests today
-  scripts/measure-q35-downtime.py --ports 4 --devices     # fewer hot-plug root ports
-  scripts/measure-q35-downtime.py --ports 16 --disk       # plus a local disk copied over NBD
+  scripts/measure-q35-downtime.py --ports 16 --devices    # Panal's q35 guests before slots
+  scripts/measure-q35-downtime.py --ports 4 --devices     # a VM with the default 4 slots
+  scripts/measure-q35-downtime.py --ports 4 --disk        # plus a local disk copied over NBD
+  scripts/measure-q35-downtime.py --machine-opts sata=off,smbus=off   # fewer chipset devices
 
 Run it on an otherwise idle machine (TCG guests: the figures move with the CPU it gets).
 """
@@ -82,7 +83,9 @@ def launch(work, name, args, incoming):
     d = os.path.join(work, name)
     os.makedirs(d)
     cmd = ['qemu-system-x86_64', '-nodefaults', '-no-user-config', '-display', 'none',
-           '-machine', 'q35', '-accel', 'tcg,tb-size=64', '-m', str(args.memory), '-smp', '1',
+           '-machine', ','.join(['q35'] + ([args.machine_opts] if args.machine_opts else [])),
+           '-accel', 'tcg,tb-size=64', '-m', str(args.memory),
+           '-smp', f'1,maxcpus={args.maxcpus}',
            '-kernel', f'{GUEST}/vmlinux', '-initrd', f'{GUEST}/initramfs.cpio.gz',
            '-append', 'console=ttyS0 quiet', '-serial', f'file:{d}/console.log',
            '-qmp', f'unix:{d}/qmp.sock,server=on,wait=off']
@@ -165,7 +168,9 @@ def migrate_once(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--ports', type=int, default=16, help='empty PCIe root ports (Panal: 8 disks + 8 NICs)')
+    ap.add_argument('--ports', type=int, default=4, help='empty PCIe root ports (Panal: the VM\'s slots)')
+    ap.add_argument('--machine-opts', default='', help='q35 machine options, e.g. sata=off,smbus=off')
+    ap.add_argument('--maxcpus', type=int, default=1, help='vCPUs the guest may grow to (Panal: 4)')
     ap.add_argument('--devices', action='store_true', help="Panal's virtio-rng, virtio-balloon and pvpanic")
     ap.add_argument('--disk', action='store_true', help='a local disk, copied to the destination over NBD')
     ap.add_argument('--memory', type=int, default=256, help='guest memory (MiB)')
@@ -178,7 +183,8 @@ def main():
         marks = '  '.join(f'{k} +{v:.1f}' for k, v in rel)
         print(f'{i}: downtime {down} ms  total {total} ms  (after STOP, ms: {marks})', flush=True)
     downs.sort()
-    print(f'q35, {args.ports} root ports, devices {args.devices}, disk {args.disk}: '
+    print(f'q35 {args.machine_opts}, {args.ports} root ports, maxcpus {args.maxcpus}, '
+          f'devices {args.devices}, disk {args.disk}: '
           f'downtime p50 {downs[len(downs) // 2]} ms  min {downs[0]}  max {downs[-1]}  (n {args.n})')
 
 
