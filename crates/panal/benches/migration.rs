@@ -1,6 +1,6 @@
 //! Live-migration benchmark (issue 8) with real QEMU guests on two network-namespace hosts: a
 //! `panal server` in the lab's gateway namespace and a `panal agent` in each host namespace
-//! (the harness of `tests/e2e/e2e_migrate.rs`).
+//! (the harness of `tests/e2e/e2e_migrate/`).
 //!
 //! For each guest size (256 MiB and 1 GiB, `PANAL_BENCH_SIZES`), each kind of storage (shared:
 //! the microvm `tiny` guest, memory only; local: the q35 `tiny-disk` guest, whose root overlay is

@@ -12,6 +12,7 @@ mod hub;
 mod images;
 mod ipam;
 mod join;
+mod migration_preflight;
 mod migration_reports;
 mod network_plans;
 mod networks;
