@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -42,6 +42,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// buffer under TLS: rustls reads at most 4 KiB from its transport per call, which straight
 /// from the socket was a system call per 4 KiB of guest memory.
 const BUFFER: usize = 256 << 10;
+/// The kernel's buffer of each tunnel connection, each way (Linux doubles it for its own
+/// bookkeeping). Left to autotuning, `ss` showed up to 3.7 MB waiting in the source's send
+/// queue and 5.7 MB in the target's receive queue during the migration benchmark, because the
+/// target (decryption, then the incoming hypervisor) is the slower end. All that is queued when
+/// the guest stops has to cross before it runs again, so a deep queue is downtime: about 30 ms
+/// here, where the tunnel carries ~300 MB/s. 1 MiB still fills a 10 Gb/s link up to a round
+/// trip of about 0.8 ms; 512 KiB slowed the stream by a fifth on this machine (benchmarks.md).
+const SOCKET_BUFFER: u32 = 1 << 20;
 /// The longest path a Unix socket address holds (`sun_path`, with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -233,7 +241,9 @@ impl Tunnel {
     /// Target: listens on a new port of this host's migration address and joins each TLS
     /// connection from host `peer` (its certificate must name it) to the Unix socket `to`.
     pub async fn serve(&self, peer: Name, to: PathBuf) -> std::io::Result<(SocketAddr, Relay)> {
-        let listener = TcpListener::bind((self.ip, 0)).await?;
+        let socket = tcp_socket(self.ip)?;
+        socket.bind(SocketAddr::new(self.ip, 0))?;
+        let listener = socket.listen(16)?;
         let addr = listener.local_addr()?;
         let to_removed = to.clone();
         let acceptor = self.acceptor.clone();
@@ -369,7 +379,11 @@ async fn carry_out(
     name: ServerName<'static>,
     host: Name,
 ) {
-    let tcp = match TcpStream::connect(target).await {
+    let connected = match tcp_socket(target.ip()) {
+        Ok(socket) => socket.connect(target).await,
+        Err(e) => Err(e),
+    };
+    let tcp = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%target, error = %e, "migration tunnel: cannot reach the target");
@@ -395,6 +409,19 @@ async fn carry_out(
         describe(tls.get_ref().1)
     );
     pipe(&mut local, &mut tls).await;
+}
+
+/// A TCP socket for the tunnel, with bounded buffers (see [`SOCKET_BUFFER`]); a listener's
+/// connections inherit them.
+fn tcp_socket(ip: IpAddr) -> std::io::Result<TcpSocket> {
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    Ok(socket)
 }
 
 /// A failed accept (out of file descriptors, typically) is retried after a pause, not at once:
@@ -594,6 +621,27 @@ mod tests {
             assert!(why.contains(lacks), "{why}");
             assert!(why.contains("panal host token create --host h1"), "{why}");
         }
+    }
+
+    /// The kernel's queues of a tunnel connection stay short (no autotuning to megabytes).
+    #[tokio::test]
+    async fn tunnel_sockets_have_bounded_buffers() {
+        let limit = |f: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(u32::MAX)
+        };
+        let socket = tcp_socket("127.0.0.1".parse().unwrap()).unwrap();
+        // Linux doubles what is asked, up to its ceiling (`wmem_max`, `rmem_max`).
+        assert_eq!(
+            socket.send_buffer_size().unwrap(),
+            2 * SOCKET_BUFFER.min(limit("wmem_max"))
+        );
+        assert_eq!(
+            socket.recv_buffer_size().unwrap(),
+            2 * SOCKET_BUFFER.min(limit("rmem_max"))
+        );
     }
 
     #[test]
