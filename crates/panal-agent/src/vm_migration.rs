@@ -251,6 +251,8 @@ struct Follow<'a> {
     reporter: &'a Reporter,
     cancel: &'a mut watch::Receiver<Option<String>>,
     cancelled: Option<String>,
+    /// The cancel was this agent's own decision (stalled, not converging), not a request.
+    gave_up: bool,
     listening: bool,
     disks: bool,
     auto_converge: bool,
@@ -303,7 +305,10 @@ impl Follow<'_> {
     async fn abort(&self, why: String) {
         let why = self.cancelled.clone().unwrap_or(why);
         self.reporter
-            .send(MigrationEvent::Aborted { reason: why })
+            .send(MigrationEvent::Aborted {
+                reason: why,
+                gave_up: self.gave_up,
+            })
             .await;
     }
 
@@ -420,6 +425,7 @@ impl Follow<'_> {
             } else if self.cancelled.is_none() && !self.in_post_copy && moved.1.elapsed() > STALL {
                 tracing::warn!(vm = %self.reporter.vm.0, "{}; cancelling", stalled());
                 self.cancelled = Some(stalled());
+                self.gave_up = true;
                 self.stop().await;
                 continue;
             }
@@ -451,6 +457,7 @@ impl Follow<'_> {
                     let why = not_converging(&p, self.auto_converge, self.patience);
                     tracing::warn!(vm = %self.reporter.vm.0, "{why}; cancelling");
                     self.cancelled = Some(why);
+                    self.gave_up = true;
                     self.stop().await;
                     continue;
                 }
@@ -508,6 +515,7 @@ pub async fn send(
             reporter
                 .send(MigrationEvent::Aborted {
                     reason: format!("the source hypervisor cannot be asked: {e}"),
+                    gave_up: false,
                 })
                 .await;
             return;
@@ -527,6 +535,7 @@ pub async fn send(
         reporter: &reporter,
         cancel: &mut cancel,
         cancelled: None,
+        gave_up: false,
         listening: true,
         disks: plan.disks.is_some(),
         auto_converge: plan.settings.auto_converge,

@@ -297,6 +297,10 @@ pub enum MigrationEvent {
     Aborted {
         /// Why.
         reason: String,
+        /// The source stopped the transfer of its own accord (it stalled, or pre-copy did not
+        /// converge): the target's failure that follows is a consequence, not the cause.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gave_up: bool,
     },
 }
 

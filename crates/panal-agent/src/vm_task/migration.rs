@@ -88,7 +88,12 @@ impl VmTask {
                 format!("the target's address {:?} is not usable", m.destination)
             };
             self.migration = Some(MigrationWork::idle(m.operation));
-            reporter.send(MigrationEvent::Aborted { reason: why }).await;
+            reporter
+                .send(MigrationEvent::Aborted {
+                    reason: why,
+                    gave_up: false,
+                })
+                .await;
             return;
         };
         let disks = match (&m.disks[..], m.disk_destination.as_deref().map(str::parse)) {
@@ -100,7 +105,12 @@ impl VmTask {
                     "the target serves no usable disk address ({:?})",
                     m.disk_destination
                 );
-                reporter.send(MigrationEvent::Aborted { reason: why }).await;
+                reporter
+                    .send(MigrationEvent::Aborted {
+                        reason: why,
+                        gave_up: false,
+                    })
+                    .await;
                 return;
             }
         };

@@ -137,10 +137,10 @@ impl App {
                     self.switch_over(&cur, Some(progress)).await?
                 }
                 MigrationEvent::Arrived => self.switch_over(&cur, None).await?,
-                MigrationEvent::Aborted { reason } => {
+                MigrationEvent::Aborted { reason, gave_up } => {
                     let asked = m.step == MigrationStep::Cancelling
                         && m.cancel_reason.as_deref() == Some(USER_CANCEL);
-                    let why = abort_reason(reason, m.cancel_reason.as_deref());
+                    let why = abort_reason(reason, *gave_up, m.cancel_reason.as_deref());
                     self.abort_migration(&cur, &why, asked).await?
                 }
             };
@@ -474,9 +474,11 @@ impl App {
 /// Why a migration stopped, from the source's report and the cancel the platform asked for,
 /// if any: that cancel's reason (the target failed, a host went away) is the cause, which the
 /// source, having seen only its transfer end, may not know.
-fn abort_reason(source: &str, cancel: Option<&str>) -> String {
+fn abort_reason(source: &str, gave_up: bool, cancel: Option<&str>) -> String {
     match cancel {
-        Some(cause) if cause != USER_CANCEL && !source.contains(cause) => {
+        // A source that gave up on its own broke the stream the target was reading: the
+        // target's failure (which may reach the control plane first) is its consequence.
+        Some(cause) if !gave_up && cause != USER_CANCEL && !source.contains(cause) => {
             format!("{cause} (the source: {source})")
         }
         _ => source.to_owned(),
@@ -508,16 +510,25 @@ mod tests {
         let source = "the transfer failed: no reason given";
         let cause = "host b could not receive the VM: load of migration failed";
         assert_eq!(
-            abort_reason(source, Some(cause)),
+            abort_reason(source, false, Some(cause)),
             format!("{cause} (the source: {source})")
         );
-        assert_eq!(abort_reason(source, None), source);
+        assert_eq!(abort_reason(source, false, None), source);
         assert_eq!(
-            abort_reason("cancelled by request", Some(USER_CANCEL)),
+            abort_reason("cancelled by request", false, Some(USER_CANCEL)),
             "cancelled by request"
         );
         // The source already passed the cause on (it saw the cancel first).
-        assert_eq!(abort_reason(cause, Some(cause)), cause);
+        assert_eq!(abort_reason(cause, false, Some(cause)), cause);
+    }
+
+    #[test]
+    fn a_source_that_gave_up_is_the_cause_even_when_the_target_reported_first() {
+        // Seen end to end: the source cancelled a pre-copy that did not converge, the target's
+        // QEMU then failed to load the broken stream and its report came in first.
+        let source = "pre-copy does not converge: the guest dirties 4.0 MiB/s";
+        let target = "host b could not receive the VM: load of migration failed";
+        assert_eq!(abort_reason(source, true, Some(target)), source);
     }
 
     #[test]
