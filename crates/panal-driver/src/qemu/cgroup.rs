@@ -2,9 +2,17 @@
 //! `memory` hierarchies, as on our build hosts). Layout: `<root>/panal/<vm-id>` in each
 //! hierarchy. QEMU enters the groups before it execs (see `process.rs`), so everything it
 //! allocates is charged. Removal only succeeds once the process is dead; it is idempotent.
+//!
+//! A VM's groups outlive its QEMU by a moment: the exit watcher removes them after publishing
+//! the exit, retrying while the dead QEMU waits to be reaped. A launch of the same VM in that
+//! moment must not lose its fresh groups to the old watcher, so each launch takes a new
+//! generation in [`Owners`], and a removal only happens while its generation is the latest.
 
 use crate::DriverError;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const ROOT: &str = "/sys/fs/cgroup";
 const PERIOD_US: u64 = 100_000;
@@ -64,11 +72,25 @@ impl CgroupMode {
     }
 }
 
-/// One VM's cgroup(s).
+/// Which launch of each VM owns its groups (one per driver; see the module header).
+/// Generations are unique across VMs and never reused, so a VM's entry can go with its groups.
+#[derive(Debug, Default)]
+pub struct Owners(Mutex<OwnersInner>);
+
+#[derive(Debug, Default)]
+struct OwnersInner {
+    last_generation: u64,
+    /// VM group name -> the generation that owns its groups; absent = 0 (no launch owns them).
+    owner: HashMap<String, u64>,
+}
+
+/// One VM's cgroup(s), as one launch (generation) sees them.
 #[derive(Clone, Debug)]
 pub struct VmCgroup {
     mode: CgroupMode,
     vm: String,
+    owners: Arc<Owners>,
+    generation: u64,
 }
 
 fn io(what: &Path, e: std::io::Error) -> DriverError {
@@ -83,14 +105,11 @@ impl VmCgroup {
     /// Creates the groups for `vm` with `vcpus` CPUs worth of time and `memory_limit` bytes.
     pub fn create(
         mode: &CgroupMode,
+        owners: &Arc<Owners>,
         vm: &str,
         vcpus: u32,
         memory_limit: u64,
     ) -> Result<VmCgroup, DriverError> {
-        let cg = VmCgroup {
-            mode: mode.clone(),
-            vm: vm.to_string(),
-        };
         if let CgroupMode::V2(root) = mode {
             // Controllers must be enabled for the children of every ancestor.
             let panal = root.join("panal");
@@ -99,9 +118,23 @@ impl VmCgroup {
                 write(dir.join("cgroup.subtree_control"), "+cpu +memory")?;
             }
         }
-        for dir in mode.dirs(vm) {
-            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        }
+        let cg = {
+            // Taking the generation and making the directories under one lock: an earlier
+            // launch's watcher removes either before (then these are new) or not at all.
+            let mut owners_now = owners.0.lock();
+            owners_now.last_generation += 1;
+            let generation = owners_now.last_generation;
+            owners_now.owner.insert(vm.to_string(), generation);
+            for dir in mode.dirs(vm) {
+                std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            }
+            VmCgroup {
+                mode: mode.clone(),
+                vm: vm.to_string(),
+                owners: owners.clone(),
+                generation,
+            }
+        };
         cg.set_cpus(vcpus)?;
         match mode {
             CgroupMode::V2(_) => write(cg.dirs()[0].join("memory.max"), &memory_limit.to_string())?,
@@ -114,11 +147,14 @@ impl VmCgroup {
         Ok(cg)
     }
 
-    /// A handle on existing groups (after re-attach).
-    pub fn existing(mode: &CgroupMode, vm: &str) -> VmCgroup {
+    /// A handle on existing groups (after re-attach, or to clean up), as the latest launch.
+    pub fn existing(mode: &CgroupMode, owners: &Arc<Owners>, vm: &str) -> VmCgroup {
+        let generation = owners.0.lock().owner.get(vm).copied().unwrap_or_default();
         VmCgroup {
             mode: mode.clone(),
             vm: vm.to_string(),
+            owners: owners.clone(),
+            generation,
         }
     }
 
@@ -151,8 +187,14 @@ impl VmCgroup {
         }
     }
 
-    /// Removes the groups; missing ones are fine. Fails while a process is still inside.
+    /// Removes the groups; missing ones are fine. Fails while a process is still inside. Does
+    /// nothing once a later launch of the VM owns them.
     pub fn remove(&self) -> Result<(), DriverError> {
+        let mut owners_now = self.owners.0.lock();
+        let owner = owners_now.owner.get(&self.vm).copied().unwrap_or_default();
+        if owner != self.generation {
+            return Ok(());
+        }
         for dir in self.dirs() {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
@@ -160,6 +202,7 @@ impl VmCgroup {
                 Err(e) => return Err(io(&dir, e)),
             }
         }
+        owners_now.owner.remove(&self.vm);
         Ok(())
     }
 
@@ -174,5 +217,62 @@ impl VmCgroup {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removes the test's groups even when an assertion fails.
+    struct RemoveOnDrop(Vec<PathBuf>);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
+    /// The race CI hit: a VM shut down and launched again at once, and the first QEMU's exit
+    /// watcher removed the groups the second launch had just made, before the second QEMU
+    /// entered them. Uses the host's real cgroups (CI runs as root).
+    #[test]
+    fn an_exited_launchs_removal_leaves_a_later_launchs_groups_alone() {
+        let mode = CgroupMode::detect();
+        if let CgroupMode::Unavailable(why) = &mode {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let owners = Arc::new(Owners::default());
+        let vm = format!("unit-test-{}", std::process::id());
+        let _cleanup = RemoveOnDrop(mode.dirs(&vm));
+        let mib = 1 << 20;
+        let first = VmCgroup::create(&mode, &owners, &vm, 1, 64 * mib).expect("first launch");
+        let second = VmCgroup::create(&mode, &owners, &vm, 2, 64 * mib).expect("relaunch");
+        first.remove().expect("the first launch's late removal");
+        for dir in mode.dirs(&vm) {
+            assert!(
+                dir.is_dir(),
+                "{} was removed under the relaunch",
+                dir.display()
+            );
+        }
+
+        // The latest launch (and a clean-up acting as it) still removes them.
+        VmCgroup::existing(&mode, &owners, &vm)
+            .remove()
+            .expect("clean-up");
+        for dir in mode.dirs(&vm) {
+            assert!(!dir.exists(), "{} was left behind", dir.display());
+        }
+        second.remove().expect("removing again is fine");
+
+        // A launch after the clean-up gets a generation no earlier handle holds.
+        let third = VmCgroup::create(&mode, &owners, &vm, 1, 64 * mib).expect("third launch");
+        first.remove().expect("a stale removal");
+        assert!(mode.dirs(&vm).iter().all(|d| d.is_dir()));
+        third.remove().expect("removal");
+        assert!(mode.dirs(&vm).iter().all(|d| !d.exists()));
     }
 }

@@ -233,6 +233,7 @@ impl QemuDriver {
                 let limit = spec.memory_bytes + cfg.memory_overhead_bytes;
                 Some(VmCgroup::create(
                     mode,
+                    &self.cgroup_owners,
                     &self.cgroup_name(spec.id),
                     spec.vcpus,
                     limit,
@@ -380,7 +381,11 @@ impl QemuDriver {
         let facts = self.facts().await;
         let cgroup = match &facts.cgroups {
             super::CgroupMode::Unavailable(_) => None,
-            mode => Some(VmCgroup::existing(mode, &self.cgroup_name(id))),
+            mode => Some(VmCgroup::existing(
+                mode,
+                &self.cgroup_owners,
+                &self.cgroup_name(id),
+            )),
         };
         Ok(Some(QemuVm::start(
             id,

@@ -188,6 +188,8 @@ pub struct QemuDriver {
     config: QemuConfig,
     facts: OnceCell<HostFacts>,
     accel: OnceCell<AccelProbe>,
+    /// Which launch of each VM owns its cgroups (see `cgroup.rs`).
+    cgroup_owners: std::sync::Arc<cgroup::Owners>,
 }
 
 impl QemuDriver {
@@ -202,6 +204,7 @@ impl QemuDriver {
             config,
             facts: OnceCell::new(),
             accel: OnceCell::new(),
+            cgroup_owners: Default::default(),
         }
     }
 
@@ -353,7 +356,7 @@ impl Driver for QemuDriver {
             )));
         }
         let facts = self.facts().await;
-        cgroup::VmCgroup::existing(&facts.cgroups, &self.cgroup_name(id))
+        cgroup::VmCgroup::existing(&facts.cgroups, &self.cgroup_owners, &self.cgroup_name(id))
             .remove_patiently(Duration::from_secs(5))
             .await?;
         match tokio::fs::remove_dir_all(self.run_paths(id).dir).await {
