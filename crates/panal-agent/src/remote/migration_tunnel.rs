@@ -38,9 +38,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// A peer that has not finished the handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The copy buffer each way (large reads let rustls fill whole 16 KiB records), and the read
-/// buffer under TLS: rustls reads at most 4 KiB from its transport per call, which straight
-/// from the socket was a system call per 4 KiB of guest memory.
+/// The copy buffer each way (large reads let rustls fill whole 16 KiB records, and take one
+/// system call per 256 KiB of guest memory rather than per record), and the read buffer under
+/// the handshake (rustls reads at most 4 KiB from its transport per call).
 const BUFFER: usize = 256 << 10;
 /// The kernel's buffer of each tunnel connection, each way (Linux doubles it for its own
 /// bookkeeping). Left to autotuning, `ss` showed up to 3.7 MB waiting in the source's send
@@ -356,7 +356,7 @@ async fn carry_in(
         let _ = tls.shutdown().await;
         return;
     }
-    let mut local = match UnixStream::connect(&to).await {
+    let local = match UnixStream::connect(&to).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(socket = %to.display(), error = %e, "migration tunnel: the hypervisor does not listen");
@@ -368,13 +368,14 @@ async fn carry_in(
         describe(tls.get_ref().1),
         to.display()
     );
-    pipe(&mut tls, &mut local).await;
+    let (reader, session) = tls.into_inner();
+    relay(session.into(), reader, local).await;
 }
 
 /// Source: one connection of the hypervisor's, carried to the target host over TLS.
 async fn carry_out(
     connector: TlsConnector,
-    mut local: UnixStream,
+    local: UnixStream,
     target: SocketAddr,
     name: ServerName<'static>,
     host: Name,
@@ -392,7 +393,7 @@ async fn carry_out(
     };
     let _ = tcp.set_nodelay(true);
     let handshake = connector.connect(name, BufReader::with_capacity(BUFFER, tcp));
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // Also a target whose certificate does not name `host`: nothing leaves.
@@ -408,7 +409,8 @@ async fn carry_out(
         "outgoing migration channel: TLS to host {host} ({target}, {})",
         describe(tls.get_ref().1)
     );
-    pipe(&mut local, &mut tls).await;
+    let (reader, session) = tls.into_inner();
+    relay(session.into(), reader, local).await;
 }
 
 /// A TCP socket for the tunnel, with bounded buffers (see [`SOCKET_BUFFER`]); a listener's
@@ -431,12 +433,15 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn pipe<A, B>(a: &mut A, b: &mut B)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(a, b, BUFFER, BUFFER).await {
+/// Carries one connection after its handshake (on threads of its own: see `tls_pipe.rs`).
+async fn relay(session: rustls::Connection, tcp: BufReader<TcpStream>, local: UnixStream) {
+    // Bytes read past the handshake wait in the reader's buffer.
+    let early = tcp.buffer().to_vec();
+    let carried = match (tcp.into_inner().into_std(), local.into_std()) {
+        (Ok(tcp), Ok(local)) => super::tls_pipe::carry(session, tcp, local, early, BUFFER).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    if let Err(e) = carried {
         tracing::debug!(error = %e, "migration tunnel: a connection ended");
     }
 }
@@ -558,6 +563,61 @@ mod tests {
         drop(relay_out);
         assert!(!out.exists());
         assert!(send_through(&out, b"x").await.is_err());
+    }
+
+    /// Threads of this process carrying tunnel connections.
+    fn tunnel_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("mig-"))
+            .count()
+    }
+
+    /// A link that stops moving (here: a hypervisor that stops reading) must not keep a
+    /// connection, or the threads carrying it, once the migration drops its relays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_relays_ends_a_stuck_connection_and_its_threads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = ca();
+        let (t1, t2) = (
+            tunnel(&identity(&ca, "h1", true, true), &tmp.path().join("a")),
+            tunnel(&identity(&ca, "h2", true, true), &tmp.path().join("b")),
+        );
+        let vm = VmId::new();
+        let hv = t2.socket(vm, "in").unwrap();
+        let listener = UnixListener::bind(&hv).unwrap();
+        let (to, relay_in) = t2.serve(name("h1"), hv).await.unwrap();
+        let out = t1.socket(vm, "out").unwrap();
+        let relay_out = t1.forward(out.clone(), to, name("h2")).await.unwrap();
+        let mut sender = UnixStream::connect(&out).await.unwrap();
+        // The "hypervisor" takes the connection and never reads from it.
+        let (_stuck, _) = listener.accept().await.unwrap();
+        let sending = tokio::spawn(async move {
+            let chunk = vec![7u8; 1 << 20];
+            loop {
+                sender.write_all(&chunk).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        });
+        // Every buffer on the way fills up; both relays' writes block.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!sending.is_finished(), "the stream ended by itself");
+        assert!(tunnel_threads() >= 4, "{} tunnel threads", tunnel_threads());
+        drop((relay_out, relay_in));
+        let ended = tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .expect("the sender still writes into a dropped relay");
+        assert!(ended.unwrap().is_err());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tunnel_threads() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tunnel threads outlived their relays"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

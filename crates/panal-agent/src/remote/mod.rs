@@ -12,6 +12,7 @@ mod join;
 mod link;
 pub mod migration_tunnel;
 mod private_files;
+mod tls_pipe;
 mod transfer;
 
 pub use identity::AgentIdentity;
