@@ -1,13 +1,15 @@
 //! Device slots: where a VM's volumes and NICs sit in its virtual hardware.
 //!
-//! A q35 VM gets a fixed number of PCIe root ports when it is created, and each volume or NIC
-//! takes one of them for as long as it is attached. The port is chosen here, by the control
-//! plane (the lowest free one), and stored with the device, rather than by the host when it
-//! plugs the device: a live migration's destination has to build exactly the PCI layout the
-//! source has, and the source's layout after a few hot-plugs and unplugs is not something the
+//! A q35 VM gets a number of PCIe root ports when it is created, and each volume or NIC takes
+//! one of them for as long as it is attached. The port is chosen here, by the control plane
+//! (the lowest free one), and stored with the device, rather than by the host when it plugs
+//! the device: a live migration's destination has to build exactly the PCI layout the source
+//! has, and the source's layout after a few hot-plugs and unplugs is not something the
 //! destination could work out from the list of devices alone.
 //!
-//! Why the number is fixed and small: QEMU cannot add root ports to a running q35 machine, and
+//! Why the number is fixed while the VM runs (a stopped VM's can change, down to one past the
+//! highest slot a device holds) and kept small: QEMU cannot add root ports to a running q35
+//! machine, and
 //! every empty one costs downtime on each live migration (about 2.5 ms each under TCG,
 //! `scripts/measure-q35-downtime.py`). OpenStack (`num_pcie_ports`) and libvirt make the same
 //! trade.

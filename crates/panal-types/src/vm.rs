@@ -184,8 +184,8 @@ pub struct VmSpec {
         deserialize_with = "crate::slots::nics_with_legacy_slots"
     )]
     pub nics: Vec<crate::network::Nic>,
-    /// Slots for volumes and NICs (PCIe root ports of a q35 VM), fixed at creation: each
-    /// attached volume or NIC takes one.
+    /// Slots for volumes and NICs (PCIe root ports of a q35 VM): each attached volume or NIC
+    /// takes one. Set at creation; changed only while the VM is stopped.
     #[serde(default = "crate::slots::legacy_hotplug_slots")]
     pub hotplug_slots: u32,
 }
@@ -318,9 +318,9 @@ pub struct VmCreate {
     /// Network interfaces on the project's networks (at most 8).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<crate::network::NicRequest>,
-    /// Slots for volumes and NICs, fixed for the VM's life: each attached volume or NIC takes
-    /// one, the boot volume included (at most 16; default: the devices it is created with plus
-    /// two, at least four). Each empty slot of a q35 VM adds a little to a live migration's
+    /// Slots for volumes and NICs: each attached volume or NIC takes one, the boot volume
+    /// included (at most 16; default: the devices it is created with plus two, at least four).
+    /// Fixed while the VM runs; a stopped VM's can be changed (`PATCH`, `hotplug_slots`). Each empty slot of a q35 VM adds a little to a live migration's
     /// downtime (about 2.5 ms under TCG), so ask for what the VM will need.
     #[serde(default)]
     pub hotplug_slots: Option<u32>,
@@ -439,6 +439,11 @@ pub struct VmUpdate {
     /// New graceful-stop timeout.
     #[serde(default)]
     pub stop_timeout_secs: Option<u32>,
+    /// New number of slots for volumes and NICs (at most 16, and more than the highest slot a
+    /// device holds). Only while the VM is stopped: a q35 machine's PCIe root ports are laid
+    /// out when it boots; the new number applies from its next start.
+    #[serde(default)]
+    pub hotplug_slots: Option<u32>,
     /// Only apply if the VM's generation is still this (optimistic concurrency).
     #[serde(default)]
     pub if_generation: Option<u64>,

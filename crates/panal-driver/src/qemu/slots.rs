@@ -52,7 +52,7 @@ impl QemuVm {
         match port_state(&self.qmp("query-pci", None).await?, &port) {
             PortState::Empty => Ok(port),
             PortState::Missing => Err(DriverError::Invalid(format!(
-                "the VM has no slot {slot} (its slots are fixed when it is created)"
+                "the VM has no slot {slot} (its ports are laid out when it boots)"
             ))),
             PortState::Holds(devices) => Err(DriverError::Hypervisor(format!(
                 "slot {slot} already holds {}",

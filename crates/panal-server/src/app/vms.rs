@@ -98,6 +98,9 @@ impl App {
         if let Some(t) = req.stop_timeout_secs {
             validate::stop_timeout(t)?;
         }
+        if let Some(n) = req.hotplug_slots {
+            validate::hotplug_slots(Some(n), 0)?;
+        }
         let key = keys::vm(current.value.project.as_str(), current.value.name.as_str());
         let updated = self
             .repo
@@ -130,6 +133,12 @@ impl App {
                 }
                 if let Some(t) = req.stop_timeout_secs {
                     vm.spec.stop_timeout_secs = t;
+                }
+                if let Some(n) = req.hotplug_slots
+                    && n != vm.spec.hotplug_slots
+                {
+                    slots_can_become(vm, n)?;
+                    vm.spec.hotplug_slots = n;
                 }
                 if vm.spec == before {
                     return Ok(false);
@@ -411,4 +420,48 @@ impl WithOperationOpt for ApiError {
             None => self,
         }
     }
+}
+
+/// Whether `vm`'s slots can become `n`: only while it is stopped (a running q35 machine cannot
+/// gain or lose PCIe root ports, and its layout must match any migration's destination), and
+/// never below a slot a device holds (devices keep their slot while attached).
+fn slots_can_become(vm: &Vm, n: u32) -> Result<(), ApiError> {
+    let stopped = vm.spec.power_state == PowerState::Stopped
+        && matches!(
+            vm.status.phase,
+            VmPhase::Stopped | VmPhase::Pending | VmPhase::Failed
+        );
+    if !stopped {
+        return Err(ApiError::conflict(format!(
+            "VM \"{}\" is {}: its slots can change only while it is stopped (a VM's PCIe \
+             ports are laid out when it boots); stop it first",
+            vm.name,
+            vm.status.phase.as_str()
+        ))
+        .with_field("hotplug_slots"));
+    }
+    let held = vm
+        .spec
+        .volumes
+        .iter()
+        .map(|v| (v.slot, format!("volume \"{}\"", v.volume)))
+        .chain(
+            vm.spec
+                .nics
+                .iter()
+                .map(|n| (n.slot, format!("NIC {} on network \"{}\"", n.id, n.network))),
+        )
+        .max_by_key(|(slot, _)| *slot);
+    if let Some((slot, device)) = held
+        && slot >= n
+    {
+        return Err(ApiError::conflict(format!(
+            "{device} holds slot {slot} of VM \"{}\": it needs at least {} slots while that \
+             device is attached (devices keep their slot; detach it first)",
+            vm.name,
+            slot + 1
+        ))
+        .with_field("hotplug_slots"));
+    }
+    Ok(())
 }

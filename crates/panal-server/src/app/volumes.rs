@@ -776,7 +776,8 @@ fn check_size(size: u64, field: &str) -> Result<(), ApiError> {
 pub(super) fn no_free_slot(vm_name: &str, vm: &Vm) -> ApiError {
     ApiError::conflict(format!(
         "VM \"{vm_name}\" has no free slot: its {} slots hold {} volumes and {} NICs \
-         (a VM's slots are fixed when it is created, see hotplug_slots)",
+         (a stopped VM can be given more: `panal vm resize {vm_name} --hotplug-slots N`, \
+         PATCH hotplug_slots; at most 16)",
         vm.spec.hotplug_slots,
         vm.spec.volumes.len(),
         vm.spec.nics.len()

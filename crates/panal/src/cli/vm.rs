@@ -33,7 +33,7 @@ pub enum VmCommand {
     Restart(Change),
     /// Delete a VM (stopping it first).
     Delete(Change),
-    /// Change vCPUs or memory (live where the hypervisor can).
+    /// Change vCPUs or memory (live where the hypervisor can), or a stopped VM's slots.
     Resize(ResizeArgs),
     /// Pause a running VM's vCPUs.
     Pause(Change),
@@ -124,8 +124,9 @@ pub struct CreateArgs {
     /// A NIC: network=NAME[,ip=ADDR][,mac=MAC][,sg=GROUP+GROUP] (repeatable; eth0, eth1, ...).
     #[arg(long = "nic", value_name = "network=NAME,...", value_parser = super::network::parse_nic)]
     pub nics: Vec<panal_types::network::NicRequest>,
-    /// Slots for volumes and NICs, fixed for the VM's life (default: its devices plus two, at
-    /// least four; at most 16). Each empty one adds a little to live-migration downtime.
+    /// Slots for volumes and NICs (default: its devices plus two, at least four; at most 16),
+    /// changed later only while the VM is stopped (`vm resize --hotplug-slots`). Each empty
+    /// one adds a little to live-migration downtime.
     #[arg(long, value_name = "N")]
     pub hotplug_slots: Option<u32>,
     /// Virtual CPUs.
@@ -181,6 +182,9 @@ pub struct ResizeArgs {
     /// New memory size, e.g. 1G.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// New number of slots for volumes and NICs (only while the VM is stopped; at most 16).
+    #[arg(long, value_name = "N")]
+    hotplug_slots: Option<u32>,
 }
 
 fn parse_hypervisor(s: &str) -> Result<HypervisorKind, String> {
@@ -437,12 +441,15 @@ pub async fn run(client: &Client, format: Format, cmd: &VmCommand) -> Result<()>
             .await
         }
         VmCommand::Resize(r) => {
-            if r.vcpus.is_none() && r.memory.is_none() {
-                return Err(anyhow!("nothing to change: give --vcpus and/or --memory"));
+            if r.vcpus.is_none() && r.memory.is_none() && r.hotplug_slots.is_none() {
+                return Err(anyhow!(
+                    "nothing to change: give --vcpus, --memory and/or --hotplug-slots"
+                ));
             }
             let req = VmUpdate {
                 vcpus: r.vcpus,
                 memory_bytes: r.memory,
+                hotplug_slots: r.hotplug_slots,
                 ..VmUpdate::default()
             };
             let vm = client

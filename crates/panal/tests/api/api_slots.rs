@@ -1,8 +1,9 @@
 //! Device slots through the REST API on the fake driver: a VM's number of slots is fixed at
 //! creation (asked for, or its devices plus two and at least four), each volume and NIC gets
 //! the lowest free slot and keeps it while attached (a detached one's slot is reused, the
-//! others do not move), a VM with every slot taken refuses another device with 409, and bad
-//! slot counts are refused with the field.
+//! others do not move), a VM with every slot taken refuses another device with 409, bad
+//! slot counts are refused with the field, and a stopped VM's slots can change (never below a
+//! slot a device holds; a running VM's cannot).
 
 use crate::common;
 
@@ -153,6 +154,91 @@ async fn nics_are_numbered_after_the_boot_volume_and_a_full_vm_refuses_a_nic() {
     );
     let vm = tp.client.vm(None, "booted").await.unwrap();
     assert_eq!(vm.spec.nics.len(), 1, "the refused NIC was not added");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_vms_slots_change_and_a_running_ones_do_not() {
+    let tp = start().await;
+    let c = &tp.client;
+    let a = c
+        .create_vm(&VmCreate {
+            name: "grow".into(),
+            hypervisor: Some(HypervisorKind::Fake),
+            hotplug_slots: Some(2),
+            ..VmCreate::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_op(c, &a.operation).await.state,
+        OperationState::Succeeded
+    );
+    let patch = |body: serde_json::Value| call(&tp, Method::PATCH, "/api/v1/vms/grow", Some(body));
+
+    // Running: refused, nothing changes.
+    let got = patch(json!({"hotplug_slots": 4})).await;
+    assert_err(&got, 409, "conflict", Some("hotplug_slots"));
+    assert!(
+        got.1["message"].as_str().unwrap().contains("stop it first"),
+        "{got:?}"
+    );
+    assert_eq!(c.vm(None, "grow").await.unwrap().spec.hotplug_slots, 2);
+
+    let s = c.stop_vm(None, "grow", false).await.unwrap();
+    assert_eq!(
+        wait_op(c, &s.operation).await.state,
+        OperationState::Succeeded
+    );
+    for v in ["a", "b", "c", "d"] {
+        volume(&tp, v).await;
+    }
+    attach(&tp, "a", "grow").await;
+    attach(&tp, "b", "grow").await;
+    let d = c.detach_volume(None, "a").await.unwrap();
+    wait_op(c, &d.operation).await;
+    // b keeps slot 1: one slot would take it away.
+    let got = patch(json!({"hotplug_slots": 1})).await;
+    assert_err(&got, 409, "conflict", Some("hotplug_slots"));
+    let msg = got.1["message"].as_str().unwrap();
+    assert!(msg.contains("volume \"b\" holds slot 1"), "{msg}");
+    assert!(msg.contains("at least 2 slots"), "{msg}");
+    // Bad numbers are refused before the VM is looked at.
+    for bad in [json!(17), json!(-1), json!("four")] {
+        let got = patch(json!({ "hotplug_slots": bad })).await;
+        assert_eq!(got.0, 400, "{bad}: {got:?}");
+        assert_eq!(got.1["field"], "hotplug_slots", "{bad}: {got:?}");
+    }
+    let before = c.vm(None, "grow").await.unwrap();
+    assert_eq!(before.spec.hotplug_slots, 2, "nothing refused changed it");
+
+    // Stopped, and above every slot held: taken, and the new slots are used.
+    let got = patch(json!({"hotplug_slots": 3})).await;
+    assert_eq!(got.0, 200, "{got:?}");
+    let vm = c.vm(None, "grow").await.unwrap();
+    assert_eq!(vm.spec.hotplug_slots, 3);
+    assert_eq!(vm.generation, before.generation + 1);
+    attach(&tp, "a", "grow").await;
+    attach(&tp, "c", "grow").await;
+    assert_eq!(
+        volume_slots(&tp, "grow").await,
+        [
+            ("b".to_string(), 1),
+            ("a".to_string(), 0),
+            ("c".to_string(), 2)
+        ]
+    );
+    // Full again: the refusal says how to make room.
+    let e = c.attach_volume(None, "d", "grow").await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    assert!(e.to_string().contains("--hotplug-slots"), "{e}");
+
+    // And it starts with them.
+    let s = c.start_vm(None, "grow").await.unwrap();
+    assert_eq!(
+        wait_op(c, &s.operation).await.state,
+        OperationState::Succeeded
+    );
+    assert_eq!(c.vm(None, "grow").await.unwrap().spec.hotplug_slots, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

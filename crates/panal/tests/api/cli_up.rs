@@ -140,8 +140,21 @@ fn cli_drives_the_lifecycle_and_state_survives_kill_9() {
     assert_eq!(list.lines().count(), 4, "{list}");
     let yaml = ok(&panal(&cfg, &["vm", "list", "-o", "yaml"]));
     assert!(yaml.contains("name: web-2"), "{yaml}");
+    // Slots: refused while it runs (with the reason and a non-zero exit), taken once stopped.
+    let bad = panal(&cfg, &["vm", "resize", "web-3", "--hotplug-slots", "6"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("stop it first") && err.contains("`hotplug_slots`"),
+        "{err}"
+    );
     ok(&panal(&cfg, &["vm", "stop", "web-3", "--wait"]));
     assert_eq!(vm_json(&cfg, "web-3")["status"]["phase"], "stopped");
+    ok(&panal(
+        &cfg,
+        &["vm", "resize", "web-3", "--hotplug-slots", "6"],
+    ));
+    assert_eq!(vm_json(&cfg, "web-3")["spec"]["hotplug_slots"], 6);
     ok(&panal(&cfg, &["vm", "start", "web-3", "--wait"]));
     ok(&panal(&cfg, &["vm", "restart", "web-3", "--wait"]));
     let hosts = ok(&panal(&cfg, &["host", "list", "-o", "json"]));

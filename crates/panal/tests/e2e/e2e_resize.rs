@@ -1,7 +1,8 @@
 //! Live resize seen from inside real guests, through the API: a microvm VM's memory shrunk
 //! through the balloon lowers the guest's MemTotal; a q35 VM booted from the `tiny-disk` image
 //! gets a hot-plugged vCPU its kernel sees, and what it wrote to its disk survives a stop and
-//! start (the per-VM copy-on-write overlay is kept).
+//! start (the per-VM copy-on-write overlay is kept); slots added while it is stopped are PCIe
+//! root ports its kernel finds after the start.
 
 use crate::common_e2e;
 
@@ -102,6 +103,7 @@ async fn memory_and_vcpu_resizes_are_seen_by_the_guests_and_disks_persist() {
         .run("echo persisted > /root/mark; sync; cat /root/mark", CMD)
         .await;
     assert!(out.contains("persisted"), "{out}");
+    let ports_before = root_ports(&mut con).await;
     resized(
         &e,
         "disk",
@@ -128,6 +130,17 @@ async fn memory_and_vcpu_resizes_are_seen_by_the_guests_and_disks_persist() {
     drop(con);
     op_ok(c, &c.stop_vm(None, "disk", false).await.unwrap(), BOOT).await;
     wait_phase(c, "disk", VmPhase::Stopped, BOOT).await;
+    let slots = c.vm(None, "disk").await.unwrap().spec.hotplug_slots;
+    c.update_vm(
+        None,
+        "disk",
+        &VmUpdate {
+            hotplug_slots: Some(slots + 3),
+            ..VmUpdate::default()
+        },
+    )
+    .await
+    .expect("a stopped VM takes more slots");
     op_ok(c, &c.start_vm(None, "disk").await.unwrap(), BOOT).await;
     wait_log(c, "disk", READY_LINE, 2, BOOT).await;
     let mut con = Console::open(c, "disk").await;
@@ -140,4 +153,17 @@ async fn memory_and_vcpu_resizes_are_seen_by_the_guests_and_disks_persist() {
         .run("ls -d /sys/devices/system/cpu/cpu[0-9]*", CMD)
         .await;
     assert!(out.contains("cpu1"), "2 vCPUs after the restart: {out}");
+    assert_eq!(
+        root_ports(&mut con).await,
+        ports_before + 3,
+        "the guest finds the three slots added while it was stopped"
+    );
+}
+
+/// PCI bridges (class 0x0604: a q35 VM's PCIe root ports) the guest's kernel found.
+async fn root_ports(con: &mut Console) -> usize {
+    let out = con.run("cat /sys/bus/pci/devices/*/class", CMD).await;
+    out.lines()
+        .filter(|l| l.trim().starts_with("0x0604"))
+        .count()
 }
