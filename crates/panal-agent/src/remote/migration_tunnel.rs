@@ -601,10 +601,19 @@ mod tests {
             #[allow(unreachable_code)]
             Ok::<(), std::io::Error>(())
         });
-        // Every buffer on the way fills up; both relays' writes block.
+        // Both relays carry the connection (two threads each), then every buffer on the way
+        // fills up and their writes block.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tunnel_threads() < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} tunnel threads",
+                tunnel_threads()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!sending.is_finished(), "the stream ended by itself");
-        assert!(tunnel_threads() >= 4, "{} tunnel threads", tunnel_threads());
         drop((relay_out, relay_in));
         let ended = tokio::time::timeout(Duration::from_secs(5), sending)
             .await
