@@ -123,6 +123,20 @@ struct Sample {
 }
 
 impl Sample {
+    /// One migration's line of the report, after `who` (`panal`, `bare `) and the row's load.
+    fn line(&self) -> String {
+        format!(
+            "downtime {:5.0} ms  total {:6.0} ms  QEMU total {:6.0} ms  memory {:6.1} MiB  disk \
+             {:5.1} MiB  dirty {:4.0} MiB/s",
+            self.downtime_ms,
+            ms(self.total),
+            self.qemu_total_ms,
+            self.memory_bytes as f64 / 1048576.0,
+            self.disk_bytes as f64 / 1048576.0,
+            self.dirty_rate as f64 / 1048576.0
+        )
+    }
+
     fn bytes(&self) -> u64 {
         self.memory_bytes + self.disk_bytes
     }
@@ -329,16 +343,7 @@ async fn panal_runs(pool: &NsPool<'_>, shape: Shape, count: usize) -> Runs {
                 }
             };
             if s.figures {
-                println!(
-                    "panal {what} {i:2}: downtime {:5.0} ms  total {:6.0} ms  QEMU total {:6.0} \
-                     ms  memory {:6.1} MiB  disk {:5.1} MiB  dirty {:4.0} MiB/s",
-                    s.downtime_ms,
-                    ms(s.total),
-                    s.qemu_total_ms,
-                    s.memory_bytes as f64 / 1048576.0,
-                    s.disk_bytes as f64 / 1048576.0,
-                    s.dirty_rate as f64 / 1048576.0
-                );
+                println!("panal {what} {i:2}: {}", s.line());
             } else {
                 println!(
                     "panal {what} {i:2}: total {:6.0} ms  (no QEMU figures on the operation: \

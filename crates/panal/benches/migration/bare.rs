@@ -152,16 +152,7 @@ impl BareHosts {
                             continue;
                         }
                     };
-                    println!(
-                        "bare  {what} {i:2}: downtime {:5.0} ms  total {:6.0} ms  QEMU total \
-                         {:6.0} ms  memory {:6.1} MiB  disk {:5.1} MiB  dirty {:4.0} MiB/s",
-                        s.downtime_ms,
-                        ms(s.total),
-                        s.qemu_total_ms,
-                        s.memory_bytes as f64 / 1048576.0,
-                        s.disk_bytes as f64 / 1048576.0,
-                        s.dirty_rate as f64 / 1048576.0
-                    );
+                    println!("bare  {what} {i:2}: {}", s.line());
                     samples.push(s);
                     vm = moved;
                     on = 1 - on;
